@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the project and its dev tools into the current Python.
+# torch comes first so that a machine without an NVIDIA GPU gets the CPU build
+# (an unpinned `pip install torch` on Linux pulls the multi-GB CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")"
+TORCH_VERSION=2.13.0
+PIP="python -m pip install --quiet"
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    python -m pip show torch >/dev/null 2>&1 || $PIP "torch==${TORCH_VERSION}"
+    $PIP -e ".[dev,gpu]" || $PIP -e ".[dev]"   # flash-attn needs a CUDA toolchain; SDPA works without it
+else
+    if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION%.*}') else 1)" 2>/dev/null; then
+        # A local wheelhouse (pip find-links) may already hold the +cpu build; otherwise PyTorch's CPU index.
+        $PIP "torch==${TORCH_VERSION}+cpu" 2>/dev/null \
+            || $PIP "torch==${TORCH_VERSION}+cpu" --index-url https://download.pytorch.org/whl/cpu
+    fi
+    $PIP -e ".[dev]"
+fi
