@@ -1,0 +1,107 @@
+"""Parameter and FLOP accounting from a config alone, and the architecture solver.
+
+count_params(cfg) equals the numel of GPT(cfg) for every variant (tested over a grid), so studies
+can plan and param-match without building models.
+"""
+import math
+from dataclasses import dataclass, replace
+
+from .config import GPTConfig, nanohead_split
+
+
+def count_params(cfg: GPTConfig) -> dict:
+    """Parameters by component. Tied embeddings are counted once, under `embedding` (lm_head = 0)."""
+    C, L = cfg.n_embd, cfg.n_layer
+    embedding = cfg.vocab_size * C
+    lm_head = 0 if cfg.tie_embeddings else cfg.vocab_size * C
+    if cfg.mixer == "attention":
+        s = nanohead_split(cfg)
+        kv_width = s.n_kv_normal * s.normal_dim + s.n_kv_nano * s.nano_dim
+        mixer = 2 * C * C + 2 * C * kv_width                      # c_q, c_proj; c_k, c_v
+    else:
+        mixer = cfg.n_head * cfg.seq_len + (2 * C * C if cfg.toep_proj else 0)  # filters; in/out proj
+    mlp = 2 * C * cfg.mlp_hidden
+    blocks = L * (mixer + mlp)
+    total = embedding + lm_head + blocks
+    return dict(embedding=embedding, lm_head=lm_head, blocks=blocks, mixer=L * mixer, mlp=L * mlp,
+                total=total, non_embedding=total - embedding)
+
+
+def flops_per_token(cfg: GPTConfig) -> float:
+    """Training FLOPs per token (forward + backward), as nanochat's estimate_flops / Chinchilla:
+
+        6 x (matmul weights: every parameter but the input embedding table; the lm_head is a matmul
+             and counts even when tied)
+      + attention: 12 x n_layer x (query width = n_embd) x seq_len   (QK^T and AV, forward 4*C*T, x3)
+      + Toeplitz:   6 x n_layer x n_embd x seq_len                   (one multiply-add per channel and
+                                                                      lag, forward 2*C*T, x3; its filters
+                                                                      are counted here, not in the 6N term)
+    Both mixing terms count the full seq_len window, not the causal half, as nanochat does.
+    """
+    p = count_params(cfg)
+    matmul = p["total"] - p["embedding"] + cfg.vocab_size * cfg.n_embd * cfg.tie_embeddings
+    if cfg.mixer == "attention":
+        return 6 * matmul + 12 * cfg.n_layer * cfg.n_embd * cfg.seq_len
+    matmul -= cfg.n_layer * cfg.n_head * cfg.seq_len
+    return 6 * matmul + 6 * cfg.n_layer * cfg.n_embd * cfg.seq_len
+
+
+@dataclass(frozen=True)
+class Candidate:
+    n_layer: int
+    n_embd: int
+    n_head: int
+    vocab_size: int
+    params: dict        # count_params of the candidate
+    rel_error: float    # (params - target) / target
+
+    @property
+    def shares(self) -> dict:
+        """Fractions of the total held by the input embedding, the lm_head and the blocks (the seed's table)."""
+        t = self.params["total"]
+        return {k: self.params[k] / t for k in ("embedding", "lm_head", "blocks")}
+
+    @property
+    def aspect_ratio(self) -> float:
+        return self.n_embd / self.n_layer
+
+    def config(self, **overrides) -> GPTConfig:
+        return GPTConfig(vocab_size=self.vocab_size, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head, **overrides)
+
+
+def solve_architecture(target_params: float, vocab_size: int, head_dim: int = 64, *, tolerance: float = 0.05,
+                       aspect_ratio: float | None = None, max_layers: int = 64, **overrides) -> list[Candidate]:
+    """Depth/width candidates within `tolerance` of a parameter budget.
+
+    For each depth 1..max_layers, the width is the multiple of head_dim (n_head = width / head_dim) whose
+    total parameter count is nearest the target; candidates off by more than `tolerance` are dropped.
+    `overrides` are any other GPTConfig fields (tie_embeddings, mlp_ratio, mixer, nanohead_proportion,
+    seq_len, ...), so the count is exact for the variant being matched. Sorted by depth, or, with
+    `aspect_ratio` (width/depth; nanochat uses 64), by closeness to it: the first is then the pick.
+    Raises ValueError when no candidate is within tolerance.
+    """
+    if target_params <= 0:
+        raise ValueError(f"target_params={target_params!r}: must be a positive number of parameters")
+    candidates = []
+    for n_layer in range(1, max_layers + 1):
+        best = None
+        for n_head in range(1, 4097):
+            try:
+                cfg = GPTConfig(vocab_size=vocab_size, n_layer=n_layer, n_embd=n_head * head_dim, n_head=n_head, **overrides)
+            except ValueError:
+                continue  # e.g. no nano-head split at this width
+            p = count_params(cfg)
+            err = (p["total"] - target_params) / target_params
+            if best is None or abs(err) < abs(best.rel_error):
+                best = Candidate(n_layer, cfg.n_embd, n_head, vocab_size, p, err)
+            if err > 0:
+                break  # wider only grows further past the target
+        if best is not None and abs(best.rel_error) <= tolerance:
+            candidates.append(best)
+    if not candidates:
+        raise ValueError(f"target_params={target_params:.4g}: no architecture with vocab_size={vocab_size} and "
+                         f"head_dim={head_dim} within {tolerance:.0%} (the embeddings alone hold "
+                         f"{vocab_size * head_dim * (1 if overrides.get('tie_embeddings') else 2):.4g} at the narrowest width)")
+    if aspect_ratio is not None:
+        candidates.sort(key=lambda c: (abs(math.log(c.aspect_ratio / aspect_ratio)), abs(c.rel_error)))
+    return candidates
