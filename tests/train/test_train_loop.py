@@ -1,0 +1,62 @@
+"""The training loop without Ray: learning, schedule, checkpoint/restore against an uninterrupted run."""
+import json
+import math
+import shutil
+
+import pytest
+
+from trainables.train import TrainConfig, lr_multiplier, train
+
+TINY = dict(n_layer=2, n_embd=64, n_head=4, seq_len=64, batch_size=8, max_steps=40, eval_every=10, eval_batches=2,
+            tokenizer="bpe:512", lr=3e-3, warmup_steps=5)
+
+
+def test_loss_falls_and_metrics_are_complete(token_cache, tmp_path):
+    final = train(TINY, out_dir=str(tmp_path), log=lambda m: None)
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [10, 20, 30, 40]
+    assert lines[-1]["val_bpb"] < lines[0]["val_bpb"] - 0.2
+    assert final["tokens"] == 40 * 8 * 64  # exact count of tokens trained
+    for key in ("step", "tokens", "train_loss", "val_loss", "val_bpb", "lr", "tokens_per_s", "mfu", "params_total",
+                "params_non_embedding", "flops_per_token", "flops", "wall_s"):
+        assert key in final
+    assert final["flops"] == final["flops_per_token"] * final["tokens"]
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["model"]["vocab_size"] == 512 and cfg["params"]["total"] == final["params_total"]
+
+
+def test_restore_continues_the_same_loss_curve(token_cache, tmp_path):
+    saved = {}
+
+    def keep(metrics, checkpoint_dir):
+        if checkpoint_dir:
+            saved[metrics["step"]] = shutil.copytree(checkpoint_dir, tmp_path / f"ckpt{metrics['step']}")
+
+    uninterrupted = []
+    train(TINY, report=lambda m, c: (uninterrupted.append(m), keep(m, c)), log=lambda m: None)
+    resumed = []
+    train(TINY, report=lambda m, c: resumed.append(m), restore=str(saved[20]), log=lambda m: None)
+    assert [m["step"] for m in resumed] == [30, 40]
+    for a, b in zip(uninterrupted[2:], resumed):
+        assert a["tokens"] == b["tokens"]
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
+        assert b["val_bpb"] == pytest.approx(a["val_bpb"], abs=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_lr_schedule_shape(schedule):
+    tc = TrainConfig(schedule=schedule, warmup_steps=10, min_lr_frac=0.1, warmdown_frac=0.5)
+    m = [lr_multiplier(s, tc, 100) for s in range(100)]
+    assert m[0] == pytest.approx(0.1) and m[9] == pytest.approx(1.0)          # linear warmup
+    assert m[-1] == pytest.approx(0.1, abs=0.02)                               # ends at min_lr_frac
+    if schedule == "cosine":  # halfway through the decay: (1 + 0.1) / 2
+        assert m[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    else:
+        assert m[40] == 1.0 and m[75] == pytest.approx(1 - 0.9 * 25 / 50)
+
+
+def test_bad_train_config_names_the_field():
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="step")
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="sgd")

@@ -1,0 +1,408 @@
+"""One worker's training loop: plain PyTorch, DDP-aware, runnable without Ray.
+
+    python -m trainables.train --config trial.json [--out DIR]
+
+trains one model in one process. Under Ray Train (trainables/tune.py) the same `train()` runs in
+every worker, with `report` sending metrics and checkpoints to Ray and `restore` pointing at the
+checkpoint to resume from.
+
+A trial config is a flat dict of plain values (so Tune and Optuna can search it): GPTConfig fields,
+TrainConfig fields, plus `budget` (target parameter count) which makes the solver choose
+n_layer/n_embd/n_head. Everything is validated before any training starts.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trainables.data import DataError, TokenLoader, evaluate_bpb, prepare_tokens
+from trainables.model import GPT, GPTConfig, count_params, flops_per_token, solve_architecture
+
+SCHEDULES = ("cosine", "linear")
+OPTIMIZERS = ("adamw", "muon")
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    corpus: str = "wiki"
+    tokenizer: str = "bpe:4096"       # gpt2 | cl100k_base | o200k_base | bpe:VOCAB (trained on the corpus)
+    seed: int = 0
+    # Model size from a parameter budget: the solver picks depth/width (head_dim wide heads) nearest
+    # `budget` with width/depth closest to `aspect_ratio`. None: take n_layer/n_embd/n_head as given.
+    budget: float | None = None
+    head_dim: int = 64
+    aspect_ratio: float = 64.0
+    # Batch: `batch_size` sequences per micro-step per worker; gradients accumulate up to
+    # `total_batch_tokens` per optimizer step over all workers (None: one micro-step).
+    batch_size: int = 8
+    total_batch_tokens: int | None = None
+    max_steps: int = 200
+    max_tokens: int | None = None     # when set, max_steps = max_tokens / tokens per step
+    # Optimizer: per-group learning rates as in nanochat (matrices / embedding / lm_head).
+    optimizer: str = "adamw"          # adamw | muon (Muon on the blocks' 2-D matrices, AdamW elsewhere)
+    lr: float = 3e-3                  # the blocks' matrices
+    embedding_lr: float | None = None # None: 10 x lr (the embedding is normalised right after lookup)
+    lm_head_lr: float | None = None   # None: lr
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_steps: int = 20
+    schedule: str = "cosine"          # cosine to min_lr_frac, or linear: constant then warmdown_frac to min_lr_frac
+    warmdown_frac: float = 0.2
+    min_lr_frac: float = 0.1
+    grad_clip: float = 1.0            # 0 disables
+    dtype: str = "auto"               # auto: bf16 autocast on CUDA with bf16, fp32 otherwise
+    compile: bool = False
+    eval_every: int = 50              # steps between evals (and checkpoints); a final eval always runs
+    eval_batches: int = 8
+    checkpoint: bool = True
+    sample_tokens: int = 0            # >0: write samples.json with samples of this many tokens at the end
+    device: str = "auto"
+
+    def __post_init__(self):
+        _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
+        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+        _check(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+        for name in ("batch_size", "max_steps", "eval_every", "eval_batches", "head_dim"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        _check(self.lr > 0, "lr", self.lr, "a positive number")
+        _check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0")
+        _check(0 <= self.min_lr_frac <= 1, "min_lr_frac", self.min_lr_frac, "a number in [0, 1]")
+        _check(0 < self.warmdown_frac <= 1, "warmdown_frac", self.warmdown_frac, "a number in (0, 1]")
+        _check(self.budget is None or self.budget > 0, "budget", self.budget, "None or a positive parameter count")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _check(ok, name, value, allowed):
+    if not ok:
+        raise ValueError(f"TrainConfig.{name}={value!r}: must be {allowed}")
+
+
+def resolve_configs(config: dict, vocab_size: int) -> tuple[GPTConfig, TrainConfig]:
+    """Trial config -> (GPTConfig, TrainConfig). The vocab comes from the tokenizer; a budget goes through the solver."""
+    tc = TrainConfig.from_dict(config)
+    model_keys = {k: v for k, v in config.items() if k in {f.name for f in fields(GPTConfig)}}
+    model_keys["vocab_size"] = vocab_size
+    if tc.budget is not None:
+        for k in ("n_layer", "n_embd", "n_head"):
+            model_keys.pop(k, None)
+        kv_ratio = model_keys.pop("n_kv_head", None)  # with a budget, n_kv_head is read as a ratio n_head/n_kv_head
+        best = solve_architecture(tc.budget, vocab_size, tc.head_dim, aspect_ratio=tc.aspect_ratio,
+                                  **{k: v for k, v in model_keys.items() if k != "vocab_size"})[0]
+        model_keys.update(n_layer=best.n_layer, n_embd=best.n_embd, n_head=best.n_head)
+        if kv_ratio:
+            model_keys["n_kv_head"] = max(1, best.n_head // kv_ratio)
+    return GPTConfig(**model_keys), tc
+
+
+# ----------------------------------------------------------------------------- devices and precision
+
+# Dense peak FLOP/s used for MFU, by device kind. CPU: cores x 2 AVX-512 FMA units x 16 fp32 lanes x 2 x 2.5 GHz
+# (a nominal figure; set NANOSTUDIES_PEAK_FLOPS for your machine).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12, "L40S": 362e12}
+
+
+def peak_flops(device: torch.device) -> float:
+    if os.environ.get("NANOSTUDIES_PEAK_FLOPS"):
+        return float(os.environ["NANOSTUDIES_PEAK_FLOPS"])
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_FLOPS.items() if k in name), 312e12)
+    return torch.get_num_threads() * 2 * 16 * 2 * 2.5e9
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if tc.dtype == "bfloat16":
+        return torch.bfloat16
+    if tc.dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+# ----------------------------------------------------------------------------- optimizer and schedule
+
+def build_optimizers(model: GPT, tc: TrainConfig) -> list[torch.optim.Optimizer]:
+    """nanochat-style groups: the embedding, the lm_head, the blocks' matrices, the blocks' other params
+    (Toeplitz filters). With Muon, the blocks' matrices go to Muon and the rest to AdamW."""
+    wte = model.transformer.wte.weight
+    head = model.lm_head.weight
+    matrices, others = [], []
+    for p in model.transformer.h.parameters():
+        (matrices if p.ndim == 2 and p.size(1) != model.cfg.seq_len else others).append(p)
+    groups = [dict(params=[wte], lr=tc.embedding_lr or 10 * tc.lr, weight_decay=0.0)]
+    if head is not wte:
+        groups.append(dict(params=[head], lr=tc.lm_head_lr or tc.lr, weight_decay=0.0))
+    if others:
+        groups.append(dict(params=others, lr=tc.lr, weight_decay=0.0))
+    adam_kw = dict(betas=(tc.beta1, tc.beta2), eps=1e-8, fused=False)
+    if tc.optimizer == "muon":
+        muon = torch.optim.Muon([dict(params=matrices, lr=tc.lr, weight_decay=tc.weight_decay)],
+                                adjust_lr_fn="match_rms_adamw")
+        return [torch.optim.AdamW(groups, **adam_kw), muon]
+    groups.append(dict(params=matrices, lr=tc.lr, weight_decay=tc.weight_decay))
+    return [torch.optim.AdamW(groups, **adam_kw)]
+
+
+def lr_multiplier(step: int, tc: TrainConfig, max_steps: int) -> float:
+    """Linear warmup to 1, then cosine to min_lr_frac at max_steps, or constant then a linear warmdown."""
+    if step < tc.warmup_steps:
+        return (step + 1) / tc.warmup_steps
+    if tc.schedule == "cosine":
+        progress = (step - tc.warmup_steps) / max(1, max_steps - tc.warmup_steps)
+        return tc.min_lr_frac + (1 - tc.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    warmdown = max(1, round(tc.warmdown_frac * max_steps))
+    if step < max_steps - warmdown:
+        return 1.0
+    progress = (step - (max_steps - warmdown)) / warmdown
+    return 1.0 - (1 - tc.min_lr_frac) * min(progress, 1.0)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def rng_state() -> dict:
+    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_rng_state(state: dict):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+# ----------------------------------------------------------------------------- the loop
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the trial fails with this reason (and is not retried)."""
+
+
+def train(config: dict, *, report: Callable[[dict, str | None], None] | None = None,
+          restore: str | None = None, out_dir: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Trains one model from a flat trial config and returns the final metrics.
+
+    report(metrics, checkpoint_dir): called on rank 0's schedule at every eval (Ray: ray.train.report;
+        every rank must call it). checkpoint_dir is a directory holding CHECKPOINT_FILE, or None.
+    restore: a directory holding CHECKPOINT_FILE to continue from (model, optimizer, schedule, data
+        position, RNG): the run then continues the same loss curve.
+    out_dir: where metrics.jsonl / config.json / samples.json go (rank 0 only); None writes nothing.
+    """
+    t_start = time.time()
+    ddp = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    tc = TrainConfig.from_dict(config)
+    data = prepare_tokens(tc.corpus, tc.tokenizer)
+    cfg, tc = resolve_configs(config, data.vocab_size)
+    device = pick_device(tc.device)
+    amp_dtype = autocast_dtype(tc, device)
+
+    tokens_per_micro = tc.batch_size * cfg.seq_len * world
+    total_batch = tc.total_batch_tokens or tokens_per_micro
+    if total_batch % tokens_per_micro:
+        raise ValueError(f"TrainConfig.total_batch_tokens={total_batch}: must be a multiple of batch_size x seq_len x "
+                         f"workers = {tokens_per_micro}")
+    grad_accum = total_batch // tokens_per_micro
+    max_steps = math.ceil(tc.max_tokens / total_batch) if tc.max_tokens else tc.max_steps
+
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+    np.random.seed(tc.seed)
+    model = GPT(cfg).to(device)
+    optimizers = build_optimizers(model, tc)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    loader = TokenLoader(data, tc.batch_size, cfg.seq_len, rank=rank, world_size=world, seed=tc.seed)
+    params = count_params(cfg)
+    fpt = flops_per_token(cfg)
+    peak = peak_flops(device) * world
+
+    step, tokens, wall_before = 0, 0, 0.0
+    if restore:
+        state = torch.load(os.path.join(restore, CHECKPOINT_FILE), map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        for opt, s in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+        loader.load_state_dict(state["loader"][rank] if isinstance(state["loader"], list) else state["loader"])
+        step, tokens, wall_before = state["step"], state["tokens"], state["wall_s"]
+        set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        log(f"resumed from step {step} ({tokens:,} tokens)")
+
+    train_model = torch.compile(model) if tc.compile else model
+    if ddp:
+        train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    metrics_file = None
+    if out_dir and rank == 0:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "config.json").write_text(json.dumps(dict(trial=config, model=cfg.to_dict(), train=asdict(tc),
+                                                                       params=params, flops_per_token=fpt), indent=2))
+        metrics_path = Path(out_dir) / "metrics.jsonl"
+        if metrics_path.exists():  # after a restore, drop evals past the checkpoint: they are about to be redone
+            kept = [line for line in metrics_path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+        metrics_file = open(metrics_path, "a")
+
+    log(f"model: {params['total']:,} params ({params['non_embedding']:,} non-embedding), {cfg.n_layer} layers x {cfg.n_embd} wide, "
+        f"mixer={cfg.mixer}{' softmax1' if cfg.softmax1 else ''}{f' nano p={cfg.nanohead_proportion}' if cfg.nanohead_proportion else ''}; "
+        f"{max_steps} steps x {total_batch:,} tokens on {world} x {device.type}{' bf16' if amp_dtype else ''}")
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else torch.autocast(device.type, enabled=False)
+
+    def evaluate() -> dict:
+        model.eval()
+        with autocast():
+            result = evaluate_bpb(model, data, tc.batch_size, cfg.seq_len, max_batches=tc.eval_batches, device=device)
+        model.train()
+        return {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"]}
+
+    def emit(metrics: dict, final: bool):
+        checkpoint_dir = None
+        if tc.checkpoint and report is not None:
+            checkpoint_dir = save_checkpoint(model, optimizers, loader, step, tokens, time.time() - t_start + wall_before, ddp, rank)
+        if metrics_file:
+            metrics_file.write(json.dumps(metrics) + "\n")
+            metrics_file.flush()
+        if report is not None:
+            report(metrics, checkpoint_dir)
+
+    model.train()
+    train_losses, t_window, tokens_window = [], time.time(), 0
+    best_bpb, last = float("inf"), {}
+    while step < max_steps:
+        lrm = lr_multiplier(step, tc, max_steps)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lrm
+        loss_sum = 0.0
+        for micro in range(grad_accum):
+            x, y = next(loader)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = not ddp or micro == grad_accum - 1  # all-reduce once per optimizer step
+            ctx = train_model.no_sync() if ddp and not sync else nullcontext()
+            with ctx, autocast():
+                loss = train_model(x, y)
+            (loss / grad_accum).backward()
+            loss_sum += loss.detach()
+        if ddp:  # one scalar: every rank logs the same loss and stops at the same step if it diverges
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        loss_value = float(loss_sum) / grad_accum
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"loss became {loss_value} at step {step}")
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        step += 1
+        tokens += total_batch
+        tokens_window += total_batch
+        train_losses.append(loss_value)
+        if step % tc.eval_every == 0 or step == max_steps:
+            dt = time.time() - t_window
+            tok_s = tokens_window / dt
+            val = evaluate()
+            best_bpb = min(best_bpb, val["val_bpb"])
+            last = dict(step=step, tokens=tokens, train_loss=float(np.mean(train_losses)), **val, best_val_bpb=best_bpb,
+                        lr=optimizers[-1].param_groups[-1]["lr"], tokens_per_s=tok_s, mfu=tok_s * fpt / peak,
+                        params_total=params["total"], params_non_embedding=params["non_embedding"],
+                        flops_per_token=fpt, flops=fpt * tokens, wall_s=time.time() - t_start + wall_before)
+            if ddp:
+                last["param_sync_err"] = param_sync_error(model)
+            log(f"step {step}/{max_steps} | train {last['train_loss']:.4f} | val bpb {val['val_bpb']:.4f} | "
+                f"{tok_s:,.0f} tok/s | mfu {last['mfu']:.1%}")
+            emit(last, final=step == max_steps)
+            train_losses, t_window, tokens_window = [], time.time(), 0
+
+    if tc.sample_tokens and rank == 0 and out_dir:
+        write_samples(model, data, tc, cfg, device, Path(out_dir) / "samples.json")
+    if metrics_file:
+        metrics_file.close()
+    return last
+
+
+def param_sync_error(model: torch.nn.Module) -> float:
+    """DDP keeps every rank's parameters identical; the spread of a per-rank checksum proves it (0.0)."""
+    checksum = torch.stack([p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters())]).sum()
+    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, checksum)
+    return float(torch.stack(gathered).max() - torch.stack(gathered).min())
+
+
+def save_checkpoint(model, optimizers, loader, step, tokens, wall_s, ddp, rank) -> str | None:
+    """Every rank contributes its loader and RNG state (their data positions differ); rank 0 writes."""
+    import tempfile
+    local = dict(loader=loader.state_dict(), rng=rng_state())
+    if ddp:
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, local)
+    else:
+        gathered = [local]
+    if rank != 0:
+        return None
+    d = tempfile.mkdtemp(prefix="ckpt_")
+    torch.save(dict(model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers], step=step, tokens=tokens,
+                    wall_s=wall_s, loader=[g["loader"] for g in gathered], rng=[g["rng"] for g in gathered]),
+               os.path.join(d, CHECKPOINT_FILE))
+    return d
+
+
+@torch.no_grad()
+def write_samples(model: GPT, data, tc: TrainConfig, cfg: GPTConfig, device, path: Path, n: int = 3):
+    """A few samples from fixed val prompts (temperature 0.8, top-k 50, seeded), e.g. for the softmax1 report."""
+    from trainables.data import get_tokenizer, load_corpus
+    enc = get_tokenizer(tc.tokenizer, corpus=load_corpus(tc.corpus) if tc.tokenizer.startswith("bpe:") else None)
+    val = torch.from_numpy(np.asarray(data.val_tokens()[: 16 * n], dtype=np.int64)).view(n, 16).to(device)
+    g = torch.Generator(device=device).manual_seed(tc.seed)
+    model.eval()
+    out = model.generate(val, tc.sample_tokens, temperature=0.8, top_k=50, generator=g)
+    path.write_text(json.dumps(dict(prompt=[enc.decode(p.tolist()) for p in val],
+                                    samples=[enc.decode(o.tolist()) for o in out]), indent=2))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Train one model from a trial config, in one process, without Ray.")
+    ap.add_argument("--config", required=True, help="JSON file with a flat trial config (GPTConfig + TrainConfig keys)")
+    ap.add_argument("--out", default=None, help="directory for metrics.jsonl, config.json, samples.json")
+    args = ap.parse_args(argv)
+    try:
+        config = json.loads(Path(args.config).read_text())
+        data = prepare_tokens(config.get("corpus", "wiki"), config.get("tokenizer", "bpe:4096"))
+        resolve_configs(config, data.vocab_size)  # validate everything before training
+    except (OSError, ValueError) as e:  # DataError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    train(config, out_dir=args.out)
+
+
+if __name__ == "__main__":
+    main()

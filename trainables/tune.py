@@ -1,0 +1,188 @@
+"""The Tune function trainable: each Tune trial runs one Ray Train job (TorchTrainer) whose workers
+run trainables.train.train with DistributedDataParallel.
+
+Ray 2.60 runs Train V2, where a TorchTrainer cannot be handed to a Tuner; the supported pattern is a
+Tune function that builds a TorchTrainer and calls fit(), with TuneReportCallback forwarding the
+workers' reports to Tune (so schedulers such as ASHA see every eval).
+
+Resource arithmetic. A trial is three kinds of actor:
+  the Tune function (the "trial driver")  {"CPU": 0, "train_driver": 1}   mostly waits on fit()
+  Ray Train's controller                  0 CPU                          (Train's default)
+  num_workers training workers            {"CPU": cpus_per_worker} (+ {"GPU": 1} each on GPUs)
+Trial drivers hold no CPU, so they can never starve the workers of another trial of CPUs; the custom
+`train_driver` resource (declared on the head node: `ray start --head --resources '{"train_driver": N}'`,
+or by study.run for a local cluster) caps how many trials run at once, N = floor(CPUs / (num_workers
+x cpus_per_worker)) on CPU, floor(GPUs / num_workers) on GPU clusters. Without the cap, extra trial
+drivers would start Train controllers that wait for workers and hold placement groups meanwhile.
+"""
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import ray.train
+from ray import tune
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from trainables.train import TrainingDiverged, train
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SNAPSHOT_FILES = ["trainables/train.py", "trainables/model", "trainables/data"]  # code kept with each trial
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    max_failures: int = 2      # restarts of a trial whose worker died, from its last checkpoint
+    keep_checkpoints: int = 2
+
+    def driver(self) -> dict:
+        return {"CPU": 0, "train_driver": 1}
+
+    def per_worker(self) -> dict:
+        return {"CPU": self.cpus_per_worker, **({"GPU": 1} if self.use_gpu else {})}
+
+    def max_concurrent(self, cluster: dict) -> int:
+        """How many trials fit the cluster at once (the train_driver count to declare)."""
+        if self.use_gpu:
+            return max(1, int(cluster.get("GPU", 0) // self.num_workers))
+        return max(1, int(cluster.get("CPU", 1) // (self.num_workers * self.cpus_per_worker)))
+
+
+def train_worker(config: dict):
+    """Runs in every Ray Train worker process."""
+    threads = config.get("_threads_per_worker")
+    if threads:
+        import torch
+        torch.set_num_threads(int(threads))
+    out_dir = config.get("_out_dir")
+
+    def report(metrics: dict, checkpoint_dir: str | None):
+        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+        if checkpoint_dir:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # report() has copied it to storage
+
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else nullcontext() as restore:
+        if restore and (Path(restore) / DIVERGED_FILE).exists():  # a resumed run that had already diverged
+            return report_diverged(json.loads((Path(restore) / DIVERGED_FILE).read_text())["error"])
+        try:
+            train(_trial_keys(config), report=report, restore=restore, out_dir=out_dir, log=_log_rank0)
+        except TrainingDiverged as e:
+            report_diverged(str(e))
+
+
+DIVERGED_FILE = "diverged.json"
+
+
+def report_diverged(error: str):
+    """A diverged run is a result, not a crash: a retry would diverge again. Every rank reports the error
+    (with NaN metrics, which Tune requires to carry the study's metric) and rank 0 attaches a marker
+    checkpoint, because Train's Result.metrics only holds reports that came with a checkpoint; the trial
+    driver then fails the trial with the reason."""
+    metrics = {"error": error, "diverged": True, "val_bpb": float("nan"), "val_loss": float("nan")}
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            (Path(d) / DIVERGED_FILE).write_text(json.dumps({"error": error}))
+            checkpoint = Checkpoint.from_directory(d)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _log_rank0(msg: str):
+    if ray.train.get_context().get_world_rank() == 0:
+        print(msg, flush=True)
+
+
+def _trial_keys(config: dict) -> dict:
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+class TrialFailed(RuntimeError):
+    pass
+
+
+def make_trainable(study_dir: str | os.PathLike, resources: TrialResources):
+    """The Tune function trainable for a study writing under study_dir, wrapped with its resources."""
+    study_dir = str(Path(study_dir).resolve())
+
+    def run_trial(config: dict):
+        name = tune.get_context().get_trial_name()
+        out_dir = Path(study_dir) / "trials" / name
+        write_trial_files(out_dir, config, resources)
+        cpus = resources.cpus_per_worker
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={**config, "_out_dir": str(out_dir), "_threads_per_worker": max(1, int(cpus))},
+            scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
+                                         resources_per_worker=resources.per_worker()),
+            torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
+            run_config=RunConfig(
+                name=name, storage_path=str(Path(study_dir) / "train"), callbacks=[TuneReportCallback()],
+                checkpoint_config=CheckpointConfig(num_to_keep=resources.keep_checkpoints),
+                failure_config=FailureConfig(max_failures=resources.max_failures),
+            ),
+        )
+        result = trainer.fit()  # same name + storage: Train resumes from the run's latest checkpoint
+        if result.metrics and result.metrics.get("error"):
+            raise TrialFailed(result.metrics["error"])
+
+    return tune.with_resources(run_trial, resources.driver())
+
+
+def write_trial_files(out_dir: Path, config: dict, resources: TrialResources):
+    """config.json (as searched), env.json (versions, commit, device) and a snapshot of the code that trains."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "trial_config.json").write_text(json.dumps(_trial_keys(config), indent=2, default=str))
+    (out_dir / "env.json").write_text(json.dumps(environment(resources), indent=2))
+    code = out_dir / "code"
+    if not code.exists():
+        for rel in SNAPSHOT_FILES:
+            src = PROJECT_ROOT / rel
+            if src.is_dir():
+                shutil.copytree(src, code / rel, ignore=shutil.ignore_patterns("__pycache__"))
+            elif src.exists():
+                (code / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, code / rel)
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for pkg in ("torch", "ray", "optuna", "wandb", "tiktoken", "rustbpe", "numpy", "pandas", "nanostudies"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(resources: TrialResources | None = None) -> dict:
+    import torch
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    env = dict(python=sys.version.split()[0], platform=platform.platform(), device=device, cpu_count=os.cpu_count(),
+               versions=package_versions(), git_commit=git_commit(), time=datetime.now(timezone.utc).isoformat())
+    if resources:
+        env["resources"] = dict(num_workers=resources.num_workers, cpus_per_worker=resources.cpus_per_worker,
+                                use_gpu=resources.use_gpu)
+    return env
