@@ -281,7 +281,8 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     def evaluate() -> dict:
         model.eval()
         with autocast():
-            result = evaluate_bpb(model, data, tc.batch_size, cfg.seq_len, max_batches=tc.eval_batches, device=device)
+            result = evaluate_bpb(model, data, tc.batch_size, cfg.seq_len, max_batches=tc.eval_batches, device=device,
+                                  rank=rank, world_size=world)  # ranks split the val windows, sums all-reduced
         model.train()
         return {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"]}
 
