@@ -69,6 +69,9 @@ class TrainConfig:
     eval_batches: int = 8
     checkpoint: bool = True
     sample_tokens: int = 0            # >0: write samples.json with samples of this many tokens at the end
+    gen_benchmark_tokens: int = 0     # >0: time generate() of this many tokens, mixer heads parallel vs sequential
+    gen_benchmark_runs: int = 3
+    gen_benchmark_batch: int = 4
     device: str = "auto"
 
     def __post_init__(self):
@@ -264,7 +267,8 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     if out_dir and rank == 0:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "config.json").write_text(json.dumps(dict(trial=config, model=cfg.to_dict(), train=asdict(tc),
-                                                                       params=params, flops_per_token=fpt), indent=2))
+                                                                       params=params, flops_per_token=fpt,
+                                                                       planned_steps=max_steps), indent=2))
         metrics_path = Path(out_dir) / "metrics.jsonl"
         if metrics_path.exists():  # after a restore, drop evals past the checkpoint: they are about to be redone
             kept = [line for line in metrics_path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
@@ -337,8 +341,11 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
                         lr=optimizers[-1].param_groups[-1]["lr"], tokens_per_s=tok_s, mfu=tok_s * fpt / peak,
                         params_total=params["total"], params_non_embedding=params["non_embedding"],
                         flops_per_token=fpt, flops=fpt * tokens, wall_s=time.time() - t_start + wall_before)
+            last["samples_per_s"] = tok_s / cfg.seq_len
             if ddp:
                 last["param_sync_err"] = param_sync_error(model)
+            if step == max_steps and tc.gen_benchmark_tokens and rank == 0:
+                last.update(generation_benchmark(model, data, tc, device))
             log(f"step {step}/{max_steps} | train {last['train_loss']:.4f} | val bpb {val['val_bpb']:.4f} | "
                 f"{tok_s:,.0f} tok/s | mfu {last['mfu']:.1%}")
             emit(last, final=step == max_steps)
@@ -375,6 +382,28 @@ def save_checkpoint(model, optimizers, loader, step, tokens, wall_s, ddp, rank) 
                     wall_s=wall_s, loader=[g["loader"] for g in gathered], rng=[g["rng"] for g in gathered]),
                os.path.join(d, CHECKPOINT_FILE))
     return d
+
+
+@torch.no_grad()
+def generation_benchmark(model: GPT, data, tc: TrainConfig, device) -> dict:
+    """Greedy generation speed with the mixer's heads processed at once vs one at a time (the Toeplitz
+    seed's benchmark; attention ignores the path). One warm-up run, then the mean over gen_benchmark_runs."""
+    prompt = torch.from_numpy(np.asarray(data.val_tokens()[: 16 * tc.gen_benchmark_batch], dtype=np.int64))
+    prompt = prompt.view(tc.gen_benchmark_batch, 16).to(device)
+    model.eval()
+    out = {}
+    for path in ("parallel", "sequential"):
+        model.generate(prompt, tc.gen_benchmark_tokens, temperature=0, mixer_path=path)
+        times = []
+        for _ in range(tc.gen_benchmark_runs):
+            t0 = time.perf_counter()
+            model.generate(prompt, tc.gen_benchmark_tokens, temperature=0, mixer_path=path)
+            times.append(time.perf_counter() - t0)
+        out[f"gen_mean_time_{path}"] = float(np.mean(times))
+        out[f"gen_tokens_per_s_{path}"] = tc.gen_benchmark_batch * tc.gen_benchmark_tokens / float(np.mean(times))
+    out["gen_speedup"] = out["gen_tokens_per_s_parallel"] / out["gen_tokens_per_s_sequential"]
+    model.train()
+    return out
 
 
 @torch.no_grad()

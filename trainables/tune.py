@@ -46,9 +46,10 @@ class TrialResources:
     use_gpu: bool = False
     max_failures: int = 2      # restarts of a trial whose worker died, from its last checkpoint
     keep_checkpoints: int = 2
+    driver_resource: bool = True  # False on clusters that declare no train_driver (then cap with max_concurrent_trials)
 
     def driver(self) -> dict:
-        return {"CPU": 0, "train_driver": 1}
+        return {"CPU": 0, "train_driver": 1} if self.driver_resource else {"CPU": 0}
 
     def per_worker(self) -> dict:
         return {"CPU": self.cpus_per_worker, **({"GPU": 1} if self.use_gpu else {})}
@@ -114,11 +115,13 @@ class TrialFailed(RuntimeError):
     pass
 
 
-def make_trainable(study_dir: str | os.PathLike, resources: TrialResources):
-    """The Tune function trainable for a study writing under study_dir, wrapped with its resources."""
+def make_trainable(study_dir: str | os.PathLike, resources: TrialResources, resolve=None):
+    """The Tune function trainable for a study writing under study_dir, wrapped with its resources.
+    resolve(config) -> the full flat trial config (derived keys, solver dims), applied in the trial driver."""
     study_dir = str(Path(study_dir).resolve())
 
     def run_trial(config: dict):
+        config = resolve(config) if resolve else config
         name = tune.get_context().get_trial_name()
         out_dir = Path(study_dir) / "trials" / name
         write_trial_files(out_dir, config, resources)

@@ -1,0 +1,45 @@
+"""Scaling: a chosen variant vs the baseline at 4+ parameter budgets, so the report can draw a real
+loss-vs-parameters frontier and fit L(N) = E + A N^-alpha per arm. The variant is set with
+--set scaling_variant=NAME (one of VARIANTS)."""
+from .common import architecture, seed_suffix
+
+VARIANTS = {
+    "nanohead_p20": {"nanohead_proportion": 0.2},
+    "nanohead_p40": {"nanohead_proportion": 0.4},
+    "softmax1": {"softmax1": True},
+    "toeplitz_mean_proj": {"mixer": "toeplitz", "toep_mean": True, "toep_proj": True},
+}
+BUDGETS = {"smoke": [1.0e5, 1.6e5, 2.5e5, 4.0e5], "cpu": [0.75e6, 1.5e6, 3.0e6, 6.0e6],
+           "gpu": [10e6, 20e6, 50e6, 100e6], "paper": [20e6, 50e6, 100e6, 200e6, 500e6]}
+
+
+def axes(profile) -> dict:
+    return {"budget": BUDGETS[profile.name], "arm": ["baseline", "variant"]}
+
+
+def base(profile) -> dict:
+    keys = {**profile.train_keys(), "scaling_variant": "nanohead_p40", "lr": 3e-3}
+    if profile.name == "cpu":  # a smaller vocab leaves the small budgets room for blocks
+        keys["tokenizer"] = "bpe:2048"
+    return keys
+
+
+def resolve(config: dict) -> dict:
+    if config["scaling_variant"] not in VARIANTS:
+        raise ValueError(f"scaling_variant={config['scaling_variant']!r}: must be one of {', '.join(VARIANTS)}")
+    out = architecture(config)  # the baseline's dims at this budget; the variant runs on the same dims
+    if config["arm"] == "variant":
+        out.update(VARIANTS[config["scaling_variant"]])
+        if out.get("mixer") == "toeplitz":
+            out["nanohead_proportion"] = 0.0
+    if config.get("max_tokens_per_param"):
+        out["max_tokens"] = int(config["max_tokens_per_param"] * config["budget"])
+    return out
+
+
+def variant(config: dict) -> str:
+    return "baseline" if config["arm"] == "baseline" else config["scaling_variant"]
+
+
+def trial_name(config: dict) -> str:
+    return f"scaling_{variant(config)}_{config['target_params'] / 1e6:g}M" + seed_suffix(config)

@@ -1,0 +1,108 @@
+"""Tune results + each trial's own files -> results/STUDY/trials.parquet and trials.csv (one row per trial).
+
+The row format is the contract with reports/ (see shared/DESIGN.md). Metrics are read under one name
+from the trial's metrics.jsonl, the same names train.py writes: the seed's collector read `val_bpb`
+where the runs logged `val/bpb` and its table came out empty; tests/study checks this end to end.
+"""
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+FINAL_METRICS = ("train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "wall_s", "samples_per_s",
+                 "gen_tokens_per_s_parallel", "gen_tokens_per_s_sequential", "gen_speedup",
+                 "gen_mean_time_parallel", "gen_mean_time_sequential")
+
+
+def experiment_dirs(study_dir: Path) -> list[Path]:
+    """tune, tune_2, ...: a finished Optuna search extended later runs as a new Tune experiment."""
+    dirs = [d for d in study_dir.glob("tune*") if d.is_dir() and (d / "tuner.pkl").exists()]
+    return sorted(dirs, key=lambda d: int(d.name.split("_")[1]) if "_" in d.name else 1)
+
+
+def tune_outcomes(study_dir: Path) -> dict:
+    """trial name -> (error string or None, Tune status) over every experiment of the study."""
+    from ray.tune import ExperimentAnalysis
+    out = {}
+    for exp in experiment_dirs(study_dir):
+        analysis = ExperimentAnalysis(str(exp))
+        for trial in analysis.trials:
+            error = None
+            if trial.status == "ERROR":
+                error = _last_error_line(Path(trial.local_path or "") / "error.txt") or "trial failed"
+            out[str(trial)] = (error, trial.status)
+    return out
+
+
+def _last_error_line(path: Path) -> str | None:
+    """The reason, not the traceback: the last line naming an exception."""
+    if not path.exists():
+        return None
+    lines = [l.strip() for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line or "Failed" in line:
+            return line[:500]
+    return lines[-1][:500] if lines else None
+
+
+def collect(study_dir: Path, spec, outcomes: dict | None = None) -> pd.DataFrame:
+    """One row per trial directory under study_dir/trials, with Tune's outcome where known."""
+    outcomes = tune_outcomes(study_dir) if outcomes is None else outcomes
+    rows = []
+    for trial_dir in sorted((study_dir / "trials").glob("*")):
+        if not (trial_dir / "trial_config.json").exists():
+            continue
+        config = json.loads((trial_dir / "trial_config.json").read_text())
+        resolved = json.loads((trial_dir / "config.json").read_text()) if (trial_dir / "config.json").exists() else {}
+        metrics = _read_metrics(trial_dir / "metrics.jsonl")
+        error, tune_status = outcomes.get(trial_dir.name, (None, None))
+        final = metrics[-1] if metrics else {}
+        params = resolved.get("params", {})
+        planned = resolved.get("planned_steps")
+        if error:
+            status = "failed"
+        elif tune_status in ("RUNNING", "PENDING", "PAUSED") or (tune_status is None and not final):
+            status = "unfinished"
+        elif planned and final.get("step", 0) < planned:
+            status = "stopped"  # an early-stopping scheduler ended it
+        else:
+            status = "done"
+        model = resolved.get("model", {})
+        row = dict(trial=trial_dir.name, study=spec.name, variant=spec.variant({**config, **model}),
+                   seed=int(config.get("seed", 0)), status=status, error=error)
+        row.update({k: _plain(v) for k, v in {**config, **model}.items() if k not in row})
+        row.update(params_total=params.get("total"), params_non_embedding=params.get("non_embedding"),
+                   params_embedding=params.get("embedding"), params_lm_head=params.get("lm_head"),
+                   params_blocks=params.get("blocks"), flops_per_token=resolved.get("flops_per_token"),
+                   tokens_trained=final.get("tokens"), best_val_bpb=min((m["val_bpb"] for m in metrics if _finite(m.get("val_bpb"))), default=None))
+        for key in FINAL_METRICS:
+            row[key] = final.get(key)
+        row["val_ppl"] = math.exp(final["val_loss"]) if _finite(final.get("val_loss")) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _plain(v):
+    """Parquet wants one type per column: lists and dicts become JSON text."""
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def write_trials(df: pd.DataFrame, study_dir: Path):
+    """trials.parquet and trials.csv, each written whole to a temp file then renamed (never half-written)."""
+    for name, writer in (("trials.parquet", lambda p: df.to_parquet(p, index=False)),
+                         ("trials.csv", lambda p: df.to_csv(p, index=False))):
+        tmp = study_dir / f".{name}.tmp"
+        writer(tmp)
+        os.replace(tmp, study_dir / name)

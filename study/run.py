@@ -1,0 +1,288 @@
+"""python -m study.run STUDY [options]: run a named study on this machine or on a Ray cluster.
+
+Everything a user can get wrong (study, profile, --set keys and values, storage URL, address, data) is
+checked before Ray starts: a bad input exits 2 with one line on stderr and leaves results/ untouched.
+"""
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from study.catalog import STUDIES, StudySpec, get_profile, get_study, grid_configs
+from study.profiles import DEFAULT_PROFILE, PROFILES
+
+
+class UsageError(ValueError):
+    """A mistake in what the user typed: reported in one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- command line
+
+def build_parser(spec: StudySpec | None = None) -> argparse.ArgumentParser:
+    description = "Run a named architecture study: every trial a Ray Tune trial running Ray Train DDP."
+    epilog = "studies: " + ", ".join(STUDIES) + "\nprofiles: " + ", ".join(PROFILES)
+    if spec:
+        profile = PROFILES[DEFAULT_PROFILE]
+        axes = spec.axes(profile)
+        description = (f"{spec.name}: {spec.hypothesis}\n\nseed note: {spec.seed_note}\nsearcher: {spec.searcher}, "
+                       f"scheduler: {spec.scheduler}, metric: {spec.metric} ({spec.mode})\naxes: "
+                       + ", ".join(f"{k}={v if isinstance(v, list) else type(v).__name__}" for k, v in axes.items()))
+    ap = argparse.ArgumentParser(prog="python -m study.run", description=description, epilog=epilog,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("study", nargs="?", help="study name (see --list)")
+    ap.add_argument("--list", action="store_true", help="list the studies and exit")
+    ap.add_argument("--profile", default=DEFAULT_PROFILE, help=f"budget: {', '.join(PROFILES)} (default {DEFAULT_PROFILE})")
+    ap.add_argument("--dry-run", action="store_true", help="print each trial's config, parameters, tokens and FLOPs; no Ray")
+    ap.add_argument("--seeds", type=int, default=1, help="run each config N times with seeds 0..N-1 (grid studies)")
+    ap.add_argument("--num-samples", type=int, default=None, help="trials an Optuna search runs (default: per profile)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key (a,b,c makes it an axis); repeatable")
+    ap.add_argument("--output", default="results", help="results root (default results/)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted study; a finished Optuna search runs --num-samples more trials")
+    ap.add_argument("--address", default=None, help="an existing Ray cluster (host:port, ray://..., or auto)")
+    ap.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers (DDP ranks) per trial")
+    ap.add_argument("--gpus-per-trial", type=int, default=None, help="GPUs per trial (one per worker)")
+    ap.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per training worker (default 1)")
+    ap.add_argument("--wandb", default="offline", choices=["offline", "online", "disabled"],
+                    help="tracking: offline runs in the study dir (default), online needs WANDB_API_KEY")
+    ap.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the study dir)")
+    ap.add_argument("--no-report", action="store_true", help="skip building the report at the end")
+    return ap
+
+
+def parse_value(text: str):
+    """--set values: a,b,c -> list; true/false/none; int; float; else string."""
+    if "," in text:
+        return [parse_value(t) for t in text.split(",") if t != ""]
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: list[str], spec: StudySpec, profile) -> dict:
+    allowed = spec.settable_keys(profile)
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: must be KEY=VALUE")
+        if key not in allowed:
+            raise UsageError(f"--set {key}: unknown key for {spec.name}; allowed: {', '.join(sorted(allowed))}")
+        out[key] = parse_value(value)
+    return out
+
+
+# ----------------------------------------------------------------------------- planning (no Ray)
+
+def plan_trials(spec: StudySpec, profile, overrides: dict, seeds: int, workers: int) -> list[dict]:
+    """Grid studies: every trial's resolved config, validated (GPTConfig/TrainConfig/solver) and named."""
+    from search_spaces.common import tokenizer_vocab_size
+    from trainables.train import resolve_configs
+
+    trials, names = [], set()
+    for searched in grid_configs(spec, profile, overrides, seeds):
+        config = _checked(lambda: spec.resolve(searched))
+        gpt, tc = _checked(lambda: resolve_configs(config, tokenizer_vocab_size(config["tokenizer"])))
+        name = spec.trial_name(config)
+        if name in names:
+            raise UsageError(f"two trials would both be named {name!r}: vary an axis or use --seeds")
+        names.add(name)
+        trials.append(dict(name=name, searched=searched, config=config, gpt=gpt, train=tc,
+                           tokens=_planned_tokens(tc, gpt, workers)))
+    return trials
+
+
+def validate_search(spec: StudySpec, profile, overrides: dict, n: int = 16):
+    """Optuna studies: draw configs from the space and check they all build (fixed RNG: reproducible)."""
+    import random
+    from search_spaces.common import tokenizer_vocab_size
+    from trainables.train import resolve_configs
+    from ray import tune  # noqa: F401  (the space is made of Tune domains; importing tune starts nothing)
+
+    space = spec.axes(profile)
+    base = {**spec.base(profile), **overrides}
+    rng = random.Random(0)
+    for _ in range(n):
+        drawn = {k: (v.sample(random_state=rng.randint(0, 2**31)) if hasattr(v, "sample") else v)
+                 for k, v in space.items() if k not in overrides}
+        config = _checked(lambda: spec.resolve({**base, **drawn}))
+        _checked(lambda: resolve_configs(config, tokenizer_vocab_size(config["tokenizer"])))
+
+
+def _checked(fn):
+    try:
+        return fn()
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
+
+
+def _planned_tokens(tc, gpt, workers: int) -> int:
+    per_step = tc.total_batch_tokens or tc.batch_size * gpt.seq_len * workers
+    steps = math.ceil(tc.max_tokens / per_step) if tc.max_tokens else tc.max_steps
+    return steps * per_step
+
+
+def print_dry_run(spec: StudySpec, trials: list[dict]):
+    from trainables.model import count_params, flops_per_token
+    header = f"{'trial':34} {'variant':14} {'L':>3} {'width':>5} {'heads':>5} {'vocab':>6} {'params':>11} {'embed':>10} {'lm_head':>10} {'blocks':>11} {'tokens':>11} {'FLOPs':>9}"
+    print(f"{spec.name}: {len(trials)} trials\n{header}\n{'-' * len(header)}")
+    for t in trials:
+        g = t["gpt"]
+        p = count_params(g)
+        flops = flops_per_token(g) * t["tokens"]
+        print(f"{t['name']:34} {spec.variant({**t['config'], **g.to_dict()}):14} {g.n_layer:>3} {g.n_embd:>5} {g.n_head:>5} "
+              f"{g.vocab_size:>6} {p['total']:>11,} {p['embedding']:>10,} {p['lm_head']:>10,} {p['blocks']:>11,} "
+              f"{t['tokens']:>11,} {flops:>9.2e}")
+    axes = sorted({k for t in trials for k in t["searched"] if len({str(u['searched'].get(k)) for u in trials}) > 1})
+    if axes:
+        print("\naxes: " + "; ".join(f"{k} = {sorted({str(t['searched'][k]) for t in trials})}" for k in axes))
+
+
+# ----------------------------------------------------------------------------- checks of the environment
+
+def check_storage(url: str | None):
+    if url is None:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise UsageError(f"--storage {url!r}: not a database URL; use e.g. sqlite:///optuna.db or "
+                         f"postgresql://user@host/db") from None
+
+
+def check_address(address: str | None):
+    """Fails fast (exit 2) on an address nothing listens on, before any Ray call could hang on it."""
+    if address in (None, "auto", "local"):
+        if address == "auto" and not _local_cluster_running():
+            raise UsageError("--address auto: no Ray cluster is running on this machine; start one with "
+                             "`ray start --head` or omit --address to start a local one")
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address!r}: must be host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as e:
+        raise UsageError(f"--address {address}: cannot connect ({e.strerror or e}); is the Ray head running?") from None
+
+
+def _local_cluster_running() -> bool:
+    import tempfile
+    marker = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if not marker.exists():
+        return False
+    host, _, port = marker.read_text().strip().rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def prepare_data(configs: list[dict]):
+    """Tokenizers and token shards, once per (corpus, tokenizer), before any trial starts."""
+    from trainables.data import prepare_tokens
+    seen = set()
+    for c in configs:
+        key = (c.get("corpus", "wiki"), c["tokenizer"])
+        if key not in seen:
+            seen.add(key)
+            t0 = time.time()
+            data = _checked(lambda: prepare_tokens(*key))
+            print(f"data: {key[0]} / {key[1]}: {data.n_train_tokens:,} train + {data.n_val_tokens:,} val tokens "
+                  f"({time.time() - t0:.1f}s)", flush=True)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    spec_for_help = STUDIES.get(first) if first else None
+    args = build_parser(spec_for_help).parse_args(argv)
+    if args.list:
+        for name, spec in STUDIES.items():
+            print(f"{name:16} {spec.hypothesis}")
+        return 0
+    try:
+        return run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    if not args.study:
+        raise UsageError("no study given: python -m study.run STUDY (see --list)")
+    spec = _checked(lambda: get_study(args.study))
+    profile = _checked(lambda: get_profile(args.profile))
+    if args.seeds < 1:
+        raise UsageError(f"--seeds {args.seeds}: must be >= 1")
+    if args.num_samples is not None and args.num_samples < 1:
+        raise UsageError(f"--num-samples {args.num_samples}: must be >= 1")
+    if args.seeds > 1 and spec.searcher == "optuna":
+        raise UsageError(f"--seeds: {spec.name} is an Optuna search (each trial is a new config); seeds apply to grid studies")
+    if args.storage and spec.searcher != "optuna":
+        raise UsageError(f"--storage: {spec.name} uses no Optuna storage; it applies to {', '.join(s for s in STUDIES if STUDIES[s].searcher == 'optuna')}")
+    workers = args.workers_per_trial or profile.workers_per_trial
+    gpus = profile.gpus_per_trial if args.gpus_per_trial is None else args.gpus_per_trial
+    if workers < 1:
+        raise UsageError(f"--workers-per-trial {workers}: must be >= 1")
+    if gpus < 0:
+        raise UsageError(f"--gpus-per-trial {gpus}: must be >= 0")
+    overrides = parse_overrides(args.set, spec, profile)
+    if spec.study_keys and "objective" in overrides and overrides["objective"] not in ("single", "multi"):
+        raise UsageError(f"--set objective={overrides['objective']!r}: must be single or multi")
+    check_storage(args.storage)
+
+    if spec.searcher == "grid":
+        trials = plan_trials(spec, profile, overrides, args.seeds, workers)
+        if args.dry_run:
+            print_dry_run(spec, trials)
+            return 0
+        data_configs = [t["config"] for t in trials]
+    else:
+        validate_search(spec, profile, overrides)
+        if args.dry_run:
+            n = args.num_samples or spec.num_samples[profile.name]
+            print(f"{spec.name}: {n} trials drawn by Optuna ({'NSGA-II, val_bpb vs params' if overrides.get('objective') == 'multi' else 'TPE'}) "
+                  f"with {spec.scheduler} early stopping, from:")
+            for k, v in spec.axes(profile).items():
+                print(f"  {k}: {v}")
+            return 0
+        data_configs = [spec.resolve({**spec.base(profile), **overrides, **{k: v.sample() for k, v in spec.axes(profile).items() if k not in overrides}})]
+
+    check_address(args.address)
+    study_dir = Path(args.output) / spec.name
+    existing = study_dir.exists() and any(study_dir.glob("tune*/tuner.pkl"))
+    if existing and not args.resume:
+        raise UsageError(f"{study_dir} already holds a run of {spec.name}: add --resume to continue it, or choose "
+                         f"another --output")
+    if args.resume and not existing:
+        raise UsageError(f"--resume: {study_dir} holds no run of {spec.name} to resume")
+    prepare_data(data_configs)
+
+    from study.service import execute  # Ray and friends load only now, after every check passed
+    return execute(spec, profile, args, overrides, study_dir, workers, gpus, resuming=existing)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Runs a validated study on Ray: cluster, Tuner (grid or Optuna, FIFO or ASHA), progress, results, report.
+
+Only study.run calls this, after every user input has been checked.
+"""
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter
+
+from study.results import collect, experiment_dirs, write_trials
+from trainables.tune import TrialResources, environment, make_trainable
+
+
+def start_ray(address: str | None, resources: TrialResources) -> tuple[int, TrialResources]:
+    """Connects to a cluster or starts a local one; returns how many trials may run at once, and the
+    resources (without the train_driver resource on a cluster that declares none)."""
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        cluster = ray.cluster_resources()
+        concurrent = resources.max_concurrent(cluster)
+        if cluster.get("train_driver", 0) < 1:
+            print("note: the cluster declares no train_driver resource; capping trials with max_concurrent_trials "
+                  f"= {concurrent} (see trainables/tune.py)", flush=True)
+            resources = replace(resources, driver_resource=False)
+        return concurrent, resources
+    cpus = os.cpu_count() or 1
+    concurrent = resources.max_concurrent({"CPU": cpus, "GPU": _local_gpus()})
+    # The dashboard binds to 127.0.0.1 only; it is also what frees the placement groups of trials that
+    # ASHA stops early (ray#54305).
+    ray.init(num_cpus=cpus, num_gpus=_local_gpus(), resources={"train_driver": concurrent}, include_dashboard=True,
+             dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True, logging_level="ERROR",
+             runtime_env={"env_vars": {k: os.environ[k] for k in ("NANOSTUDIES_CACHE",) if k in os.environ}})
+    return concurrent, resources
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+class Progress(tune.Callback):
+    """One line per event a person cares about: counts, best so far, elapsed and ETA."""
+
+    def __init__(self, total: int, metric: str, concurrent: int, name_of):
+        self.total, self.metric, self.concurrent, self.name_of = total, metric, concurrent, name_of
+        self.t0 = time.time()
+        self.best = (math.inf, None)
+        self.durations = []
+        self.started = {}
+
+    def _line(self, trials, event: str, ending=None, failed: bool = False):
+        # Tune updates a finishing trial's status after the callback: count it by hand.
+        status = lambda t: ("ERROR" if failed else "TERMINATED") if t is ending else t.status
+        counts = {s: sum(status(t) == s for t in trials) for s in ("PENDING", "RUNNING", "TERMINATED", "ERROR")}
+        done = counts["TERMINATED"] + counts["ERROR"]
+        elapsed = time.time() - self.t0
+        eta = ""
+        if self.durations and done < self.total:
+            remaining = self.total - done
+            eta = f" | ETA {_fmt(sum(self.durations) / len(self.durations) * remaining / max(1, self.concurrent))}"
+        best = f" | best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best[1] else ""
+        print(f"[{datetime.now():%H:%M:%S}] {event:42.42} | {done}/{self.total} done ({counts['ERROR']} failed), "
+              f"{counts['RUNNING']} running, {max(0, self.total - done - counts['RUNNING'])} pending{best} | "
+              f"elapsed {_fmt(elapsed)}{eta}", flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.time()
+        self._line(trials, f"start {trial}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value) and value < self.best[0]:
+            self.best = (value, str(trial))
+        if "step" in result:
+            self._line(trials, f"{trial} step {result['step']} {self.metric} {value:.4f}" if isinstance(value, float) else str(trial))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.durations.append(time.time() - self.started.get(trial.trial_id, self.t0))
+        self._line(trials, f"done {trial}", ending=trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.durations.append(time.time() - self.started.get(trial.trial_id, self.t0))
+        self._line(trials, f"FAILED {trial}", ending=trial, failed=True)
+
+
+def _fmt(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def build_tuner(spec, profile, args, overrides, study_dir: Path, resources, concurrent: int, exp_name: str,
+                num_samples: int | None):
+    metric, mode = spec.metric, spec.mode
+    trainable = make_trainable(study_dir, resources, resolve=spec.resolve)
+    base = {**spec.base(profile), **{k: v for k, v in overrides.items() if not isinstance(v, list)}}
+    searcher, scheduler = None, None
+    tune_metric, tune_mode = metric, mode
+    if spec.searcher == "grid":
+        from study.catalog import grid_configs
+        axes = {**spec.axes(profile), **{k: v for k, v in overrides.items() if isinstance(v, list)}}
+        axes = {k: v for k, v in axes.items() if k not in base or isinstance(overrides.get(k), list)}
+        if args.seeds > 1 or "seed" not in base:
+            axes.setdefault("seed", list(range(args.seeds)))
+        space = {**base, **{k: tune.grid_search(v) for k, v in axes.items()}}
+        n_trials = len(grid_configs(spec, profile, overrides, args.seeds))
+        samples = 1
+
+        def name_of(trial):
+            return spec.trial_name(spec.resolve(dict(trial.config)))
+    else:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+        space = {**base, **{k: v for k, v in spec.axes(profile).items() if k not in overrides}}
+        storage_url = args.storage or f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+        storage = optuna.storages.RDBStorage(storage_url)
+        if overrides.get("objective", base.get("objective")) == "multi":
+            searcher = OptunaSearch(metric=[metric, "params_total"], mode=[mode, "min"], storage=storage,
+                                    study_name=spec.name, sampler=optuna.samplers.NSGAIISampler(seed=0))
+            tune_metric, tune_mode = None, None
+        else:
+            searcher = OptunaSearch(metric=metric, mode=mode, storage=storage, study_name=spec.name,
+                                    sampler=optuna.samplers.TPESampler(seed=0))
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrent)
+        samples = num_samples
+        n_trials = samples
+        first_index = _existing_trials(study_dir)
+
+        def name_of(trial):
+            index = first_index + int(trial.trial_id.rsplit("_", 1)[-1])
+            return f"{spec.name}_{index:04d}"
+    if spec.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+        max_t = max(1, profile.max_steps // profile.eval_every)  # rungs counted in evals (training_iteration)
+        # Single objective: ASHA takes the metric from TuneConfig. Multi-objective: TuneConfig has none, so
+        # ASHA stops on val_bpb alone while NSGA-II samples for the Pareto front.
+        asha_metric = {} if tune_metric else dict(metric=metric, mode=mode)
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=max(1, max_t // 4),
+                                  reduction_factor=3, **asha_metric)
+    callbacks = [Progress(n_trials, metric, concurrent, name_of)]
+    if args.wandb != "disabled":
+        callbacks.append(wandb_callback(spec, args.wandb, study_dir))
+    tuner = tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(metric=tune_metric, mode=tune_mode, search_alg=searcher, scheduler=scheduler,
+                                    num_samples=samples, max_concurrent_trials=concurrent,
+                                    trial_name_creator=name_of, trial_dirname_creator=name_of),
+        run_config=tune.RunConfig(name=exp_name, storage_path=str(study_dir.resolve()), callbacks=callbacks, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    return tuner, n_trials, callbacks
+
+
+def _existing_trials(study_dir: Path) -> int:
+    return sum(1 for _ in (study_dir / "trials").glob("*")) if (study_dir / "trials").exists() else 0
+
+
+def wandb_callback(spec, mode: str, study_dir: Path):
+    """Ray's wandb integration: offline by default (runs land in the study dir; `wandb sync` later)."""
+    from ray.air.integrations.wandb import WandbLoggerCallback
+    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        print("note: --wandb online without WANDB_API_KEY: wandb will use its stored login", flush=True)
+    os.environ["WANDB_MODE"] = mode
+    os.environ.setdefault("WANDB_SILENT", "true")
+    (study_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    return WandbLoggerCallback(project=f"nanostudies-{spec.name}", group=f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}",
+                               mode=mode, dir=str(study_dir.resolve()), excludes=["config"], log_config=False)
+
+
+def write_study_json(spec, profile, args, study_dir: Path, started: str, ended: str | None, interrupted: bool):
+    env = environment()
+    meta = dict(study=spec.name, family=spec.family, profile=profile.name, hypothesis=spec.hypothesis,
+                seed_note=spec.seed_note, args={k: v for k, v in vars(args).items()}, versions=env.pop("versions"),
+                git_commit=env.pop("git_commit"), started=started, ended=ended, interrupted=interrupted,
+                metric=spec.metric, mode=spec.mode, environment=env,
+                **({"baseline": {"variant": spec.baseline}} if spec.baseline else {}))
+    if args.storage:  # a database URL may carry a password: keep only its form
+        meta["args"]["storage"] = _redact_url(args.storage)
+    path = study_dir / "study.json"
+    if path.exists():  # resumed: keep the first start
+        meta["started"] = json.loads(path.read_text()).get("started", started)
+    tmp = study_dir / ".study.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _redact_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def execute(spec, profile, args, overrides, study_dir: Path, workers: int, gpus: int, resuming: bool) -> int:
+    study_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(timezone.utc).isoformat()
+    resources = TrialResources(num_workers=workers, cpus_per_worker=args.cpus_per_worker, use_gpu=gpus > 0)
+    concurrent, resources = start_ray(args.address, resources)
+    write_study_json(spec, profile, args, study_dir, started, None, False)
+    exps = experiment_dirs(study_dir)
+    num_samples = args.num_samples or spec.num_samples[profile.name]
+    print(f"{spec.name} ({profile.name} profile): up to {concurrent} trials at once, {workers} worker(s) each; "
+          f"results in {study_dir}", flush=True)
+    if resuming and spec.searcher == "optuna" and _finished(exps[-1]):
+        exp_name = f"tune_{len(exps) + 1}"  # Tune cannot extend a finished experiment (ray#42221): a new one, same Optuna study
+        print(f"extending the finished search with {num_samples} trials ({exp_name})", flush=True)
+        tuner, _, _ = build_tuner(spec, profile, args, overrides, study_dir, resources, concurrent, exp_name, num_samples)
+    elif resuming:
+        exp = exps[-1]
+        print(f"resuming {exp}: finished trials are kept, unfinished ones continue from their checkpoints", flush=True)
+        # The pickled Tuner brings back its callbacks, searcher state and trial names.
+        tuner = tune.Tuner.restore(str(exp.resolve()), trainable=make_trainable(study_dir, resources, resolve=spec.resolve),
+                                   resume_unfinished=True, resume_errored=False, restart_errored=False)
+    else:
+        tuner, _, _ = build_tuner(spec, profile, args, overrides, study_dir, resources, concurrent, "tune", num_samples)
+    results = tuner.fit()
+    interrupted = any(r.metrics is None and r.error is None for r in results) or not _finished(experiment_dirs(study_dir)[-1])
+    df = collect(study_dir, spec)
+    write_trials(df, study_dir)
+    write_study_json(spec, profile, args, study_dir, started, datetime.now(timezone.utc).isoformat(), interrupted)
+    ray.shutdown()
+    failed = int((df["status"] == "failed").sum()) if len(df) else 0
+    print(f"{len(df)} trials: {int((df['status'] == 'done').sum()) if len(df) else 0} done, {failed} failed; "
+          f"{study_dir / 'trials.parquet'}", flush=True)
+    if interrupted:
+        print(f"interrupted: continue with  python -m study.run {spec.name} --resume --output {args.output}", flush=True)
+        return 130
+    if not args.no_report:
+        build_report(study_dir)
+    return 0
+
+
+def _finished(exp_dir: Path) -> bool:
+    """Whether every trial of a Tune experiment has ended (TERMINATED or ERROR)."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
+    if not states:
+        return False
+    state = json.loads(states[-1].read_text())
+    trials = state.get("trial_data", [])
+    statuses = [json.loads(t[0]).get("status") if isinstance(t, list) else None for t in trials]
+    return bool(statuses) and all(s in ("TERMINATED", "ERROR") for s in statuses)
+
+
+def build_report(study_dir: Path):
+    try:
+        from reports.build import build
+    except ImportError:
+        print("note: reports package not available; skipped the report", flush=True)
+        return
+    try:
+        out = build(study_dir)
+        print(f"report: {out}", flush=True)
+    except Exception as e:  # a report failure must not lose the study's results
+        print(f"warning: the report could not be built ({type(e).__name__}: {e}); results are in {study_dir}",
+              file=sys.stderr, flush=True)
