@@ -50,6 +50,8 @@ def build_parser(spec: StudySpec | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers (DDP ranks) per trial")
     ap.add_argument("--gpus-per-trial", type=int, default=None, help="GPUs per trial (one per worker)")
     ap.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per training worker (default 1)")
+    ap.add_argument("--ray-train", action="store_true",
+                    help="run a Ray Train TorchTrainer even for one worker per trial (default: only for 2+ workers)")
     ap.add_argument("--wandb", default="offline", choices=["offline", "online", "disabled"],
                     help="tracking: offline runs in the study dir (default), online needs WANDB_API_KEY")
     ap.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the study dir)")

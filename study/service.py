@@ -16,7 +16,7 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
 from study.results import collect, experiment_dirs, write_trials
-from trainables.tune import TrialResources, environment, make_trainable
+from trainables.tune import TrialResources, environment, make_trainable, tune_run_settings
 
 
 def start_ray(address: str | None, resources: TrialResources) -> tuple[int, TrialResources]:
@@ -157,7 +157,7 @@ def build_tuner(spec, profile, args, overrides, study_dir: Path, resources, conc
                                     num_samples=samples, max_concurrent_trials=concurrent,
                                     trial_name_creator=name_of, trial_dirname_creator=name_of),
         run_config=tune.RunConfig(name=exp_name, storage_path=str(study_dir.resolve()), callbacks=callbacks, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  **tune_run_settings(resources)),
     )
     return tuner, n_trials, callbacks
 
@@ -203,7 +203,8 @@ def _redact_url(url: str) -> str:
 def execute(spec, profile, args, overrides, study_dir: Path, workers: int, gpus: int, resuming: bool) -> int:
     study_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc).isoformat()
-    resources = TrialResources(num_workers=workers, cpus_per_worker=args.cpus_per_worker, use_gpu=gpus > 0)
+    resources = TrialResources(num_workers=workers, cpus_per_worker=args.cpus_per_worker, use_gpu=gpus > 0,
+                               always_train=args.ray_train)
     concurrent, resources = start_ray(args.address, resources)
     write_study_json(spec, profile, args, study_dir, started, None, False)
     exps = experiment_dirs(study_dir)

@@ -1,5 +1,5 @@
 """The Tune function trainable: each Tune trial runs one Ray Train job (TorchTrainer) whose workers
-run trainables.train.train with DistributedDataParallel.
+run trainables.train.train with DistributedDataParallel; a one-worker trial trains in its own process.
 
 Ray 2.60 runs Train V2, where a TorchTrainer cannot be handed to a Tuner; the supported pattern is a
 Tune function that builds a TorchTrainer and calls fit(), with TuneReportCallback forwarding the
@@ -7,6 +7,7 @@ workers' reports to Tune (so schedulers such as ASHA see every eval).
 
 Resource arithmetic. A trial is three kinds of actor:
   the Tune function (the "trial driver")  {"CPU": 0, "train_driver": 1}   mostly waits on fit()
+                                          (one-worker trials: the driver trains, and holds the worker's CPU/GPU)
   Ray Train's controller                  0 CPU                          (Train's default)
   num_workers training workers            {"CPU": cpus_per_worker} (+ {"GPU": 1} each on GPUs)
 Trial drivers hold no CPU, so they can never starve the workers of another trial of CPUs; the custom
@@ -47,9 +48,18 @@ class TrialResources:
     max_failures: int = 2      # restarts of a trial whose worker died, from its last checkpoint
     keep_checkpoints: int = 2
     driver_resource: bool = True  # False on clusters that declare no train_driver (then cap with max_concurrent_trials)
+    always_train: bool = False    # run a TorchTrainer even for one worker (see `direct`)
+
+    @property
+    def direct(self) -> bool:
+        """One worker trains in the trial's own process: a TorchTrainer would add a controller actor, a worker
+        actor, a placement group and a process group -- about 16 s a trial on 2 cores (benchmarks/bench_service.py)
+        -- for no parallelism. Checkpoints, restore and restarts then go through Tune instead of Train."""
+        return self.num_workers == 1 and not self.always_train
 
     def driver(self) -> dict:
-        return {"CPU": 0, "train_driver": 1} if self.driver_resource else {"CPU": 0}
+        own = self.per_worker() if self.direct else {"CPU": 0}
+        return {**own, "train_driver": 1} if self.driver_resource else own
 
     def per_worker(self) -> dict:
         return {"CPU": self.cpus_per_worker, **({"GPU": 1} if self.use_gpu else {})}
@@ -61,50 +71,51 @@ class TrialResources:
         return max(1, int(cluster.get("CPU", 1) // (self.num_workers * self.cpus_per_worker)))
 
 
-def train_worker(config: dict):
-    """Runs in every Ray Train worker process."""
-    threads = config.get("_threads_per_worker")
-    if threads:
-        import torch
-        torch.set_num_threads(int(threads))
-    out_dir = config.get("_out_dir")
-
+def run_training(config: dict, out_dir: str, report_fn, checkpoint: Checkpoint | None, rank: int) -> str | None:
+    """One rank's training with Ray reporting: report_fn is ray.train.report (a Train worker) or tune.report
+    (a direct trial). Returns the divergence error, if the run diverged."""
     def report(metrics: dict, checkpoint_dir: str | None):
-        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        report_fn(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # report() has copied it to storage
 
-    checkpoint = ray.train.get_checkpoint()
+    log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
     with checkpoint.as_directory() if checkpoint else nullcontext() as restore:
-        if restore and (Path(restore) / DIVERGED_FILE).exists():  # a resumed run that had already diverged
-            return report_diverged(json.loads((Path(restore) / DIVERGED_FILE).read_text())["error"])
+        if restore and (Path(restore) / DIVERGED_FILE).exists():  # a restarted run that had already diverged
+            error = json.loads((Path(restore) / DIVERGED_FILE).read_text())["error"]
+            report_diverged(error, report_fn, rank)
+            return error
         try:
-            train(_trial_keys(config), report=report, restore=restore, out_dir=out_dir, log=_log_rank0)
+            train(config, report=report, restore=restore, out_dir=out_dir, log=log)
         except TrainingDiverged as e:
-            report_diverged(str(e))
+            report_diverged(str(e), report_fn, rank)
+            return str(e)
+    return None
+
+
+def train_worker(config: dict):
+    """Runs in every Ray Train worker process."""
+    import torch
+    torch.set_num_threads(int(config["_threads_per_worker"]))
+    run_training(_trial_keys(config), config["_out_dir"], ray.train.report, ray.train.get_checkpoint(),
+                 ray.train.get_context().get_world_rank())
 
 
 DIVERGED_FILE = "diverged.json"
 
 
-def report_diverged(error: str):
+def report_diverged(error: str, report_fn, rank: int):
     """A diverged run is a result, not a crash: a retry would diverge again. Every rank reports the error
     (with NaN metrics, which Tune requires to carry the study's metric) and rank 0 attaches a marker
-    checkpoint, because Train's Result.metrics only holds reports that came with a checkpoint; the trial
-    driver then fails the trial with the reason."""
+    checkpoint: Train's Result.metrics only holds reports that came with a checkpoint, and a restarted run
+    finds the marker and stops at once. The trial driver then fails the trial with the reason."""
     metrics = {"error": error, "diverged": True, "val_bpb": float("nan"), "val_loss": float("nan")}
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
-        if ray.train.get_context().get_world_rank() == 0:
+        if rank == 0:
             (Path(d) / DIVERGED_FILE).write_text(json.dumps({"error": error}))
             checkpoint = Checkpoint.from_directory(d)
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def _log_rank0(msg: str):
-    if ray.train.get_context().get_world_rank() == 0:
-        print(msg, flush=True)
+        report_fn(metrics, checkpoint=checkpoint)
 
 
 def _trial_keys(config: dict) -> dict:
@@ -119,16 +130,23 @@ def make_trainable(study_dir: str | os.PathLike, resources: TrialResources, reso
     """The Tune function trainable for a study writing under study_dir, wrapped with its resources.
     resolve(config) -> the full flat trial config (derived keys, solver dims), applied in the trial driver."""
     study_dir = str(Path(study_dir).resolve())
+    threads = max(1, int(resources.cpus_per_worker))
 
     def run_trial(config: dict):
         config = resolve(config) if resolve else config
         name = tune.get_context().get_trial_name()
         out_dir = Path(study_dir) / "trials" / name
         write_trial_files(out_dir, config, resources)
-        cpus = resources.cpus_per_worker
+        if resources.direct:
+            import torch
+            torch.set_num_threads(threads)
+            error = run_training(config, str(out_dir), tune.report, tune.get_checkpoint(), rank=0)
+            if error:
+                raise TrialFailed(error)
+            return
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={**config, "_out_dir": str(out_dir), "_threads_per_worker": max(1, int(cpus))},
+            train_loop_config={**config, "_out_dir": str(out_dir), "_threads_per_worker": threads},
             scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
                                          resources_per_worker=resources.per_worker()),
             torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
@@ -143,6 +161,14 @@ def make_trainable(study_dir: str | os.PathLike, resources: TrialResources, reso
             raise TrialFailed(result.metrics["error"])
 
     return tune.with_resources(run_trial, resources.driver())
+
+
+def tune_run_settings(resources: TrialResources) -> dict:
+    """What the Tuner's RunConfig needs for these trials: a direct trial's restarts and checkpoints are Tune's."""
+    if resources.direct:
+        return dict(failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=resources.keep_checkpoints))
+    return dict(failure_config=tune.FailureConfig(max_failures=0))  # Train restarts workers; Tune never reruns
 
 
 def write_trial_files(out_dir: Path, config: dict, resources: TrialResources):

@@ -10,7 +10,7 @@ import pytest
 from ray import tune
 
 from trainables.train import train
-from trainables.tune import TrialResources, make_trainable
+from trainables.tune import TrialResources, make_trainable, tune_run_settings
 
 pytestmark = pytest.mark.ray
 
@@ -22,7 +22,7 @@ def run_study(study_dir, resources, param_space):
     tuner = tune.Tuner(make_trainable(study_dir, resources), param_space=param_space,
                        tune_config=tune.TuneConfig(metric="val_bpb", mode="min"),
                        run_config=tune.RunConfig(storage_path=str(study_dir), name="tune", verbose=0,
-                                                 failure_config=tune.FailureConfig(max_failures=0)))
+                                                 **tune_run_settings(resources)))
     return tuner.fit()
 
 
@@ -40,13 +40,13 @@ def test_ddp_trial_learns_in_sync_and_a_diverging_trial_fails_alone(ray_local, t
     assert {"metrics.jsonl", "config.json", "env.json", "trial_config.json", "code"} <= files
 
 
-def _kill_worker_after_first_checkpoint(study_dir, killed: list):
+def _kill_after_first_checkpoint(study_dir, process_marker: bytes, killed: list):
     deadline = time.time() + 240
     while time.time() < deadline:
-        if any(study_dir.glob("train/*/checkpoint_*")):
+        if any(study_dir.glob("**/checkpoint_*/checkpoint.pt")):
             for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
                 try:
-                    if b"RayTrainWorker" in cmdline.read_bytes():
+                    if process_marker in cmdline.read_bytes():
                         pid = int(cmdline.parent.name)
                         os.kill(pid, signal.SIGKILL)
                         killed.append(pid)
@@ -56,14 +56,17 @@ def _kill_worker_after_first_checkpoint(study_dir, killed: list):
         time.sleep(0.2)
 
 
-def test_killed_worker_restarts_from_checkpoint_and_matches_an_uninterrupted_run(ray_local, tmp_path):
+# A Train worker (TorchTrainer path) or, for a one-worker trial that trains in its own process, the Tune
+# trial actor itself: either is restarted from the last checkpoint.
+@pytest.mark.parametrize("always_train,marker", [(True, b"RayTrainWorker"), (False, b"ImplicitFunc")], ids=["train_worker", "direct_trial"])
+def test_killed_worker_restarts_from_checkpoint_and_matches_an_uninterrupted_run(ray_local, tmp_path, always_train, marker):
     config = {**TINY, "max_steps": 60, "lr": 3e-3}
     killed = []
-    watcher = threading.Thread(target=_kill_worker_after_first_checkpoint, args=(tmp_path, killed), daemon=True)
+    watcher = threading.Thread(target=_kill_after_first_checkpoint, args=(tmp_path, marker, killed), daemon=True)
     watcher.start()
-    (result,) = run_study(tmp_path, TrialResources(num_workers=1, max_failures=2), config)
+    (result,) = run_study(tmp_path, TrialResources(num_workers=1, max_failures=2, always_train=always_train), config)
     watcher.join(timeout=1)
-    assert killed, "no Ray Train worker was found to kill"
+    assert killed, f"no {marker.decode()} process was found to kill"
     assert result.error is None
     lines = [json.loads(l) for l in next(tmp_path.glob("trials/*/metrics.jsonl")).read_text().splitlines()]
     assert [l["step"] for l in lines] == [10, 20, 30, 40, 50, 60]   # each eval once, though some were redone
