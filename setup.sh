@@ -2,17 +2,10 @@
 # Installs the project and its dev tools into the current Python.
 # torch comes first so that a machine without an NVIDIA GPU gets the CPU build
 # (an unpinned `pip install torch` on Linux pulls the multi-GB CUDA build).
-#   bash setup.sh          the project, torch (CPU build without a GPU), dev tools
-#   bash setup.sh --test   also headless Chromium (Debian package) for the report's browser tests
+# Also headless Chromium (Debian's package, where apt-get runs as root): the report's PNG figures
+# (kaleido) and its browser tests use it; without it reports still build, PNGs and those tests skip.
 set -euo pipefail
 cd "$(dirname "$0")"
-WITH_BROWSER=0
-for arg in "$@"; do
-    case "$arg" in
-        --test) WITH_BROWSER=1 ;;
-        *) echo "setup.sh: unknown option $arg (allowed: --test)" >&2; exit 2 ;;
-    esac
-done
 TORCH_VERSION=2.13.0
 PIP="python -m pip install --quiet"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -27,10 +20,11 @@ else
     $PIP -e ".[dev]"
 fi
 
-if [ "$WITH_BROWSER" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+if ! command -v chromium >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+            || echo "setup.sh: could not install chromium: report PNGs and browser tests will be skipped" >&2
     else
-        echo "setup.sh: chromium not found and apt-get (as root) unavailable: the browser tests will be skipped" >&2
+        echo "setup.sh: chromium not found and apt-get (as root) unavailable: report PNGs and browser tests will be skipped" >&2
     fi
 fi

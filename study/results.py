@@ -79,6 +79,7 @@ def collect(study_dir: Path, spec, outcomes: dict | None = None) -> pd.DataFrame
                    tokens_trained=final.get("tokens"), best_val_bpb=min((m["val_bpb"] for m in metrics if _finite(m.get("val_bpb"))), default=None))
         for key in FINAL_METRICS:
             row[key] = final.get(key)
+        row.update({k: v for k, v in final.items() if k.startswith("probe_")})
         row["val_ppl"] = math.exp(final["val_loss"]) if _finite(final.get("val_loss")) else None
         rows.append(row)
     return pd.DataFrame(rows)

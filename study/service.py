@@ -252,14 +252,11 @@ def _finished(exp_dir: Path) -> bool:
 
 
 def build_report(study_dir: Path):
-    try:
-        from reports.build import build
-    except ImportError:
-        print("note: reports package not available; skipped the report", flush=True)
-        return
+    from reports.build import build_report as build
     try:
         out = build(study_dir)
-        print(f"report: {out}", flush=True)
+        print(f"report: {study_dir / 'report.html'}", flush=True)
+        return out
     except Exception as e:  # a report failure must not lose the study's results
         print(f"warning: the report could not be built ({type(e).__name__}: {e}); results are in {study_dir}",
               file=sys.stderr, flush=True)

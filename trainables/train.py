@@ -203,6 +203,42 @@ def set_rng_state(state: dict):
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+# ----------------------------------------------------------------------------- training stability
+
+class Stability:
+    """Spikes over training, so a variant that wins by the luck of a spike is visible.
+
+    A loss spike is a step whose loss exceeds the median of the previous `window` steps by more than
+    max(6 x their median absolute deviation, 5% of the median); a gradient spike is a step whose
+    pre-clip gradient norm exceeds 3x the median of the previous `window` norms."""
+
+    def __init__(self, window: int = 20):
+        self.window, self.losses, self.norms = window, [], []
+        self.loss_spikes = self.grad_spikes = 0
+        self.grad_norm_max = 0.0
+
+    def update(self, loss: float, grad_norm: float):
+        if len(self.losses) >= self.window:
+            prev = np.array(self.losses[-self.window:])
+            med = float(np.median(prev))
+            mad = float(np.median(np.abs(prev - med)))
+            self.loss_spikes += loss > med + max(6 * mad, 0.05 * abs(med))
+            self.grad_spikes += grad_norm > 3 * float(np.median(self.norms[-self.window:]))
+        self.losses = (self.losses + [loss])[-self.window:]
+        self.norms = (self.norms + [grad_norm])[-self.window:]
+        self.grad_norm_max = max(self.grad_norm_max, grad_norm)
+
+    def metrics(self) -> dict:
+        return dict(probe_loss_spikes=int(self.loss_spikes), probe_grad_spikes=int(self.grad_spikes),
+                    probe_grad_norm_max=self.grad_norm_max)
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict):
+        self.__dict__.update(state)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 class TrainingDiverged(RuntimeError):
@@ -250,6 +286,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     peak = peak_flops(device) * world
 
     step, tokens, wall_before = 0, 0, 0.0
+    stability = Stability()
     if restore:
         state = torch.load(os.path.join(restore, CHECKPOINT_FILE), map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -257,6 +294,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
             opt.load_state_dict(s)
         loader.load_state_dict(state["loader"][rank] if isinstance(state["loader"], list) else state["loader"])
         step, tokens, wall_before = state["step"], state["tokens"], state["wall_s"]
+        stability.load_state_dict(state["stability"])
         set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
         log(f"resumed from step {step} ({tokens:,} tokens)")
 
@@ -293,7 +331,8 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     def emit(metrics: dict, final: bool):
         checkpoint_dir = None
         if tc.checkpoint and report is not None:
-            checkpoint_dir = save_checkpoint(model, optimizers, loader, step, tokens, time.time() - t_start + wall_before, ddp, rank)
+            checkpoint_dir = save_checkpoint(model, optimizers, loader, stability, step, tokens,
+                                             time.time() - t_start + wall_before, ddp, rank)
         if metrics_file:
             metrics_file.write(json.dumps(metrics) + "\n")
             metrics_file.flush()
@@ -301,7 +340,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
             report(metrics, checkpoint_dir)
 
     model.train()
-    train_losses, t_window, tokens_window = [], time.time(), 0
+    train_losses, grad_norms, t_window, tokens_window = [], [], time.time(), 0
     best_bpb, last = float("inf"), {}
     while step < max_steps:
         lrm = lr_multiplier(step, tc, max_steps)
@@ -323,8 +362,10 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
         loss_value = float(loss_sum) / grad_accum
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"loss became {loss_value} at step {step}")
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        # Pre-clip norm (clip at inf only measures), for the stability probes.
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf))
+        stability.update(loss_value, grad_norm)
+        grad_norms.append(grad_norm)
         for opt in optimizers:
             opt.step()
         model.zero_grad(set_to_none=True)
@@ -342,6 +383,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
                         params_total=params["total"], params_non_embedding=params["non_embedding"],
                         flops_per_token=fpt, flops=fpt * tokens, wall_s=time.time() - t_start + wall_before)
             last["samples_per_s"] = tok_s / cfg.seq_len
+            last.update(grad_norm=float(np.mean(grad_norms)), **stability.metrics())
             if ddp:
                 last["param_sync_err"] = param_sync_error(model)
             if step == max_steps and tc.gen_benchmark_tokens and rank == 0:
@@ -349,7 +391,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
             log(f"step {step}/{max_steps} | train {last['train_loss']:.4f} | val bpb {val['val_bpb']:.4f} | "
                 f"{tok_s:,.0f} tok/s | mfu {last['mfu']:.1%}")
             emit(last, final=step == max_steps)
-            train_losses, t_window, tokens_window = [], time.time(), 0
+            train_losses, grad_norms, t_window, tokens_window = [], [], time.time(), 0
 
     if tc.sample_tokens and rank == 0 and out_dir:
         write_samples(model, data, tc, cfg, device, Path(out_dir) / "samples.json")
@@ -366,7 +408,7 @@ def param_sync_error(model: torch.nn.Module) -> float:
     return float(torch.stack(gathered).max() - torch.stack(gathered).min())
 
 
-def save_checkpoint(model, optimizers, loader, step, tokens, wall_s, ddp, rank) -> str | None:
+def save_checkpoint(model, optimizers, loader, stability, step, tokens, wall_s, ddp, rank) -> str | None:
     """Every rank contributes its loader and RNG state (their data positions differ); rank 0 writes."""
     import tempfile
     local = dict(loader=loader.state_dict(), rng=rng_state())
@@ -379,6 +421,7 @@ def save_checkpoint(model, optimizers, loader, step, tokens, wall_s, ddp, rank) 
         return None
     d = tempfile.mkdtemp(prefix="ckpt_")
     torch.save(dict(model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers], step=step, tokens=tokens,
+                    stability=stability.state_dict(),
                     wall_s=wall_s, loader=[g["loader"] for g in gathered], rng=[g["rng"] for g in gathered]),
                os.path.join(d, CHECKPOINT_FILE))
     return d

@@ -1,0 +1,491 @@
+"""
+The statistics a report rests on, written out so they can be checked by hand:
+Pareto fronts, t-intervals, Welch's test, Holm's correction and a power-law fit
+with bootstrap intervals. Plain numpy/pandas in, plain numbers out.
+"""
+import math
+import re
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE
+
+# -----------------------------------------------------------------------------
+# Pareto front
+
+
+def pareto_front(x, y):
+    """Boolean mask of the points no other point beats on both x and y (both minimised).
+
+    A point is on the front when no other point has x' <= x and y' <= y with one of
+    them strictly smaller. Exact duplicates of a front point are on the front too.
+    Points with a NaN coordinate are never on it.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    on_front = np.zeros(len(x), dtype=bool)
+    ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    order = ok[np.lexsort((y[ok], x[ok]))]  # by x, then y: a point can only be beaten by one before it
+    best_y, last = math.inf, None
+    for i in order:
+        if y[i] < best_y:
+            on_front[i], best_y, last = True, y[i], i
+        elif last is not None and x[i] == x[last] and y[i] == y[last]:
+            on_front[i] = True
+    return on_front
+
+
+# -----------------------------------------------------------------------------
+# Means, intervals, tests
+
+
+def mean_ci(values, confidence=CONFIDENCE):
+    """Mean with a two-sided Student-t interval. One value has no interval (NaN bounds)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n == 0:
+        return dict(n=0, mean=math.nan, std=math.nan, ci_low=math.nan, ci_high=math.nan)
+    mean = float(v.mean())
+    if n < 2:
+        return dict(n=1, mean=mean, std=math.nan, ci_low=math.nan, ci_high=math.nan)
+    std = float(v.std(ddof=1))
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    return dict(n=n, mean=mean, std=std, ci_low=mean - half, ci_high=mean + half)
+
+
+def welch_test(a, b, confidence=CONFIDENCE):
+    """Welch's unequal-variance t-test of mean(b) - mean(a): difference, its interval, two-sided p.
+
+    Needs two finite values in each group; otherwise the difference comes back with NaN
+    interval and p-value (one run per arm cannot tell a difference from noise).
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    na, nb = len(a), len(b)
+    diff = float(b.mean() - a.mean()) if na and nb else math.nan
+    out = dict(diff=diff, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, df=math.nan, n_a=na, n_b=nb)
+    if na < 2 or nb < 2:
+        return out
+    va, vb = a.var(ddof=1) / na, b.var(ddof=1) / nb
+    se = math.sqrt(va + vb)
+    if se == 0:  # identical constant groups: no noise to speak of
+        out.update(ci_low=diff, ci_high=diff, p_value=1.0 if diff == 0 else 0.0)
+        return out
+    # Welch-Satterthwaite degrees of freedom
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    t = diff / se
+    half = stats.t.ppf(0.5 + confidence / 2, df) * se
+    out.update(ci_low=diff - half, ci_high=diff + half, p_value=float(2 * stats.t.sf(abs(t), df)), df=float(df))
+    return out
+
+
+def holm(p_values):
+    """Holm-Bonferroni adjusted p-values (NaNs pass through and do not count as tests)."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(len(p), math.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m = len(idx)
+    running = 0.0
+    for rank, i in enumerate(idx[np.argsort(p[idx], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))  # monotone: never below an earlier one
+        out[i] = running
+    return out
+
+
+def verdict(diff, p_value, p_adjusted, mode="min"):
+    """Words for a difference from the baseline. Lower is better when mode is 'min'."""
+    if not math.isfinite(p_adjusted):
+        return "single run: no interval"
+    if p_value >= ALPHA:
+        return "within noise"
+    if p_adjusted >= ALPHA:  # the raw interval may exclude 0, but not once we count the other variants
+        return "within noise after Holm correction"
+    better = diff < 0 if mode == "min" else diff > 0
+    return "better" if better else "worse"
+
+
+# -----------------------------------------------------------------------------
+# Grouping trials into configs and comparing them with the baseline
+
+
+def natural_key(s):
+    """'p20' < 'p100' and 'v4096' < 'v32768': sort runs of digits as numbers."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(s))]
+
+
+def sorted_variants(variants, baseline=None):
+    """Distinct variants in natural order, the baseline first."""
+    vs = sorted({str(v) for v in variants if pd.notna(v)}, key=natural_key)
+    if baseline in vs:
+        vs.remove(baseline)
+        vs.insert(0, baseline)
+    return vs
+
+
+def group_keys(trials):
+    """A config is a variant, and a budget too when a variant is run at several budgets."""
+    keys = ["variant"]
+    if "budget" in trials and trials.groupby("variant")["budget"].nunique().max() > 1:
+        keys.append("budget")
+    return keys
+
+
+def summarise_groups(trials, metric="val_bpb", baseline=None):
+    """Mean and 95% t-interval of the metric per config, over the finished trials."""
+    done = trials[trials["status"] == "done"]
+    keys = group_keys(trials)
+    rows = []
+    if metric not in done or done.empty:
+        return pd.DataFrame(columns=keys + ["n", "mean", "std", "ci_low", "ci_high"])
+    for key, g in done.groupby(keys, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(keys, key)), **mean_ci(g[metric])})
+    out = pd.DataFrame(rows)
+    order = {v: i for i, v in enumerate(sorted_variants(out["variant"], baseline))}
+    sort_cols = ["_order"] + keys[1:]
+    return out.assign(_order=out["variant"].astype(str).map(order)).sort_values(sort_cols).drop(columns="_order").reset_index(drop=True)
+
+
+def compare_to_baseline(trials, baseline, metric="val_bpb", mode="min"):
+    """Each variant's difference from the baseline (Welch), Holm-adjusted across variants.
+
+    Compared within a budget when the study has several budgets.
+    """
+    cols = ["variant", "baseline", "n", "n_baseline", "diff", "ci_low", "ci_high", "p_value", "p_holm", "verdict"]
+    done = trials[trials["status"] == "done"]
+    if not baseline or metric not in done or baseline not in set(done["variant"].astype(str)):
+        return pd.DataFrame(columns=cols)
+    keys = group_keys(trials)
+    strata = done.groupby(keys[1:], sort=True) if len(keys) > 1 else [((), done)]
+    rows = []
+    for stratum, g in strata:
+        base = g.loc[g["variant"].astype(str) == baseline, metric]
+        for variant in sorted_variants(g["variant"], baseline):
+            if variant == baseline:
+                continue
+            w = welch_test(base, g.loc[g["variant"].astype(str) == variant, metric])
+            row = dict(variant=variant, baseline=baseline, n=w["n_b"], n_baseline=w["n_a"],
+                       diff=w["diff"], ci_low=w["ci_low"], ci_high=w["ci_high"], p_value=w["p_value"])
+            if len(keys) > 1:
+                row.update(dict(zip(keys[1:], stratum if isinstance(stratum, tuple) else (stratum,))))
+            rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    out = pd.DataFrame(rows)
+    out["p_holm"] = holm(out["p_value"])
+    out["verdict"] = [verdict(d, p, ph, mode) for d, p, ph in zip(out["diff"], out["p_value"], out["p_holm"])]
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Power law L(N) = E + A * N^-alpha
+#
+# For a fixed alpha the model is linear in (E, A), so we solve those by least squares
+# on a grid of alphas and keep the best (variable projection). No starting guess to
+# get wrong, no optimiser to diverge, and the bootstrap vectorises over resamples.
+
+ALPHA_GRID = np.geomspace(1e-3, 3.0, 600)
+
+
+def _fit_grid(x, L):
+    """Best (E, A', alpha) for each row of x, L (shape [B, n]), x = N / N_ref. Returns arrays [B]."""
+    X = x[:, None, :] ** -ALPHA_GRID[None, :, None]  # [B, G, n]
+    n = x.shape[1]
+    # closed-form 2x2 normal equations for L = E + A' X, per (resample, alpha)
+    sx, sy = X.sum(-1), L.sum(-1)[:, None]
+    sxx, sxy = (X * X).sum(-1), (X * L[:, None, :]).sum(-1)
+    det = n * sxx - sx**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        A = (n * sxy - sx * sy) / det
+        E = (sy - A * sx) / n
+    sse = ((L[:, None, :] - E[..., None] - A[..., None] * X) ** 2).sum(-1)
+    sse = np.where(np.isfinite(sse), sse, np.inf)
+    g = np.clip(sse.argmin(1), 1, len(ALPHA_GRID) - 2)
+    # parabolic refinement in log(alpha) through the best grid point and its neighbours
+    b = np.arange(len(g))
+    y0, y1, y2 = sse[b, g - 1], sse[b, g], sse[b, g + 1]
+    h = np.log(ALPHA_GRID[1] / ALPHA_GRID[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = 0.5 * h * (y0 - y2) / (y0 - 2 * y1 + y2)
+    shift = np.where(np.isfinite(shift), np.clip(shift, -h, h), 0.0)
+    alpha = ALPHA_GRID[g] * np.exp(shift)
+    # with alpha refined, (E, A') once more by least squares
+    Xa = x ** -alpha[:, None]
+    mx, my = Xa.mean(1), L.mean(1)
+    A = ((Xa - mx[:, None]) * (L - my[:, None])).sum(1) / ((Xa - mx[:, None]) ** 2).sum(1)
+    E = my - A * mx
+    return E, A, alpha
+
+
+def _polish(x, L, alpha):
+    """Refine alpha from the grid by a bounded 1-D search on the profiled squared error."""
+    def ls(a):
+        X = x**-a
+        A = np.cov(X, L, bias=True)[0, 1] / X.var()
+        return L.mean() - A * X.mean(), A
+    def sse(log_a):
+        E, A = ls(math.exp(log_a))
+        return float(((L - E - A * x ** -math.exp(log_a)) ** 2).sum())
+    h = math.log(ALPHA_GRID[1] / ALPHA_GRID[0])
+    res = optimize.minimize_scalar(sse, bounds=(math.log(alpha) - 2 * h, math.log(alpha) + 2 * h), method="bounded",
+                                   options=dict(xatol=1e-10))
+    alpha = math.exp(res.x)
+    E, A = ls(alpha)
+    return float(E), float(A), alpha
+
+
+def fit_power_law(N, L, n_boot=500, seed=0, confidence=CONFIDENCE):
+    """Fit L(N) = E + A N^-alpha; percentile bootstrap intervals for E, A, alpha.
+
+    The bootstrap resamples residuals (inflated by sqrt(n / (n - 3)) for the three fitted
+    parameters) around the fitted curve, so the design, which N were run, stays fixed;
+    resampling trials instead undercovers with 2-3 seeds per N (~80% for a nominal 95%
+    in our checks). Needs 4 distinct N: 3 parameters plus one degree of freedom.
+    """
+    N, L = np.asarray(N, dtype=float), np.asarray(L, dtype=float)
+    ok = np.isfinite(N) & np.isfinite(L) & (N > 0)
+    N, L = N[ok], L[ok]
+    levels = np.unique(N)
+    if len(levels) < 4:
+        return None
+    n_ref = float(np.exp(np.log(N).mean()))  # fit in N / N_ref so x^-alpha stays near 1
+    x = N / n_ref
+    E, A, alpha = (float(v[0]) for v in _fit_grid(x[None], L[None]))
+    E, A, alpha = _polish(x, L, alpha)
+    fitted = E + A * x**-alpha
+    resid = L - fitted
+    rng = np.random.default_rng(seed)
+    scale = math.sqrt(len(L) / max(len(L) - 3, 1))
+    Lb = fitted + scale * resid[rng.integers(0, len(L), size=(n_boot, len(L)))]
+    xb = np.broadcast_to(x, Lb.shape)
+    # in chunks, so the [resamples, grid, trials] arrays stay a few MB
+    chunk = max(1, int(2e6 // (len(ALPHA_GRID) * len(L))))
+    parts = [_fit_grid(np.ascontiguousarray(xb[i : i + chunk]), Lb[i : i + chunk]) for i in range(0, n_boot, chunk)]
+    Eb, Ab, alphab = (np.concatenate(p) for p in zip(*parts))
+    Ab_abs = Ab * n_ref**alphab  # back to A in units of raw N
+    lo, hi = 100 * (0.5 - confidence / 2), 100 * (0.5 + confidence / 2)
+
+    def interval(v):
+        v = v[np.isfinite(v)]
+        return [float(np.percentile(v, lo)), float(np.percentile(v, hi))] if len(v) else [math.nan, math.nan]
+
+    return dict(
+        E=E, A=A * n_ref**alpha, alpha=alpha,
+        E_ci=interval(Eb), A_ci=interval(Ab_abs), alpha_ci=interval(alphab),
+        n=int(len(L)), n_levels=int(len(levels)), n_boot=int(n_boot), method="residual bootstrap, percentile intervals",
+        rmse=float(np.sqrt(np.mean(resid**2))), n_min=float(N.min()), n_max=float(N.max()),
+    )
+
+
+def power_law(N, fit):
+    """Evaluate a fit from fit_power_law at N."""
+    return fit["E"] + fit["A"] * np.asarray(N, dtype=float) ** -fit["alpha"]
+
+
+# -----------------------------------------------------------------------------
+# softmax1: the pre-registered criterion
+
+PPL_THRESHOLD = 0.95  # "if it has improved by 5%, I will call that interesting"
+
+
+def perplexity_ratio(trials, baseline, treatment, loss="val_loss"):
+    """Perplexity of treatment / baseline, perplexity = e^loss (loss in nats).
+
+    With seeds the ratio is exp(mean loss difference), the ratio of geometric-mean
+    perplexities, and its interval is exp of the Welch interval of the loss difference.
+    """
+    done = trials[trials["status"] == "done"]
+    if loss not in done:
+        return None
+    a = done.loc[done["variant"].astype(str) == baseline, loss]
+    b = done.loc[done["variant"].astype(str) == treatment, loss]
+    if a.notna().sum() == 0 or b.notna().sum() == 0:
+        return None
+    w = welch_test(a, b)
+    ratio, lo, hi = (math.exp(w[k]) if math.isfinite(w[k]) else math.nan for k in ("diff", "ci_low", "ci_high"))
+    if math.isfinite(hi) and hi < PPL_THRESHOLD:
+        v = "meets the 5% criterion: the whole interval is below 0.95"
+    elif ratio < PPL_THRESHOLD and math.isfinite(hi):
+        v = "point estimate below 0.95, but the interval reaches above it: not shown"
+    elif ratio < PPL_THRESHOLD:
+        v = "point estimate below 0.95 from single runs: not shown (no interval)"
+    else:
+        v = "does not meet the 5% criterion"
+    if math.isfinite(w["p_value"]):
+        v += f"; difference from {baseline}: p = {w['p_value']:.3g} (Welch)"
+    return dict(baseline=baseline, treatment=treatment, ratio=ratio, ci_low=lo, ci_high=hi,
+                threshold=PPL_THRESHOLD, p_value=w["p_value"], n=w["n_b"], n_baseline=w["n_a"],
+                base="e (loss in nats)", verdict=v)
+
+
+# -----------------------------------------------------------------------------
+# One study, all of the above. The dict is what results.json holds and what the
+# figures and the page are drawn from.
+
+
+def _records(df):
+    return df.to_dict(orient="records") if df is not None and len(df) else []
+
+
+def _has_values(trials, col, at_least=1):
+    return col in trials and trials[col].nunique(dropna=True) >= at_least
+
+
+def _fits(trials, metric, family):
+    """Power laws per variant when the study ran 4+ budgets (the scaling study).
+
+    Not for other studies: a search's sizes vary with its architecture, not as a budget.
+    """
+    done = trials[(trials["status"] == "done") & trials[metric].notna()] if metric in trials else trials.iloc[:0]
+    if "budget" in done:
+        levels = done["budget"].nunique()
+    else:
+        levels = done["params_total"].nunique() if family == "scaling" and "params_total" in done else 0
+    if levels < 4:
+        return {}
+    fits = {}
+    for variant in sorted_variants(done["variant"]):
+        g = done[done["variant"] == variant]
+        for x in ("params_total", "params_non_embedding"):
+            if x in g:
+                f = fit_power_law(g[x], g[metric])
+                if f is not None:
+                    fits.setdefault(variant, {})[x] = f
+    return fits
+
+
+def softmax1_arms(study):
+    """(baseline, treatment) variant names for the softmax1 A/B, or None."""
+    t = study.trials
+    variants = sorted_variants(t["variant"])
+    if len(variants) < 2:
+        return None
+    base = study.baseline
+    if base is None and "softmax1" in t:
+        off = t.loc[t["softmax1"].astype(str).str.lower().isin(["false", "0"]), "variant"]
+        base = str(off.iloc[0]) if len(off) else None
+    base = base or variants[0]
+    others = [v for v in variants if v != base]
+    treatment = "softmax1" if "softmax1" in others else others[0]
+    return base, treatment
+
+
+def toeplitz_table(trials, baseline=None):
+    """Per variant: the seed's metrics (eval loss, runtime, throughput, generation speed), means over seeds."""
+    cols = ["val_loss", "val_bpb", "wall_s", "samples_per_s", "gen_tokens_per_s_parallel",
+            "gen_tokens_per_s_sequential", "gen_speedup", "gen_mean_time_parallel", "gen_mean_time_sequential"]
+    done = trials[trials["status"] == "done"]
+    rows = []
+    for variant in sorted_variants(done["variant"], baseline):
+        g = done[done["variant"] == variant]
+        row = {"variant": variant, "n": len(g)}
+        for flag in ("toep_mean", "toep_proj"):
+            if flag in g:
+                row[flag] = g[flag].iloc[0]
+        for c in cols:
+            if c in g:
+                s = mean_ci(g[c])
+                row[c], row[c + "_ci"] = s["mean"], [s["ci_low"], s["ci_high"]]
+        rows.append(row)
+    return rows
+
+
+def vocab_depth_table(trials, metric):
+    """Candidates with the share of parameters in the embedding, the lm_head and the blocks.
+
+    One row per config: per variant, and per budget too when the study ran several (scaling).
+    """
+    need = {"params_total", "params_embedding", "params_lm_head"}
+    if not need <= set(trials.columns):
+        return []
+    keys = group_keys(trials)
+    order = {v: i for i, v in enumerate(sorted_variants(trials["variant"]))}
+    rows = []
+    groups = sorted(trials.groupby(keys, dropna=False), key=lambda kv: (order[kv[1]["variant"].iloc[0]], *kv[0][1:]))
+    for _, g in groups:
+        total, emb, head = (float(g[c].median()) for c in ("params_total", "params_embedding", "params_lm_head"))
+        done = g[g["status"] == "done"]
+        s = mean_ci(done[metric]) if metric in done else mean_ci([])
+        row = {"variant": g["variant"].iloc[0]}
+        for c in ("vocab_size", "n_layer", "n_embd", "tie_embeddings", "budget"):
+            if c in g:
+                row[c] = g[c].iloc[0]
+        if len(keys) > 1:
+            row["by_budget"] = True
+        blocks = total - emb - head
+        row.update(params_total=total, params_embedding=emb, params_lm_head=head, params_blocks=blocks,
+                   share_embedding=emb / total if total else math.nan, share_lm_head=head / total if total else math.nan,
+                   share_blocks=blocks / total if total else math.nan, n=s["n"], mean=s["mean"],
+                   ci_low=s["ci_low"], ci_high=s["ci_high"])
+        rows.append(row)
+    return rows
+
+
+def probe_table(trials):
+    """Mean and interval of every probe_* column per variant (the probes issue adds them)."""
+    probes = [c for c in trials.columns if c.startswith("probe_") and pd.api.types.is_numeric_dtype(trials[c])]
+    done = trials[trials["status"] == "done"]
+    rows = []
+    for variant in sorted_variants(done["variant"]):
+        g = done[done["variant"] == variant]
+        for p in probes:
+            s = mean_ci(g[p])
+            if s["n"]:
+                rows.append({"variant": variant, "probe": p, **s})
+    return rows
+
+
+def analyse_study(study):
+    t, metric, mode = study.trials, study.metric, study.mode
+    counts = t["status"].value_counts().to_dict()
+    done = t[(t["status"] == "done") & t[metric].notna()] if metric in t else t.iloc[:0]
+    out = dict(
+        study=study.name, family=study.family, profile=study.meta.get("profile"), metric=metric, mode=mode,
+        baseline=study.baseline,
+        counts=dict(total=len(t), done=int(counts.get("done", 0)), failed=int(counts.get("failed", 0)),
+                    stopped=int(counts.get("stopped", 0)),
+                    other=int(len(t) - sum(counts.get(k, 0) for k in ("done", "failed", "stopped")))),
+        test=f"Welch's unequal-variance t-test of each variant against the baseline, two-sided, "
+             f"Holm-adjusted across variants; {CONFIDENCE:.0%} t-intervals (not adjusted). 'within noise': p >= {ALPHA:.2f}; "
+             f"'within noise after Holm correction': p < {ALPHA:.2f} but Holm-adjusted p >= {ALPHA:.2f}.",
+        groups=_records(summarise_groups(t, metric, study.baseline)),
+        comparisons=_records(compare_to_baseline(t, study.baseline, metric, mode)),
+    )
+    # best trial and the Pareto fronts (metric against size and compute)
+    if len(done):
+        best = done.loc[done[metric].idxmin() if mode == "min" else done[metric].idxmax()]
+        out["best"] = {"trial": best["trial"], "variant": best["variant"], metric: float(best[metric])}
+    sign = 1 if mode == "min" else -1
+    out["pareto"] = {}
+    for x in ("params_total", "params_non_embedding", "train_flops"):
+        if x in done and done[x].notna().any():
+            mask = pareto_front(done[x], sign * done[metric])
+            out["pareto"][x] = done.loc[mask].sort_values(x)["trial"].tolist()
+    out["fits"] = _fits(t, metric, study.family)
+    family = study.family
+    if _has_values(t, "nanohead_proportion", 2):  # the seed's plot: metric against the nano-head proportion
+        out["nanohead"] = [{"nanohead_proportion": float(p), **mean_ci(g[metric])}
+                           for p, g in done.groupby("nanohead_proportion")]
+    if family == "softmax1" or (family is None and "softmax1" in t and t["softmax1"].nunique() == 2):
+        arms = softmax1_arms(study)
+        if arms:
+            out["softmax1"] = perplexity_ratio(t, *arms)
+    if family == "toeplitz" or (family is None and {"toep_mean", "toep_proj"} <= set(t.columns)):
+        out["toeplitz"] = toeplitz_table(t, study.baseline)
+    if family in ("vocab_depth", "scaling"):
+        out["vocab_depth"] = vocab_depth_table(t, metric)
+    out["probes"] = probe_table(t)
+    if study.optuna:
+        o = study.optuna
+        out["optuna"] = dict(name=o["name"], directions=o["directions"], n_trials=len(o["trials"]),
+                             importances=o["importances"], importance_note=o["importance_note"])
+    out["failures"] = [
+        {"trial": r["trial"], "variant": r["variant"], "status": r["status"],
+         "error": r["error"] if isinstance(r["error"], str) and r["error"] else None}
+        for r in t[t["status"] != "done"][["trial", "variant", "status", "error"]].to_dict(orient="records")
+    ]
+    out["warnings"] = list(study.warnings)
+    return out

@@ -1,0 +1,87 @@
+"""
+Build one study's report:
+
+    python -m reports.build results/STUDY [--no-png]
+
+writes results/STUDY/report.html (self-contained, works offline from file://),
+results.json (the machine-readable summary) and NAME.png for the main figures.
+study.run calls build_report() at the end of a study.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from reports.analyse import analyse_study
+from reports.collect import StudyError, load_study, redact, scrub, to_jsonable
+from reports.figures import build_figures, write_pngs
+from reports.html import render
+
+NO_PNG = {"curves"}  # per-trial lines: for clicking through, not for a README
+
+
+def write_atomic(path, text):
+    """Write to a temporary file beside PATH, then rename: a reader sees the old file or the new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def results_json(study, res, pngs):
+    trials = scrub(study.trials.to_dict(orient="records"))
+    out = {**res, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "hypothesis": study.meta.get("hypothesis"), "started": study.meta.get("started"), "ended": study.meta.get("ended"),
+           "git_commit": study.meta.get("git_commit"), "pngs": [p.name for p in pngs], "trials": trials}
+    return json.dumps(to_jsonable(out), indent=1)
+
+
+def build_report(study_dir, png=True):
+    """Collect, analyse, draw, write. Returns {"html": path, "json": path, "pngs": [paths], "seconds": float}.
+
+    Raises StudyError when the directory holds no study (a user error, not a bug).
+    """
+    t0 = time.perf_counter()
+    study = load_study(study_dir)
+    res = analyse_study(study)
+    figs = build_figures(study, res)
+    pngs = write_pngs({k: f for k, f in figs.items() if k not in NO_PNG}, study.dir) if png else []
+    # redact last, over the finished text: whatever path a credential took, it stops here
+    write_atomic(study.dir / "results.json", redact(results_json(study, res, pngs)))
+    write_atomic(study.dir / "report.html", redact(render(study, res, figs, pngs)))
+    return {"html": study.dir / "report.html", "json": study.dir / "results.json", "pngs": pngs,
+            "seconds": time.perf_counter() - t0}
+
+
+build = build_report  # the name study.service imports
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m reports.build", description="Write report.html, results.json and PNGs for one study.")
+    p.add_argument("study_dir", help="a study's results directory, e.g. results/nanohead_grid")
+    p.add_argument("--no-png", action="store_true", help="skip the static PNGs (they need kaleido and Chromium)")
+    args = p.parse_args(argv)
+    try:
+        out = build_report(args.study_dir, png=not args.no_png)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. a read-only results directory
+        print(f"error: cannot write the report: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out['html']}, {out['json'].name} and {len(out['pngs'])} PNGs in {out['seconds']:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,417 @@
+"""
+Assemble report.html: one self-contained page that works from file:// offline.
+
+plotly.js is inlined once in <head>; each figure is a div whose script calls it.
+Every string from the study (names, configs, errors, notes) passes through esc().
+"""
+import html
+import json
+import math
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import plotly.offline
+
+from reports.analyse import sorted_variants
+from reports.collect import scrub
+
+# the trials table: these first, then the config keys, then the rest, probe_* last
+TRIAL_COLUMNS = ["trial", "variant", "seed", "status", "val_bpb", "best_val_bpb", "val_loss", "train_loss",
+                 "params_total", "params_non_embedding", "params_embedding", "params_lm_head", "flops_per_token",
+                 "train_flops", "tokens_trained", "tokens_per_s", "mfu", "wall_s", "error"]
+MAX_SAMPLE_CHARS = 2000
+MAX_SAMPLES = 5
+
+
+def esc(s):
+    return html.escape(str(s), quote=True)
+
+
+def fmt(v):
+    """A cell's text: SI suffixes for big numbers, 5 significant digits otherwise."""
+    if v is None or v is pd.NA:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}" if abs(v) < 100_000 else _si(v)
+    if isinstance(v, (float, np.floating)):
+        if not math.isfinite(v):
+            return "" if math.isnan(v) else str(v)
+        if v == int(v) and abs(v) < 100_000:
+            return f"{int(v):,}"
+        return _si(v) if abs(v) >= 100_000 else f"{v:.5g}"
+    return str(v)
+
+
+def _si(v):
+    for div, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.4g}{suffix}"
+    return f"{v:.4g}"
+
+
+def cell(v, tag="td"):
+    """A table cell; numbers carry their raw value in data-v so sorting is numeric."""
+    if isinstance(v, (list, tuple)):
+        return f"<{tag}>{esc(', '.join(fmt(x) for x in v))}</{tag}>"
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+        raw = "" if isinstance(v, (float, np.floating)) and not math.isfinite(v) else repr(float(v))
+        return f'<{tag} data-v="{esc(raw)}" class="num">{esc(fmt(v))}</{tag}>'
+    return f"<{tag}>{esc(fmt(v))}</{tag}>"
+
+
+def table(rows, columns, headers=None, table_id=None, sortable=True, filterable=False):
+    """rows: list of dicts. Returns escaped HTML; a filter box above it when asked."""
+    if not rows:
+        return "<p class='muted'>none</p>"
+    headers = headers or columns
+    attrs = (f' id="{esc(table_id)}"' if table_id else "") + (' class="sortable"' if sortable else "")
+    out = []
+    if filterable and table_id:
+        out.append(f'<input class="filter" type="search" data-table="{esc(table_id)}" '
+                   f'placeholder="filter rows: words that must all appear, e.g. failed p20">')
+    out.append(f"<div class='scroll'><table{attrs}><thead><tr>")
+    out += [f"<th title='click to sort'>{esc(h)}</th>" for h in headers]
+    out.append("</tr></thead><tbody>")
+    for r in rows:
+        out.append("<tr>" + "".join(cell(r.get(c)) for c in columns) + "</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def kv_table(d):
+    """A dict as two columns; nested values as compact JSON text."""
+    rows = []
+    for k, v in d.items():
+        text = json.dumps(v, default=str) if isinstance(v, (dict, list)) else fmt(v)
+        rows.append(f"<tr><th>{esc(k)}</th><td>{esc(text)}</td></tr>")
+    return "<table class='kv'>" + "".join(rows) + "</table>" if rows else "<p class='muted'>none</p>"
+
+
+def figure_div(fig):
+    return fig.to_html(full_html=False, include_plotlyjs=False, default_width="100%",
+                       default_height=f"{fig.layout.height or 450}px",
+                       config={"displaylogo": False, "responsive": True})
+
+
+def _finite(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+
+
+def ci_text(lo, hi, digits=4):
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "no interval"
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def section(sid, title, body):
+    return f"<section id='{sid}'><h2>{esc(title)}</h2>{body}</section>"
+
+
+# -----------------------------------------------------------------------------
+# The sections
+
+
+def summary(study, res):
+    c = res["counts"]
+    items = [f"{c['total']} trials: {c['done']} done, {c['failed']} failed, {c['stopped']} stopped"
+             + (f", {c['other']} other" if c["other"] else "")]
+    if "best" in res:
+        b = res["best"]
+        items.append(f"best {res['metric']}: {b[res['metric']]:.4f} ({b['trial']}, variant {b['variant']})")
+    if res.get("baseline"):
+        items.append(f"baseline: {res['baseline']}")
+    comparisons = res.get("comparisons", [])
+    if len(comparisons) > 12:  # a search with many variants: counts here, the table below has them all
+        counts = pd.Series([r["verdict"] for r in comparisons]).value_counts()
+        items.append(f"{len(comparisons)} comparisons with {res['baseline']}: "
+                     + ", ".join(f"{n} {v}" for v, n in counts.items()))
+        comparisons = []
+    for r in comparisons:
+        where = f" at budget {fmt(r['budget'])}" if "budget" in r else ""
+        head = f"{r['variant']}{where}: {r['diff']:+.4f} {res['metric']} vs {r['baseline']}"
+        if _finite(r["p_value"]):
+            items.append(f"{head}, 95% CI {ci_text(r['ci_low'], r['ci_high'])}, p = {fmt(r['p_value'])}, "
+                         f"Holm p = {fmt(r['p_holm'])}: {r['verdict']}")
+        else:
+            items.append(f"{head} ({r['verdict']})")
+    if any(not _finite(r["p_value"]) for r in res.get("comparisons", [])):
+        items.append("some arms have fewer than 2 finished seeds: their differences cannot be told from noise; "
+                     "repeat them with seeds")
+    if res.get("softmax1"):
+        s = res["softmax1"]
+        items.append(f"softmax1: perplexity ratio {s['treatment']} / {s['baseline']} = {s['ratio']:.4f}, "
+                     f"95% CI {ci_text(s['ci_low'], s['ci_high'])}: {s['verdict']}")
+    for variant, fits in res.get("fits", {}).items():
+        f = fits.get("params_total")
+        if f:
+            items.append(f"{variant}: L(N) = {f['E']:.3f} + {f['A']:.3g} N^-{f['alpha']:.3f}; "
+                         f"alpha 95% CI {ci_text(*f['alpha_ci'], digits=3)}, E 95% CI {ci_text(*f['E_ci'], digits=3)}")
+    if c["failed"] or c["stopped"]:
+        items.append("see Failures for the trials that did not finish and why")
+    return "<ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
+
+
+def stats_section(study, res, figs):
+    keys = ["variant"] + (["budget"] if res["groups"] and "budget" in res["groups"][0] else [])
+    body = [f"<p class='note'>{esc(res['test'])}</p>"]
+    if "configs" in figs:
+        body.append(figure_div(figs["configs"]))
+    body.append("<h3>Per config</h3>")
+    body.append(table(res["groups"], keys + ["n", "mean", "std", "ci_low", "ci_high"],
+                      keys + ["n", f"mean {res['metric']}", "std", "95% CI low", "95% CI high"]))
+    if res.get("baseline"):
+        body.append(f"<h3>Difference from the baseline ({esc(res['baseline'])})</h3>")
+        if "differences" in figs:
+            body.append(figure_div(figs["differences"]))
+        cols = ["variant"] + keys[1:] + ["n", "n_baseline", "diff", "ci_low", "ci_high", "p_value", "p_holm", "verdict"]
+        body.append(table(res["comparisons"], cols))
+    else:
+        body.append("<p class='muted'>No baseline variant named (study.json 'baseline'): no differences computed.</p>")
+    return "".join(body)
+
+
+def frontier_section(study, res, figs):
+    body = [figure_div(figs["frontier"])] if "frontier" in figs else ["<p class='muted'>No finished trial with a parameter count.</p>"]
+    body.append("<p class='note'>Every finished trial is a point; the dotted line is the Pareto front "
+                "(no other trial is both smaller and better). Training FLOPs = flops_per_token x tokens_trained.</p>")
+    rows = [dict(variant=variant, N=x, E=f["E"], E_ci=f["E_ci"], A=f["A"], A_ci=f["A_ci"], alpha=f["alpha"],
+                 alpha_ci=f["alpha_ci"], n=f["n"], budgets=f["n_levels"], rmse=f["rmse"], method=f["method"])
+            for variant, by_x in res.get("fits", {}).items() for x, f in by_x.items()]
+    if rows:
+        body.append("<h3>Power-law fits L(N) = E + A N<sup>-alpha</sup></h3>")
+        body.append(f"<p class='note'>Least squares per variant; {esc(rows[0]['method'])}, 95% intervals. "
+                    "Drawn as lines on the frontier.</p>")
+        body.append(table(rows, [k for k in rows[0] if k != "method"]))
+    if res["pareto"].get("params_total"):
+        body.append(f"<p>On the front (total parameters): {esc(', '.join(res['pareto']['params_total']))}</p>")
+    return "".join(body)
+
+
+def samples_html(study, variants):
+    """One column per variant: the first trial's samples (lowest seed)."""
+    t = study.trials
+    cols = []
+    for v in variants:
+        names = t[(t["variant"] == v) & t["trial"].isin(list(study.samples))].sort_values("seed")["trial"]
+        if names.empty:
+            continue
+        s = study.samples[names.iloc[0]]
+        samples = s.get("samples", []) if isinstance(s, dict) else []
+        items = "".join(f"<pre>{esc(str(x)[:MAX_SAMPLE_CHARS])}</pre>" for x in samples[:MAX_SAMPLES])
+        prompt = esc(s.get("prompt", "")) if isinstance(s, dict) else ""
+        cols.append(f"<div class='sample-col'><h4>{esc(v)} <span class='muted'>({esc(names.iloc[0])})</span></h4>"
+                    f"<p class='muted'>prompt: <code>{prompt}</code></p>{items}</div>")
+    return f"<div class='samples'>{''.join(cols)}</div>" if cols else ""
+
+
+def family_section(study, res, figs):
+    """The per-study views the seeds asked for. Returns (title, html) or None."""
+    body = []
+    if "nanohead" in figs:
+        body.append("<h3>Nano-head proportion</h3>" + figure_div(figs["nanohead"]))
+        body.append(table(res["nanohead"], ["nanohead_proportion", "n", "mean", "ci_low", "ci_high"]))
+    if res.get("softmax1"):
+        s = res["softmax1"]
+        body.append("<h3>softmax1 vs softmax: the pre-registered 5% criterion</h3>")
+        body.append(f"<p class='verdict'>perplexity ratio {esc(s['treatment'])} / {esc(s['baseline'])} = "
+                    f"{esc(fmt(s['ratio']))}, 95% CI {esc(ci_text(s['ci_low'], s['ci_high']))} "
+                    f"(n = {s['n']} vs {s['n_baseline']}): <b>{esc(s['verdict'])}</b></p>")
+        body.append("<p class='note'>Perplexity = e<sup>val_loss</sup> with the loss in nats. The note wrote "
+                    "2<sup>loss</sup>, which is the same only for a loss in bits. With seeds the ratio is "
+                    "exp(mean loss difference), its interval exp of the Welch interval.</p>")
+        if "softmax1" in figs:
+            body.append(figure_div(figs["softmax1"]))
+        body.append("<h3>Samples</h3>" + (samples_html(study, [s["baseline"], s["treatment"]]) or "<p class='muted'>no samples.json</p>"))
+    if res.get("toeplitz"):
+        rows = res["toeplitz"]
+        body.append("<h3>Toeplitz mixer: mean x projection</h3>" + toeplitz_grid(rows))
+        cols = ["variant", "toep_mean", "toep_proj", "n"] + [c for c in ("val_loss", "val_bpb", "wall_s", "samples_per_s",
+                "gen_tokens_per_s_parallel", "gen_tokens_per_s_sequential", "gen_speedup") if any(c in r for r in rows)]
+        body.append(table(rows, [c for c in cols if c == "variant" or any(c in r for r in rows)]))
+        if "toeplitz" in figs:
+            body.append(figure_div(figs["toeplitz"]))
+    if res.get("vocab_depth"):
+        rows = res["vocab_depth"]
+        body.append("<h3>Vocabulary vs depth candidates</h3>")
+        if "vocab_depth" in figs:
+            body.append(figure_div(figs["vocab_depth"]))
+        cols = [c for c in ("variant", "vocab_size", "n_layer", "n_embd", "tie_embeddings", "budget", "params_total",
+                            "share_embedding", "share_lm_head", "share_blocks", "n", "mean", "ci_low", "ci_high") if c in rows[0]]
+        body.append(table(rows, cols))
+    if not body:
+        return None
+    titles = {"nanohead": "Nano heads", "nanohead_search": "Nano heads", "softmax1": "softmax1",
+              "toeplitz": "Toeplitz mixer", "vocab_depth": "Vocabulary vs depth", "scaling": "Scaling"}
+    return titles.get(study.family, "Study views"), "".join(body)
+
+
+def toeplitz_grid(rows):
+    """The 2x2: eval loss with toep_mean down, toep_proj across."""
+    by = {(str(r.get("toep_mean")).lower(), str(r.get("toep_proj")).lower()): r for r in rows}
+    if not any(k[0] in ("true", "false") for k in by):
+        return ""
+    out = ["<table class='grid'><tr><th></th><th>proj</th><th>no proj</th></tr>"]
+    for mean, label in (("true", "mean"), ("false", "no mean")):
+        out.append(f"<tr><th>{label}</th>")
+        for proj in ("true", "false"):
+            r = by.get((mean, proj))
+            if r is None or "val_loss" not in r:
+                out.append("<td class='muted'>-</td>")
+            else:
+                out.append(f"<td>{esc(r['variant'])}<br>eval loss {esc(fmt(r['val_loss']))}<br>"
+                           f"<span class='muted'>{esc(ci_text(*r['val_loss_ci']))}</span></td>")
+        out.append("</tr>")
+    return "".join(out) + "</table>"
+
+
+def optuna_section(study, res, figs):
+    o = res.get("optuna")
+    if not o:
+        return None
+    body = [f"<p>Optuna study {esc(o['name'])}: {o['n_trials']} trials, directions {esc(', '.join(o['directions']))}.</p>"]
+    for k in ("optuna_history", "optuna_importances", "optuna_pareto"):
+        if k in figs:
+            body.append(figure_div(figs[k]))
+    if o.get("importance_note"):
+        body.append(f"<p class='muted'>{esc(o['importance_note'])}</p>")
+    return "".join(body)
+
+
+def probes_section(study, res, figs):
+    if not res.get("probes"):
+        return None
+    return figure_div(figs["probes"]) + table(res["probes"], ["probe", "variant", "n", "mean", "ci_low", "ci_high"])
+
+
+def failures_section(res):
+    rows = res["failures"]
+    if not rows:
+        return "<p>Every trial finished.</p>"
+    out = ["<table class='sortable'><thead><tr><th>trial</th><th>variant</th><th>status</th><th>reason</th></tr></thead><tbody>"]
+    for r in rows:
+        err = r["error"] or "(no reason recorded)"
+        first, _, rest = err.strip().partition("\n")
+        reason = f"<details><summary>{esc(first)}</summary><pre>{esc(rest)}</pre></details>" if rest else esc(first)
+        out.append(f"<tr><td>{esc(r['trial'])}</td><td>{esc(r['variant'])}</td><td>{esc(r['status'])}</td><td>{reason}</td></tr>")
+    return "".join(out) + "</tbody></table>"
+
+
+def trials_section(study):
+    t = study.trials
+    probes = sorted(c for c in t.columns if c.startswith("probe_"))
+    first = [c for c in TRIAL_COLUMNS if c in t and c != "error"]
+    config = sorted(c for c in t.columns if c not in first and c not in probes and c not in ("error", "study"))
+    cols = first + config + probes + (["error"] if "error" in t else [])
+    rows = t[cols].to_dict(orient="records")
+    for r in rows:  # an error in the table is its first line; the full text is under Failures
+        if isinstance(r.get("error"), str):
+            r["error"] = r["error"].strip().split("\n")[0][:300]
+    return table(rows, cols, table_id="trials-table", filterable=True)
+
+
+def environment_section(study):
+    meta = scrub(study.meta)
+    body = [kv_table({k: meta.get(k) for k in ("study", "family", "profile", "hypothesis", "seed_note", "metric", "mode",
+                                               "git_commit", "started", "ended", "interrupted") if k in meta})]
+    for key, title in (("environment", "Environment"), ("versions", "Package versions"), ("args", "Command-line arguments")):
+        if isinstance(meta.get(key), dict):
+            body.append(f"<h3>{title}</h3>" + kv_table(meta[key]))
+    if study.envs:
+        name = sorted(study.envs)[0]
+        body.append(f"<h3>Trial environment <span class='muted'>({esc(name)}, env.json)</span></h3>")
+        env = scrub(study.envs[name])
+        body.append(kv_table(env) if isinstance(env, dict) else f"<pre>{esc(json.dumps(env, default=str))}</pre>")
+    return "".join(body)
+
+
+# -----------------------------------------------------------------------------
+# The page
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#263238;color:#eceff1;padding:16px 28px}header h1{margin:0 0 6px;font-size:22px}
+header p{margin:2px 0;color:#b0bec5}nav a{color:#80cbc4;margin-right:14px;text-decoration:none}
+main{padding:8px 28px 40px;max-width:1600px}section{background:#fff;border:1px solid #e0e0e0;border-radius:6px;
+margin:18px 0;padding:6px 18px 14px}h2{font-size:18px;border-bottom:1px solid #eee;padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 6px}.muted{color:#888}.note{color:#555;font-size:13px}.verdict{font-size:15px}
+table{border-collapse:collapse;font-size:12.5px;margin:6px 0}th,td{border:1px solid #e3e3e3;padding:3px 7px;
+text-align:left;vertical-align:top}td.num{text-align:right;font-variant-numeric:tabular-nums}
+thead th{background:#f2f4f5;position:sticky;top:0;cursor:pointer;white-space:nowrap}
+table.kv th{background:#f7f7f7;width:200px}.scroll{max-height:640px;overflow:auto}
+input.filter{width:420px;padding:5px;margin:6px 0}
+.samples{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:14px}
+.sample-col pre,section pre{white-space:pre-wrap;background:#f6f8fa;padding:8px;border-radius:4px;font-size:12px}
+table.grid td,table.grid th{padding:8px 14px;text-align:center}
+"""
+
+# Sorting (click a header; numbers by data-v) and filtering (every word must appear in the row).
+JS = """
+(function(){
+  function key(td){var v=td.getAttribute('data-v');return (v!==null&&v!=='')?Number(v):td.textContent.toLowerCase();}
+  function cmp(a,b){var na=typeof a==='number',nb=typeof b==='number';
+    if(na&&nb)return a-b; if(na)return -1; if(nb)return 1; if(a==='')return 1; if(b==='')return -1;
+    return a<b?-1:a>b?1:0;}
+  document.querySelectorAll('table.sortable').forEach(function(table){
+    var ths=table.tHead?table.tHead.rows[0].cells:[];
+    Array.prototype.forEach.call(ths,function(th,i){th.addEventListener('click',function(){
+      var body=table.tBodies[0],rows=Array.prototype.slice.call(body.rows),dir=th.dataset.dir==='asc'?-1:1;
+      th.dataset.dir=dir===1?'asc':'desc';
+      rows.sort(function(a,b){return dir*cmp(key(a.cells[i]),key(b.cells[i]));});
+      rows.forEach(function(r){body.appendChild(r);});});});});
+  document.querySelectorAll('input.filter').forEach(function(input){
+    var table=document.getElementById(input.dataset.table);
+    input.addEventListener('input',function(){
+      var words=input.value.toLowerCase().split(/\\s+/).filter(Boolean);
+      Array.prototype.forEach.call(table.tBodies[0].rows,function(r){
+        var text=r.textContent.toLowerCase();
+        r.style.display=words.every(function(w){return text.indexOf(w)>=0;})?'':'none';});});});
+})();
+"""
+
+
+def render(study, res, figs, pngs=()):
+    meta = study.meta
+    sections = [("summary", "Summary", summary(study, res)),
+                ("frontier", "Loss vs parameters and compute", frontier_section(study, res, figs)),
+                ("stats", "Seeds, intervals and differences", stats_section(study, res, figs))]
+    fam = family_section(study, res, figs)
+    if fam:
+        sections.append(("views", fam[0], fam[1]))
+    for sid, title, fn in (("optuna", "Optuna search", optuna_section), ("probes", "Probes", probes_section)):
+        body = fn(study, res, figs)
+        if body:
+            sections.append((sid, title, body))
+    if "curves" in figs:
+        sections.append(("curves", "Training curves", figure_div(figs["curves"])))
+    if study.samples and not res.get("softmax1"):
+        variants = sorted_variants(study.trials["variant"], study.baseline)[:6]
+        sections.append(("samples", "Samples", samples_html(study, variants)))
+    sections += [("failures", f"Failures ({len(res['failures'])})", failures_section(res)),
+                 ("trials", f"Trials ({len(study.trials)})", trials_section(study)),
+                 ("environment", "Environment", environment_section(study))]
+    if res["warnings"]:
+        sections.append(("warnings", "Warnings", "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in res["warnings"]) + "</ul>"))
+    if pngs:
+        links = " ".join(f"<a href='{esc(p.name)}'>{esc(p.name)}</a>" for p in pngs)
+        sections.append(("static", "Static figures", f"<p>{links}</p>"))
+    ended = meta.get("ended")
+    status = f"ended {ended}" if ended else "no end time: the study is running or was cut short; this report shows what it has"
+    nav = "".join(f"<a href='#{sid}'>{esc(title)}</a>" for sid, title, _ in sections)
+    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return "".join([
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{esc(study.name)}: study report</title><style>{CSS}</style>",
+        # plotly.js once, inline: the page needs no network, so it works from file:// offline
+        f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>",
+        f"<header><h1>Study {esc(study.name)}</h1>",
+        f"<p>family {esc(study.family or 'unknown')} &middot; profile {esc(meta.get('profile') or 'unknown')} &middot; "
+        f"metric {esc(study.metric)} ({esc(study.mode)}) &middot; started {esc(meta.get('started') or 'unknown')} &middot; "
+        f"{esc(status)}</p>",
+        f"<p>hypothesis: {esc(meta['hypothesis'])}</p>" if meta.get("hypothesis") else "",
+        f"<p>report generated {esc(generated)}</p><nav>{nav}</nav></header><main>",
+        "".join(section(sid, title, body) for sid, title, body in sections),
+        f"</main><script>{JS}</script></body></html>",
+    ])

@@ -1,0 +1,181 @@
+"""
+Browse every study's report:
+
+    python -m reports.serve [RESULTS_DIR] [--host 127.0.0.1] [--port 8000]
+
+The index lists the studies under RESULTS_DIR; a study's report is built when it is
+missing or older than its trials (so a running study shows its latest state).
+Only report files are served (report.html, results.json, trials.csv, study.json, *.png),
+never other files from the results directory.
+"""
+import argparse
+import html
+import json
+import mimetypes
+import sys
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+
+from reports.build import build_report
+from reports.collect import StudyError, redact
+
+SERVED = {"report.html", "results.json", "trials.csv", "study.json"}
+INPUTS = ("trials.parquet", "trials.csv", "study.json", "optuna.db")  # a report older than these is stale
+
+
+def esc(s):
+    return html.escape(str(s), quote=True)
+
+
+def find_studies(results_dir):
+    """Subdirectories that look like studies, newest first."""
+    dirs = [p for p in Path(results_dir).iterdir() if p.is_dir() and not p.name.startswith(".")
+            and any((p / f).exists() for f in ("study.json", "trials.parquet", "trials.csv"))]
+    return sorted(dirs, key=lambda p: max((p / f).stat().st_mtime for f in INPUTS if (p / f).exists()), reverse=True)
+
+
+def study_row(d):
+    """What the index shows for one study; unreadable pieces become blanks, not errors."""
+    row = {"dir": d.name, "study": d.name, "family": "", "profile": "", "started": "", "ended": "", "done": "",
+           "failed": "", "total": "", "best": ""}
+    try:
+        meta = json.loads((d / "study.json").read_text())
+        row.update({k: meta.get(k) or "" for k in ("study", "family", "profile", "started", "ended")})
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        if (d / "trials.parquet").exists():
+            t = pd.read_parquet(d / "trials.parquet")
+        else:
+            t = pd.read_csv(d / "trials.csv")
+        status = t["status"].astype(str).str.lower() if "status" in t else pd.Series(["done"] * len(t))
+        row.update(total=len(t), done=int((status == "done").sum()), failed=int((status == "failed").sum()))
+        if "val_bpb" in t and t["val_bpb"].notna().any():
+            row["best"] = f"{pd.to_numeric(t['val_bpb'], errors='coerce').min():.4f}"
+    except Exception:
+        pass
+    return row
+
+
+def index_page(results_dir):
+    rows = [study_row(d) for d in find_studies(results_dir)]
+    head = ["study", "family", "profile", "started", "ended", "done", "failed", "total", "best val_bpb", ""]
+    body = []
+    for r in rows:
+        link = urllib.parse.quote(r["dir"]) + "/report.html"
+        ended = r["ended"] or "running or cut short"
+        body.append(
+            "<tr>" + f"<td><a href='{esc(link)}'>{esc(r['study'])}</a></td>"
+            + "".join(f"<td>{esc(v)}</td>" for v in (r["family"], r["profile"], r["started"], ended, r["done"],
+                                                      r["failed"], r["total"], r["best"]))
+            + f"<td><a href='{esc(urllib.parse.quote(r['dir']) + '/results.json')}'>results.json</a></td></tr>")
+    table = ("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
+             + "".join(body) + "</tbody></table>") if body else "<p>No studies here yet.</p>"
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>studies</title><style>"
+            "body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse}"
+            "th,td{border:1px solid #ddd;padding:4px 10px;text-align:left}th{background:#f2f4f5}</style></head><body>"
+            f"<h1>Studies in {esc(Path(results_dir).resolve())}</h1>{table}"
+            "<p style='color:#777'>A report is built when it is opened, if it is missing or older than its study's trials.</p>"
+            "</body></html>")
+
+
+def is_stale(study_dir):
+    report = study_dir / "report.html"
+    if not report.exists():
+        return True
+    inputs = [(study_dir / f).stat().st_mtime for f in INPUTS if (study_dir / f).exists()]
+    return bool(inputs) and max(inputs) > report.stat().st_mtime
+
+
+class Handler(BaseHTTPRequestHandler):
+    results_dir = Path("results")  # set per server by make_server
+    build_lock = threading.Lock()  # one build at a time: they share two CPU cores with training
+
+    def do_GET(self):
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        if path in ("/", "/index.html"):
+            return self.send(200, redact(index_page(self.results_dir)).encode(), "text/html; charset=utf-8")
+        parts = path.strip("/").split("/")
+        if len(parts) == 1 and parts[0] and (self.results_dir / parts[0]).is_dir():
+            return self.redirect(f"/{urllib.parse.quote(parts[0])}/report.html")
+        if len(parts) != 2:
+            return self.send(404, b"not found", "text/plain")
+        study, name = parts
+        study_dir = self.results_dir / study
+        # names from the URL are data: one plain directory under results, one plain file inside it
+        if (study in ("", ".", "..") or study.startswith(".") or not study_dir.is_dir()
+                or not (name in SERVED or (name.endswith(".png") and "/" not in name and not name.startswith(".")))):
+            return self.send(404, b"not found", "text/plain")
+        if name == "report.html" and is_stale(study_dir):
+            with self.build_lock:
+                if is_stale(study_dir):
+                    try:
+                        build_report(study_dir, png=False)
+                    except StudyError as e:
+                        return self.send(404, esc(f"no report: {e}").encode(), "text/html; charset=utf-8")
+        f = study_dir / name
+        if not f.is_file():
+            return self.send(404, b"not found", "text/plain")
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if ctype.startswith("text/") or ctype == "application/json":
+            ctype += "; charset=utf-8"
+        self.send(200, f.read_bytes(), ctype)
+
+    def send(self, code, body, ctype):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def redirect(self, location):
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format, *args):
+        sys.stderr.write(f"reports.serve: {self.address_string()} {format % args}\n")
+
+
+def make_server(results_dir, host="127.0.0.1", port=8000, quiet=False):
+    """A ThreadingHTTPServer over RESULTS_DIR (port 0: any free port; see server.server_address)."""
+    attrs = {"results_dir": Path(results_dir)}
+    if quiet:
+        attrs["log_message"] = lambda self, *a: None
+    handler = type("StudyHandler", (Handler,), attrs)
+    return ThreadingHTTPServer((host, port), handler)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m reports.serve", description="Serve an index of study reports.")
+    p.add_argument("results_dir", nargs="?", default="results", help="directory holding one folder per study (default: results)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    args = p.parse_args(argv)
+    if not Path(args.results_dir).is_dir():
+        print(f"error: no results directory: {args.results_dir}", file=sys.stderr)
+        return 2
+    try:
+        server = make_server(args.results_dir, args.host, args.port)
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    print(f"serving {Path(args.results_dir).resolve()} at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
