@@ -107,3 +107,24 @@ def write_trials(df: pd.DataFrame, study_dir: Path):
         tmp = study_dir / f".{name}.tmp"
         writer(tmp)
         os.replace(tmp, study_dir / name)
+
+
+def write_family_outputs(df: pd.DataFrame, family: str, study_dir: Path):
+    """Files a study's seed note promised, beside the generic ones. Toeplitz (Experiment 010):
+    all_results.json, per variant: training metrics and the generation benchmark, parallel vs sequential."""
+    if family != "toeplitz" or df.empty:
+        return
+    out = {}
+    for _, row in df.iterrows():
+        get = lambda k: None if pd.isna(row.get(k)) else float(row[k])
+        out[row["trial"]] = dict(
+            variant=row["variant"], toep_mean=bool(row["toep_mean"]), toep_proj=bool(row["toep_proj"]),
+            seed=int(row["seed"]), status=row["status"], error=row["error"] if isinstance(row["error"], str) else None,
+            training=dict(train_loss=get("train_loss"), eval_loss=get("val_loss"), eval_bpb=get("val_bpb"),
+                          runtime_s=get("wall_s"), samples_per_s=get("samples_per_s"), params=get("params_total")),
+            benchmark_parallel=dict(tokens_per_s=get("gen_tokens_per_s_parallel"), mean_time_s=get("gen_mean_time_parallel")),
+            benchmark_sequential=dict(tokens_per_s=get("gen_tokens_per_s_sequential"), mean_time_s=get("gen_mean_time_sequential")),
+            speedup=get("gen_speedup"))
+    tmp = study_dir / ".all_results.json.tmp"
+    tmp.write_text(json.dumps(out, indent=2))
+    os.replace(tmp, study_dir / "all_results.json")

@@ -15,7 +15,7 @@ import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
-from study.results import collect, experiment_dirs, write_trials
+from study.results import collect, experiment_dirs, write_family_outputs, write_trials
 from trainables.tune import TrialResources, environment, make_trainable, tune_run_settings
 
 
@@ -227,6 +227,7 @@ def execute(spec, profile, args, overrides, study_dir: Path, workers: int, gpus:
     interrupted = any(r.metrics is None and r.error is None for r in results) or not _finished(experiment_dirs(study_dir)[-1])
     df = collect(study_dir, spec)
     write_trials(df, study_dir)
+    write_family_outputs(df, spec.family, study_dir)
     write_study_json(spec, profile, args, study_dir, started, datetime.now(timezone.utc).isoformat(), interrupted)
     ray.shutdown()
     failed = int((df["status"] == "failed").sum()) if len(df) else 0
