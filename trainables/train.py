@@ -72,6 +72,7 @@ class TrainConfig:
     gen_benchmark_tokens: int = 0     # >0: time generate() of this many tokens, mixer heads parallel vs sequential
     gen_benchmark_runs: int = 3
     gen_benchmark_batch: int = 4
+    probes: bool = True               # run trainables.probes on the final model (a few val batches)
     device: str = "auto"
 
     def __post_init__(self):
@@ -388,6 +389,8 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
                 last["param_sync_err"] = param_sync_error(model)
             if step == max_steps and tc.gen_benchmark_tokens and rank == 0:
                 last.update(generation_benchmark(model, data, tc, device))
+            if step == max_steps and tc.probes and rank == 0:
+                last.update(probe(model, data, cfg, tc, device, out_dir))
             log(f"step {step}/{max_steps} | train {last['train_loss']:.4f} | val bpb {val['val_bpb']:.4f} | "
                 f"{tok_s:,.0f} tok/s | mfu {last['mfu']:.1%}")
             emit(last, final=step == max_steps)
@@ -425,6 +428,16 @@ def save_checkpoint(model, optimizers, loader, stability, step, tokens, wall_s, 
                     wall_s=wall_s, loader=[g["loader"] for g in gathered], rng=[g["rng"] for g in gathered]),
                os.path.join(d, CHECKPOINT_FILE))
     return d
+
+
+def probe(model: GPT, data, cfg: GPTConfig, tc: TrainConfig, device, out_dir: str | None) -> dict:
+    """What each hypothesis is about beyond the loss (outliers, W8A8, head behaviour, filters): scalars for
+    the trials table, per-layer/per-head details to probes.json for the report."""
+    from trainables.probes import run_probes
+    scalars, details = run_probes(model, data, cfg.seq_len, batch_size=min(8, tc.batch_size), batches=2, device=device)
+    if out_dir:
+        (Path(out_dir) / "probes.json").write_text(json.dumps(details, allow_nan=False))
+    return scalars
 
 
 @torch.no_grad()
