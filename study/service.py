@@ -125,20 +125,26 @@ def build_tuner(spec, profile, args, overrides, study_dir: Path, resources, conc
         space = {**base, **{k: v for k, v in spec.axes(profile).items() if k not in overrides}}
         storage_url = args.storage or f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
         storage = optuna.storages.RDBStorage(storage_url)
+        # An extension seeds its sampler with the trials already in the study: a fresh sampler with the first
+        # run's seed would draw the first run's configs again (TPE's startup trials are random draws).
+        seed = len(_optuna_trials(optuna, storage, spec.name))
         if overrides.get("objective", base.get("objective")) == "multi":
-            searcher = OptunaSearch(metric=[metric, "params_total"], mode=[mode, "min"], storage=storage,
-                                    study_name=spec.name, sampler=optuna.samplers.NSGAIISampler(seed=0))
+            optuna_search = OptunaSearch(metric=[metric, "params_total"], mode=[mode, "min"], storage=storage,
+                                         study_name=spec.name, sampler=optuna.samplers.NSGAIISampler(seed=seed))
             tune_metric, tune_mode = None, None
         else:
-            searcher = OptunaSearch(metric=metric, mode=mode, storage=storage, study_name=spec.name,
-                                    sampler=optuna.samplers.TPESampler(seed=0))
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrent)
+            optuna_search = OptunaSearch(metric=metric, mode=mode, storage=storage, study_name=spec.name,
+                                         sampler=optuna.samplers.TPESampler(seed=seed))
+        searcher = ConcurrencyLimiter(optuna_search, max_concurrent=concurrent)
         samples = num_samples
         n_trials = samples
-        first_index = _existing_trials(study_dir)
 
         def name_of(trial):
-            index = first_index + int(trial.trial_id.rsplit("_", 1)[-1])
+            # The Optuna trial number: unique in the study's storage, and it goes on across extensions (tune_2).
+            # Tune names a trial right after the searcher's suggest() asked Optuna for it (a restored trial keeps
+            # its name); Tune's own trial ids carry no index under a searcher.
+            ot_trial = optuna_search._ot_trials.get(trial.trial_id)
+            index = ot_trial.number if ot_trial is not None else len(_optuna_trials(optuna, storage, spec.name)) - 1
             return f"{spec.name}_{index:04d}"
     if spec.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -162,8 +168,11 @@ def build_tuner(spec, profile, args, overrides, study_dir: Path, resources, conc
     return tuner, n_trials, callbacks
 
 
-def _existing_trials(study_dir: Path) -> int:
-    return sum(1 for _ in (study_dir / "trials").glob("*")) if (study_dir / "trials").exists() else 0
+def _optuna_trials(optuna, storage, name: str) -> list:
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:  # no such study yet
+        return []
 
 
 def wandb_callback(spec, mode: str, study_dir: Path):
@@ -188,8 +197,10 @@ def write_study_json(spec, profile, args, study_dir: Path, started: str, ended: 
     if args.storage:  # a database URL may carry a password: keep only its form
         meta["args"]["storage"] = _redact_url(args.storage)
     path = study_dir / "study.json"
-    if path.exists():  # resumed: keep the first start
-        meta["started"] = json.loads(path.read_text()).get("started", started)
+    if path.exists():  # rewritten at the end, or resumed: keep the first start and the code it started with
+        first = json.loads(path.read_text())
+        meta["started"] = first.get("started", started)
+        meta["git_commit"] = first.get("git_commit", meta["git_commit"])
     tmp = study_dir / ".study.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, default=str))
     os.replace(tmp, path)
