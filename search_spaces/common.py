@@ -26,8 +26,15 @@ def architecture(config: dict, **baseline) -> dict:
     overrides = {k: v for k, v in config.items() if k in model_keys}
     overrides.update(baseline)
     vocab = tokenizer_vocab_size(config["tokenizer"])
-    best = solve_architecture(config["budget"], vocab, config.get("head_dim", 64),
-                              aspect_ratio=config.get("aspect_ratio", 64.0), **overrides)[0]
+    head_dim = config.get("head_dim", 64)
+    try:
+        best = solve_architecture(config["budget"], vocab, head_dim, aspect_ratio=config.get("aspect_ratio", 64.0),
+                                  **overrides)[0]
+    except ValueError:
+        # The solver skips every width whose GPTConfig does not build, so a bad model key (nanohead_dim=0, an
+        # odd head_dim) surfaces as "no architecture within 5%": name the key instead, when one is to blame.
+        GPTConfig(vocab_size=vocab, n_layer=1, n_embd=head_dim, n_head=1, **overrides)
+        raise
     out = {k: v for k, v in config.items() if k not in ("budget",)}
     out.update(n_layer=best.n_layer, n_embd=best.n_embd, n_head=best.n_head, target_params=config["budget"])
     return out

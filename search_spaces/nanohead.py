@@ -27,8 +27,11 @@ def trial_name(config: dict) -> str:
     return f"nanohead_{variant(config)}_d{config['n_layer']}" + (f"_nd{config['nanohead_dim']}" if config.get("nanohead_dim", 3) != 3 else "") + seed_suffix(config)
 
 
-def search_space(profile, tune) -> dict:
-    """nanohead_search: proportion, nano head dim, depth and learning rate (width fixed by the profile's baseline)."""
+def search_space(profile, tune=None) -> dict:
+    """nanohead_search: proportion, nano head dim, depth and learning rate (width fixed by the profile's baseline).
+    The catalog calls axes(profile) alone: Tune's domains are imported here, on first use (starts nothing)."""
+    if tune is None:
+        from ray import tune
     return {"nanohead_proportion": tune.uniform(0.0, 0.8), "nanohead_dim": tune.choice([2, 3, 4, 5]),
             "n_layer": tune.randint(2, 7 if profile.name != "smoke" else 4), "lr": tune.loguniform(1e-3, 1e-2)}
 

@@ -86,7 +86,25 @@ def parse_overrides(items: list[str], spec: StudySpec, profile) -> dict:
         if key not in allowed:
             raise UsageError(f"--set {key}: unknown key for {spec.name}; allowed: {', '.join(sorted(allowed))}")
         out[key] = parse_value(value)
+        _check_type(key, out[key])
     return out
+
+
+def _check_type(key: str, value):
+    """A --set value must have its field's type (lr=abc would otherwise fail deep inside a comparison)."""
+    import types
+    from dataclasses import fields
+    from trainables.model import GPTConfig
+    from trainables.train import TrainConfig
+    declared = {f.name: f.type for f in fields(GPTConfig) + fields(TrainConfig)}.get(key)
+    if declared is None:
+        return  # a study's own key: its resolve() checks it
+    declared = set(declared.__args__) if isinstance(declared, types.UnionType) else {declared}
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "text", type(None): "none"}
+    allowed = declared | ({int} if float in declared else set())
+    for v in value if isinstance(value, list) else [value]:
+        if type(v) not in allowed:
+            raise UsageError(f"--set {key}={v!r}: must be {' or '.join(words[t] for t in words if t in declared)}")
 
 
 # ----------------------------------------------------------------------------- planning (no Ray)
@@ -133,6 +151,17 @@ def _checked(fn):
         raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
 
 
+def _describe_domain(domain) -> str:
+    """A Tune search domain in words: uniform [0.0, 0.8), choice of [2, 3, 4, 5], ..."""
+    if hasattr(domain, "categories"):
+        return f"choice of {list(domain.categories)}"
+    if hasattr(domain, "lower"):
+        sampler = type(domain.get_sampler()).__name__.strip("_").lower()
+        kind = "integer" if type(domain).__name__ == "Integer" else "number"
+        return f"{kind}, {sampler} in [{domain.lower:g}, {domain.upper:g})"
+    return repr(domain)
+
+
 def _planned_tokens(tc, gpt, workers: int) -> int:
     per_step = tc.total_batch_tokens or tc.batch_size * gpt.seq_len * workers
     steps = math.ceil(tc.max_tokens / per_step) if tc.max_tokens else tc.max_steps
@@ -140,14 +169,16 @@ def _planned_tokens(tc, gpt, workers: int) -> int:
 
 
 def print_dry_run(spec: StudySpec, trials: list[dict]):
-    from trainables.model import count_params, flops_per_token
-    header = f"{'trial':34} {'variant':14} {'L':>3} {'width':>5} {'heads':>5} {'vocab':>6} {'params':>11} {'embed':>10} {'lm_head':>10} {'blocks':>11} {'tokens':>11} {'FLOPs':>9}"
+    from trainables.model import count_params, flops_per_token, nanohead_split
+    header = f"{'trial':34} {'variant':14} {'L':>3} {'width':>5} {'heads':>5} {'nano':>6} {'vocab':>6} {'params':>11} {'embed':>10} {'lm_head':>10} {'blocks':>11} {'tokens':>11} {'FLOPs':>9}"
     print(f"{spec.name}: {len(trials)} trials\n{header}\n{'-' * len(header)}")
     for t in trials:
         g = t["gpt"]
         p = count_params(g)
         flops = flops_per_token(g) * t["tokens"]
-        print(f"{t['name']:34} {spec.variant({**t['config'], **g.to_dict()}):14} {g.n_layer:>3} {g.n_embd:>5} {g.n_head:>5} "
+        split = nanohead_split(g) if g.mixer == "attention" else None
+        nano = f"{split.n_nano}x{split.nano_dim}" if split and split.n_nano else "-"  # nano heads x their dim
+        print(f"{t['name']:34} {spec.variant({**t['config'], **g.to_dict()}):14} {g.n_layer:>3} {g.n_embd:>5} {g.n_head:>5} {nano:>6} "
               f"{g.vocab_size:>6} {p['total']:>11,} {p['embedding']:>10,} {p['lm_head']:>10,} {p['blocks']:>11,} "
               f"{t['tokens']:>11,} {flops:>9.2e}")
     axes = sorted({k for t in trials for k in t["searched"] if len({str(u['searched'].get(k)) for u in trials}) > 1})
@@ -163,16 +194,51 @@ def check_storage(url: str | None):
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
     try:
-        make_url(url)
+        parsed = make_url(url)
     except ArgumentError:
         raise UsageError(f"--storage {url!r}: not a database URL; use e.g. sqlite:///optuna.db or "
                          f"postgresql://user@host/db") from None
+    try:
+        parsed.get_dialect()  # the dialect only, not its driver (a --dry-run may check a URL meant for a cluster)
+    except ArgumentError:  # NoSuchModuleError: no such dialect
+        raise UsageError(f"--storage {parsed.render_as_string(hide_password=True)}: unknown database kind "
+                         f"{parsed.drivername!r}; use sqlite:///PATH, postgresql://..., mysql://... (any SQLAlchemy URL)") from None
+
+
+def check_storage_reachable(url: str | None):
+    """Before a run (not a dry run): Optuna opens the storage only once Ray runs and the study dir exists, so
+    load the driver now and check the database can be reached (sqlite: its folder); a bad URL changes nothing."""
+    if url is None:
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    try:
+        engine = create_engine(parsed, **({"connect_args": {"connect_timeout": 5}} if backend in ("postgresql", "mysql") else {}))
+    except ImportError as e:
+        raise UsageError(f"--storage {shown}: the {parsed.drivername} driver is not installed ({e}); install it or "
+                         f"use sqlite:///PATH") from None
+    if backend == "sqlite":
+        folder = Path(parsed.database or ".").expanduser().resolve().parent
+        if parsed.database not in (None, "", ":memory:") and not folder.is_dir():
+            raise UsageError(f"--storage {shown}: the folder {folder} does not exist; create it or use another path")
+        return
+    try:
+        engine.connect().close()
+    except DBAPIError as e:
+        reason = str(e.orig).strip().splitlines()[0] if e.orig else type(e).__name__
+        raise UsageError(f"--storage {shown}: cannot connect ({reason}); is the database server running?") from None
+    finally:
+        engine.dispose()
 
 
 def check_address(address: str | None):
     """Fails fast (exit 2) on an address nothing listens on, before any Ray call could hang on it."""
     if address in (None, "auto", "local"):
-        if address == "auto" and not _local_cluster_running():
+        if address == "auto" and not os.environ.get("RAY_ADDRESS") and not _local_cluster_running():  # Ray Jobs set RAY_ADDRESS
             raise UsageError("--address auto: no Ray cluster is running on this machine; start one with "
                              "`ray start --head` or omit --address to start a local one")
         return
@@ -184,6 +250,22 @@ def check_address(address: str | None):
         socket.create_connection((host, int(port)), timeout=3).close()
     except OSError as e:
         raise UsageError(f"--address {address}: cannot connect ({e.strerror or e}); is the Ray head running?") from None
+
+
+def check_local_resources(profile, workers: int, gpus: int, cpus_per_worker: float):
+    """A local cluster is this machine: a trial asking for more than it has would wait forever, not fail."""
+    if gpus > 0:
+        import torch
+        have = torch.cuda.device_count()
+        if have < workers:
+            raise UsageError(f"{gpus} GPU per trial (--gpus-per-trial, or the {profile.name} profile's default) for "
+                             f"{workers} worker(s): this machine has {have} GPU(s); use --gpus-per-trial 0, a smaller "
+                             f"--workers-per-trial, or --address a cluster with GPUs")
+    have = os.cpu_count() or 1
+    if workers * cpus_per_worker > have:
+        raise UsageError(f"--workers-per-trial {workers} x --cpus-per-worker {cpus_per_worker:g} needs "
+                         f"{workers * cpus_per_worker:g} CPUs per trial: this machine has {have}; ask for fewer or "
+                         f"--address a larger cluster")
 
 
 def _local_cluster_running() -> bool:
@@ -244,12 +326,14 @@ def run(args) -> int:
         raise UsageError(f"--seeds: {spec.name} is an Optuna search (each trial is a new config); seeds apply to grid studies")
     if args.storage and spec.searcher != "optuna":
         raise UsageError(f"--storage: {spec.name} uses no Optuna storage; it applies to {', '.join(s for s in STUDIES if STUDIES[s].searcher == 'optuna')}")
-    workers = args.workers_per_trial or profile.workers_per_trial
+    workers = profile.workers_per_trial if args.workers_per_trial is None else args.workers_per_trial
     gpus = profile.gpus_per_trial if args.gpus_per_trial is None else args.gpus_per_trial
     if workers < 1:
         raise UsageError(f"--workers-per-trial {workers}: must be >= 1")
     if gpus < 0:
         raise UsageError(f"--gpus-per-trial {gpus}: must be >= 0")
+    if not args.cpus_per_worker > 0:
+        raise UsageError(f"--cpus-per-worker {args.cpus_per_worker}: must be > 0")
     overrides = parse_overrides(args.set, spec, profile)
     if spec.study_keys and "objective" in overrides and overrides["objective"] not in ("single", "multi"):
         raise UsageError(f"--set objective={overrides['objective']!r}: must be single or multi")
@@ -268,11 +352,14 @@ def run(args) -> int:
             print(f"{spec.name}: {n} trials drawn by Optuna ({'NSGA-II, val_bpb vs params' if overrides.get('objective') == 'multi' else 'TPE'}) "
                   f"with {spec.scheduler} early stopping, from:")
             for k, v in spec.axes(profile).items():
-                print(f"  {k}: {v}")
+                print(f"  {k}: {_describe_domain(v)}")
             return 0
         data_configs = [spec.resolve({**spec.base(profile), **overrides, **{k: v.sample() for k, v in spec.axes(profile).items() if k not in overrides}})]
 
     check_address(args.address)
+    check_storage_reachable(args.storage)
+    if args.address in (None, "local"):
+        check_local_resources(profile, workers, gpus, args.cpus_per_worker)
     study_dir = Path(args.output) / spec.name
     existing = study_dir.exists() and any(study_dir.glob("tune*/tuner.pkl"))
     if existing and not args.resume:

@@ -5,6 +5,7 @@ Only study.run calls this, after every user input has been checked.
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -245,7 +246,9 @@ def execute(spec, profile, args, overrides, study_dir: Path, workers: int, gpus:
     print(f"{len(df)} trials: {int((df['status'] == 'done').sum()) if len(df) else 0} done, {failed} failed; "
           f"{study_dir / 'trials.parquet'}", flush=True)
     if interrupted:
-        print(f"interrupted: continue with  python -m study.run {spec.name} --resume --output {args.output}", flush=True)
+        # the same command (profile, --set, ...) plus --resume: the study is re-planned from what is typed
+        again = [a for a in sys.argv[1:] if a != "--resume"] if spec.name in sys.argv[1:] else [spec.name, "--output", str(args.output)]
+        print(f"interrupted: continue with  python -m study.run {shlex.join(again)} --resume", flush=True)
         return 130
     if not args.no_report:
         build_report(study_dir)
