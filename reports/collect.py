@@ -36,6 +36,7 @@ class Study:
     samples: dict = field(default_factory=dict)  # trial -> {"prompt": str, "samples": [str]}
     envs: dict = field(default_factory=dict)  # trial -> env.json
     optuna: dict | None = None  # {"name", "directions", "trials": DataFrame, "importances", "importance_note"}
+    probes: dict = field(default_factory=dict)  # trial -> probes.json (per-layer / per-head details)
     warnings: list = field(default_factory=list)
 
     @property
@@ -274,6 +275,7 @@ def load_study(path):
         samples=read_trial_files(d, trials, "samples.json", warnings),
         envs=scrub(read_trial_files(d, trials, "env.json", warnings)),
         optuna=read_optuna(d, name, warnings),
+        probes=read_trial_files(d, trials, "probes.json", warnings),
         warnings=warnings,
     )
 

@@ -375,6 +375,33 @@ FIGURES = {
 }
 
 
+def toeplitz_filters(study, res):
+    """Each head's learned filter over lags, after the mean's normalisation, one panel per variant (its first
+    trial with probes), with the receptive field (lag holding 90% of the mass) in the legend."""
+    trials = [(t, v) for t, v in zip(study.trials["trial"], study.trials["variant"]) if study.probes.get(t, {}).get("filters")]
+    first = {}
+    for t, v in trials:
+        first.setdefault(v, t)
+    if not first:
+        return None
+    variants = sorted(first)
+    fig = make_subplots(rows=1, cols=len(variants), subplot_titles=[esc(v) for v in variants], shared_yaxes=True)
+    for i, v in enumerate(variants):
+        for f in study.probes[first[v]]["filters"]:
+            w = f.get("effective") or []
+            fig.add_trace(go.Scatter(x=list(range(1, len(w) + 1)), y=w, mode="lines", line=dict(width=1),
+                                     name=esc(f"{v} L{f['layer']} h{f['head']} (rf {f.get('receptive_field')})"),
+                                     showlegend=len(variants) <= 4),
+                          row=1, col=i + 1)
+        fig.update_xaxes(type="log", title_text="lag + 1 (log)", row=1, col=i + 1)
+    fig.update_yaxes(title_text="effective weight", row=1, col=1)
+    fig.update_layout(**LAYOUT, height=420, title="Toeplitz filters per head (effective weights over lags)")
+    return fig
+
+
+FIGURES["toeplitz_filters"] = toeplitz_filters
+
+
 def build_figures(study, res):
     out = {}
     for name, builder in FIGURES.items():

@@ -233,6 +233,10 @@ def family_section(study, res, figs):
         body.append(table(rows, [c for c in cols if c == "variant" or any(c in r for r in rows)]))
         if "toeplitz" in figs:
             body.append(figure_div(figs["toeplitz"]))
+        if "toeplitz_filters" in figs:
+            body.append("<h3>Learned filters</h3><p class='muted'>Each head's weights over lags (after the mean's "
+                        "normalisation where toep_mean); rf = the lag holding 90% of the mass (trainables/probes.py).</p>")
+            body.append(figure_div(figs["toeplitz_filters"]))
     if res.get("vocab_depth"):
         rows = res["vocab_depth"]
         body.append("<h3>Vocabulary vs depth candidates</h3>")
