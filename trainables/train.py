@@ -156,14 +156,15 @@ def build_optimizers(model: GPT, tc: TrainConfig) -> list[torch.optim.Optimizer]
     wte = model.transformer.wte.weight
     head = model.lm_head.weight
     matrices, others = [], []
-    for p in model.transformer.h.parameters():
-        (matrices if p.ndim == 2 and p.size(1) != model.cfg.seq_len else others).append(p)
+    for module in model.transformer.h.modules():  # Linear weights are the matrices; the rest (Toeplitz filters) are not
+        params = list(module.parameters(recurse=False))
+        (matrices if isinstance(module, torch.nn.Linear) else others).extend(params)
     groups = [dict(params=[wte], lr=tc.embedding_lr or 10 * tc.lr, weight_decay=0.0)]
     if head is not wte:
         groups.append(dict(params=[head], lr=tc.lm_head_lr or tc.lr, weight_decay=0.0))
     if others:
         groups.append(dict(params=others, lr=tc.lr, weight_decay=0.0))
-    adam_kw = dict(betas=(tc.beta1, tc.beta2), eps=1e-8, fused=False)
+    adam_kw = dict(betas=(tc.beta1, tc.beta2), eps=1e-8)
     if tc.optimizer == "muon":
         muon = torch.optim.Muon([dict(params=matrices, lr=tc.lr, weight_decay=tc.weight_decay)],
                                 adjust_lr_fn="match_rms_adamw")

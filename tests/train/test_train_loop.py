@@ -60,3 +60,18 @@ def test_bad_train_config_names_the_field():
         TrainConfig(schedule="step")
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="sgd")
+
+
+def test_optimizer_groups_route_linear_weights_to_muon_even_when_width_equals_seq_len():
+    import torch
+    from trainables.model import GPT, GPTConfig
+    from trainables.train import build_optimizers
+    model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_embd=32, n_head=4, seq_len=32, mixer="toeplitz", toep_proj=True))
+    adamw, muon = build_optimizers(model, TrainConfig(optimizer="muon"))
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
+    linear = {id(m.weight) for m in model.transformer.h.modules() if isinstance(m, torch.nn.Linear)}
+    filters = {id(b.attn.raw) for b in model.transformer.h}
+    assert in_muon == linear                                 # every block matrix, nothing else
+    assert filters <= in_adamw and not in_muon & in_adamw    # filters (also [n_head, seq_len] = 2-D) stay in AdamW
+    assert len(in_muon) + len(in_adamw) == len(list(model.parameters()))
