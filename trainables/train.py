@@ -287,7 +287,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     fpt = flops_per_token(cfg)
     peak = peak_flops(device) * world
 
-    step, tokens, wall_before = 0, 0, 0.0
+    step, tokens, wall_before, best_bpb = 0, 0, 0.0, math.inf
     stability = Stability()
     if restore:
         state = torch.load(os.path.join(restore, CHECKPOINT_FILE), map_location=device, weights_only=False)
@@ -295,7 +295,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
         for opt, s in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(s)
         loader.load_state_dict(state["loader"][rank] if isinstance(state["loader"], list) else state["loader"])
-        step, tokens, wall_before = state["step"], state["tokens"], state["wall_s"]
+        step, tokens, wall_before, best_bpb = state["step"], state["tokens"], state["wall_s"], state["best_val_bpb"]
         stability.load_state_dict(state["stability"])
         set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
         log(f"resumed from step {step} ({tokens:,} tokens)")
@@ -330,10 +330,10 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
         model.train()
         return {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"]}
 
-    def emit(metrics: dict, final: bool):
+    def emit(metrics: dict):
         checkpoint_dir = None
         if tc.checkpoint and report is not None:
-            checkpoint_dir = save_checkpoint(model, optimizers, loader, stability, step, tokens,
+            checkpoint_dir = save_checkpoint(model, optimizers, loader, stability, step, tokens, best_bpb,
                                              time.time() - t_start + wall_before, ddp, rank)
         if metrics_file:
             metrics_file.write(json.dumps(metrics) + "\n")
@@ -343,7 +343,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
 
     model.train()
     train_losses, grad_norms, t_window, tokens_window = [], [], time.time(), 0
-    best_bpb, last = float("inf"), {}
+    last = {}
     while step < max_steps:
         lrm = lr_multiplier(step, tc, max_steps)
         for opt in optimizers:
@@ -394,7 +394,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
                 last.update(probe(model, data, cfg, tc, device, out_dir))
             log(f"step {step}/{max_steps} | train {last['train_loss']:.4f} | val bpb {val['val_bpb']:.4f} | "
                 f"{tok_s:,.0f} tok/s | mfu {last['mfu']:.1%}")
-            emit(last, final=step == max_steps)
+            emit(last)
             train_losses, grad_norms, t_window, tokens_window = [], [], time.time(), 0
 
     if tc.sample_tokens and rank == 0 and out_dir:
@@ -412,7 +412,7 @@ def param_sync_error(model: torch.nn.Module) -> float:
     return float(torch.stack(gathered).max() - torch.stack(gathered).min())
 
 
-def save_checkpoint(model, optimizers, loader, stability, step, tokens, wall_s, ddp, rank) -> str | None:
+def save_checkpoint(model, optimizers, loader, stability, step, tokens, best_val_bpb, wall_s, ddp, rank) -> str | None:
     """Every rank contributes its loader and RNG state (their data positions differ); rank 0 writes."""
     import tempfile
     local = dict(loader=loader.state_dict(), rng=rng_state())
@@ -425,7 +425,7 @@ def save_checkpoint(model, optimizers, loader, stability, step, tokens, wall_s, 
         return None
     d = tempfile.mkdtemp(prefix="ckpt_")
     torch.save(dict(model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers], step=step, tokens=tokens,
-                    stability=stability.state_dict(),
+                    stability=stability.state_dict(), best_val_bpb=best_val_bpb,
                     wall_s=wall_s, loader=[g["loader"] for g in gathered], rng=[g["rng"] for g in gathered]),
                os.path.join(d, CHECKPOINT_FILE))
     return d

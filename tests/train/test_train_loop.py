@@ -41,6 +41,16 @@ def test_restore_continues_the_same_loss_curve(token_cache, tmp_path):
         assert a["tokens"] == b["tokens"]
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
         assert b["val_bpb"] == pytest.approx(a["val_bpb"], abs=1e-5)
+        assert b["best_val_bpb"] == pytest.approx(a["best_val_bpb"], abs=1e-5)  # the best before the restore counts
+    # The best before the restore counts: a (planted) better best in the checkpoint survives the restore.
+    import torch
+    from trainables.train import CHECKPOINT_FILE
+    state = torch.load(saved[20] / CHECKPOINT_FILE, weights_only=False)
+    state["best_val_bpb"] = 0.5
+    torch.save(state, saved[20] / CHECKPOINT_FILE)
+    planted = []
+    train({**TINY, "max_steps": 30}, report=lambda m, c: planted.append(m), restore=str(saved[20]), log=lambda m: None)
+    assert planted[0]["best_val_bpb"] == 0.5
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
