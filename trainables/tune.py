@@ -37,7 +37,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from trainables.train import TrainingDiverged, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SNAPSHOT_FILES = ["trainables/train.py", "trainables/model", "trainables/data"]  # code kept with each trial
+SNAPSHOT_FILES = ["trainables/train.py", "trainables/probes.py", "trainables/model", "trainables/data"]  # code kept with each trial
 
 
 @dataclass(frozen=True)
