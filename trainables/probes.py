@@ -43,7 +43,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .model.attention import CausalSelfAttention, apply_rotary, norm, softmax1
+from .model.attention import CausalSelfAttention, norm, softmax1
+from .model.gpt import softcap_cross_entropy
 from .model.toeplitz import ToeplitzMixer
 
 MAX_ABLATION_HEADS = 64          # head_ablation costs one forward per head: beyond this, a fixed sample
@@ -156,29 +157,18 @@ def _capture_attn_inputs(model: nn.Module, idx: Tensor) -> list[tuple[Tensor, Te
 
 def _probs_from_input(attn: CausalSelfAttention, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """[B, H_total, T, T] attention probabilities of one layer, recomputed from its input x [B, T, C]."""
-    s, cfg = attn.split, attn.cfg
-    B, T, _ = x.shape
-
-    def heads(t: Tensor, n_normal: int, n_nano: int):
-        w = n_normal * s.normal_dim
-        return t[..., :w].reshape(B, T, n_normal, s.normal_dim), t[..., w:].reshape(B, T, n_nano, s.nano_dim)
-
-    q_normal, q_nano = heads(attn.c_q(x), s.n_normal, s.n_nano)
-    k_normal, k_nano = heads(attn.c_k(x), s.n_kv_normal, s.n_kv_nano)
-    q_normal, k_normal = apply_rotary(q_normal, cos, sin), apply_rotary(k_normal, cos, sin)  # RoPE: normal heads only
-    if cfg.qk_norm:
-        q_normal, k_normal, q_nano, k_nano = map(norm, (q_normal, k_normal, q_nano, k_nano))
+    T = x.size(1)
     dtype = torch.promote_types(x.dtype, torch.float32)
     visible = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
     out = []
-    for q, k in ((q_normal, k_normal), (q_nano, k_nano)):
+    for q, k, _ in attn.qkv(x, cos, sin).values():  # normal heads, then nano heads
         if q.size(2) == 0:
             continue
         q, k = q.transpose(1, 2).to(dtype), k.transpose(1, 2).to(dtype)       # [B, H, T, D]
         k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)                 # GQA: query head h uses kv head h // g
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
         scores = scores.masked_fill(~visible, float("-inf"))
-        out.append(softmax1(scores, dim=-1) if cfg.softmax1 else torch.softmax(scores, dim=-1))
+        out.append(softmax1(scores, dim=-1) if attn.cfg.softmax1 else torch.softmax(scores, dim=-1))
     return torch.cat(out, dim=1)
 
 
@@ -273,12 +263,7 @@ def _loss_from_layer(model: nn.Module, inputs: list[tuple[tuple, dict]], start: 
     for i in range(start, len(blocks)):
         args, kwargs = inputs[i]
         x = blocks[i](x, *args[1:], **kwargs)
-    logits = model.lm_head(norm(x))
-    c = model.cfg.logit_softcap
-    if c:
-        logits = c * torch.tanh(logits / c)
-    return float(torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                                   ignore_index=-1))
+    return float(softcap_cross_entropy(model.lm_head(norm(x)), targets, model.cfg.logit_softcap))
 
 
 def head_ablation(model: nn.Module, idx: Tensor, targets: Tensor, *, max_heads: int | None = MAX_ABLATION_HEADS) -> list[dict]:

@@ -11,8 +11,33 @@ from .config import GPTConfig, nanohead_split
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
-    """RMSNorm without a learned gain (nanochat)."""
+    """RMSNorm without a learned gain (nanochat), eps = the dtype's machine epsilon (F.rms_norm's default)."""
+    if x.dtype == torch.float32 and not torch.compiler.is_compiling():
+        return _RMSNorm.apply(x)
     return F.rms_norm(x, (x.size(-1),))
+
+
+class _RMSNorm(torch.autograd.Function):
+    """F.rms_norm with a hand-written backward, for fp32 eager on a CPU. There F.rms_norm is composite
+    (pow, mean, add, rsqrt, mul, and autograd through each): about 4x the time of one fused LayerNorm,
+    and the 6+ norms per block cost this GPT ~10% of a training step against nanoGPT (benchmarks/bench_model.py).
+    Here: one reduction and one multiply forward; dx = rstd * (g - y * mean(g * y)) backward.
+    Under torch.compile (or in bf16) F.rms_norm runs, and inductor fuses it anyway."""
+
+    @staticmethod
+    def forward(ctx, x):
+        d = x.size(-1)
+        ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(d)
+        rstd = ms.add_(torch.finfo(x.dtype).eps).rsqrt_()
+        y = x * rstd
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, rstd = ctx.saved_tensors
+        mean_gy = torch.linalg.vecdot(g, y, dim=-1).unsqueeze_(-1).div_(y.size(-1))
+        return torch.addcmul(g, y, mean_gy, value=-1).mul_(rstd)
 
 
 def softmax1(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -27,17 +52,22 @@ def softmax1(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def rotary_tables(head_dim: int, seq_len: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """[seq_len, head_dim] tables for apply_rotary: cos(a) twice, and sin(a) then -sin(a), with a the
+    angle of pair (i, i + head_dim/2) at each position."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()  # [seq_len, head_dim/2] each
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1), torch.cat([sin, -sin], dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, T, H, D]; cos/sin: [T, D/2]. Rotates the pairs (x_i, x_{i+D/2}) by position-dependent angles."""
+    """x: [B, T, H, D]; cos/sin: [T, D] from rotary_tables. Rotates each pair (x_i, x_{i+D/2}) by its angle:
+    (x1 cos + x2 sin, x2 cos - x1 sin), written as x * cos + swap_halves(x) * sin so that it costs one copy
+    and three elementwise ops (the signs live in the sin table)."""
     d = x.size(-1) // 2
-    x1, x2 = x[..., :d], x[..., d:]
+    swapped = torch.cat([x[..., d:], x[..., :d]], dim=-1)
     cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
-    return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1)
+    return torch.addcmul(x * cos, swapped, sin)
 
 
 def attend(q, k, v, *, softmax1_: bool, backend: str, dropout_p: float = 0.0) -> torch.Tensor:
@@ -117,11 +147,11 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = t.shape
         s = self.split
         w = n_normal * s.normal_dim
-        return t[..., :w].view(B, T, n_normal, s.normal_dim), t[..., w:].view(B, T, n_nano, s.nano_dim)
+        return t[..., :w].unflatten(-1, (n_normal, s.normal_dim)), t[..., w:].unflatten(-1, (n_nano, s.nano_dim))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: dict | None = None):
-        """cos/sin cover the positions of x. cache (generation): this layer's dict of past keys/values."""
-        B, T, C = x.shape
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> dict[str, tuple]:
+        """x [B, T, C] -> {"normal": (q, k, v), "nano": (q, k, v)}, each [B, T, heads, head_dim], with RoPE
+        (normal heads only) and QK norm applied: what attention sees. A kind with no heads has 0 heads."""
         s = self.split
         q_normal, q_nano = self._heads(self.c_q(x), s.n_normal, s.n_nano)
         k_normal, k_nano = self._heads(self.c_k(x), s.n_kv_normal, s.n_kv_nano)
@@ -131,9 +161,14 @@ class CausalSelfAttention(nn.Module):
         if self.cfg.qk_norm:
             # Note: QK norm caps a d-dim head's logits at |q||k|/sqrt(d) = sqrt(d): about 1.7 for a 3-dim head.
             q_normal, k_normal, q_nano, k_nano = map(norm, (q_normal, k_normal, q_nano, k_nano))
+        return {"normal": (q_normal, k_normal, v_normal), "nano": (q_nano, k_nano, v_nano)}
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: dict | None = None):
+        """cos/sin cover the positions of x. cache (generation): this layer's dict of past keys/values."""
+        B, T, C = x.shape
         dropout_p = self.cfg.dropout if self.training else 0.0
         outputs = []
-        for kind, q, k, v in (("normal", q_normal, k_normal, v_normal), ("nano", q_nano, k_nano, v_nano)):
+        for kind, (q, k, v) in self.qkv(x, cos, sin).items():
             if q.size(2) == 0:
                 continue
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
