@@ -297,6 +297,30 @@ def prepare_data(configs: list[dict]):
 
 # ----------------------------------------------------------------------------- the run
 
+# What a study's trials are made of: resuming with other values would silently train the old plan (Tune restores
+# its pickled trials) or mix two plans in one Optuna study. --num-samples may differ (it extends a search).
+RESUME_FIXED = ("profile", "seeds")
+
+
+def check_resume_matches(study_dir: Path, args, overrides: dict):
+    """--resume must name the same profile, --set values and --seeds as the run it continues (study.json)."""
+    try:
+        started = json.loads((study_dir / "study.json").read_text())["args"]
+    except (OSError, ValueError, KeyError):
+        return  # a run from before study.json kept its args: nothing to compare against
+    then = {k: started.get(k) for k in RESUME_FIXED}
+    then["set"] = parse_overrides(started.get("set") or [], get_study(started.get("study") or args.study),
+                                  get_profile(then["profile"]))
+    now = {**{k: getattr(args, k) for k in RESUME_FIXED}, "set": overrides}
+    diff = [k for k in then if then[k] != now[k]]
+    if diff:
+        def show(d):
+            sets = " ".join(f"--set {k}={v}" for k, v in sorted(d["set"].items())) or "no --set"
+            return " ".join(sets if k == "set" else f"--{k} {d[k]}" for k in diff)
+        raise UsageError(f"--resume: {study_dir} was started with {show(then)}, not {show(now)}; resume with the "
+                         f"options it was started with, or start a new study with another --output")
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
@@ -367,6 +391,8 @@ def run(args) -> int:
                          f"another --output")
     if args.resume and not existing:
         raise UsageError(f"--resume: {study_dir} holds no run of {spec.name} to resume")
+    if existing:
+        check_resume_matches(study_dir, args, overrides)
     prepare_data(data_configs)
 
     from study.service import execute  # Ray and friends load only now, after every check passed

@@ -178,6 +178,20 @@ def test_grid_rerun_without_resume_refuses_to_overwrite(grid, token_cache):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+@pytest.mark.parametrize("changed", [["--profile", "cpu"], ["--set", "lr=0.01"], ["--seeds", "2"]], ids=["profile", "set", "seeds"])
+def test_resume_with_other_options_is_refused(grid, token_cache, changed):
+    """--resume continues the study that was started: another profile, --set or --seeds would be ignored by the
+    restored trials (or mix two plans), so it is an error naming what differs, and nothing is touched."""
+    proc, study_dir = grid
+    before = {p: p.stat().st_mtime_ns for p in study_dir.rglob("*") if p.is_file()}
+    again = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", *changed, "--output", study_dir.parent,
+                    "--wandb", "disabled", "--resume")
+    lines = [l for l in again.stderr.splitlines() if l.strip()]
+    assert again.returncode == 2 and len(lines) == 1, again.stderr
+    assert "--resume" in lines[0] and changed[0] in lines[0] and "started with" in lines[0], lines[0]
+    assert {p: p.stat().st_mtime_ns for p in study_dir.rglob("*") if p.is_file()} == before
+
+
 def test_failed_trials_are_rows_with_their_reason(token_cache, tmp_path):
     """A diverging trial is a result: a row with status failed and the reason in one line, not a traceback."""
     proc = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", "--output", tmp_path, "--wandb", "disabled",
