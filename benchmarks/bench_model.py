@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from trainables.model import GPT, GPTConfig, flops_per_token
 from trainables.model import toeplitz
 from trainables.model.toeplitz import ToeplitzMixer, causal_conv
-from trainables.train import keep_freed_memory
 
 VOCAB, N_LAYER, N_EMBD, N_HEAD, SEQ_LEN = 4096, 4, 256, 4, 256
 H100_BF16_PEAK = 989e12
@@ -507,9 +506,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="sequences per training step (default 8)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile baseline vs gpt in fp32 eager (top ops) and ablate its softcap / qk_norm")
-    ap.add_argument("--default-allocator", action="store_true",
-                    help="leave glibc malloc at its defaults (trainables.train.keep_freed_memory not called), to "
-                         "measure what that setting is worth")
     ap.add_argument("--cold-compile", action="store_true",
                     help="compile into a fresh inductor cache (first-run compile times)")
     args = ap.parse_args()
@@ -528,11 +524,7 @@ def main() -> None:
     # Every GPT variant compiles GPT.forward once more (its config changes the graph): lift dynamo's limit.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
 
-    # As trainables.train does on a CPU; it applies to the baseline and this GPT alike (one process).
-    allocator = "glibc defaults" if args.default_allocator else (
-        "keep_freed_memory" if keep_freed_memory() else "keep_freed_memory unavailable (not glibc)")
     t_start = time.perf_counter()
-    print(f"malloc: {allocator}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}{load_average()}; {steps} step(s) per measurement, {repeats} rounds"
           f"{' (quick)' if args.quick else ''}")

@@ -140,25 +140,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def keep_freed_memory() -> bool:
-    """Tells glibc's malloc to keep freed memory for reuse instead of handing every large block back to the
-    kernel (the mmap threshold and the trim threshold raised to 1-2 GB). By default each [B, T, vocab] logits
-    tensor (32 MB at batch 8 x 256 x 4096) is a fresh mmap whose pages fault in on first touch: on this
-    2-core CPU that makes an elementwise op over it 5x slower and a training step ~15% slower
-    (benchmarks/bench_model.py --allocator). The cost: the process keeps its peak memory until it exits,
-    as with jemalloc or tcmalloc, which PyTorch's CPU tuning guide recommends for the same reason.
-    Returns whether it took effect (False off glibc, e.g. macOS)."""
-    import ctypes
-    import ctypes.util
-
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
-    except (OSError, AttributeError):
-        return False
-
-
 def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
     if tc.dtype == "bfloat16":
         return torch.bfloat16
@@ -284,8 +265,6 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     cfg, tc = resolve_configs(config, data.vocab_size)
     device = pick_device(tc.device)
     amp_dtype = autocast_dtype(tc, device)
-    if device.type == "cpu":
-        keep_freed_memory()
 
     tokens_per_micro = tc.batch_size * cfg.seq_len * world
     total_batch = tc.total_batch_tokens or tokens_per_micro
