@@ -34,7 +34,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from trainables.train import TrainingDiverged, train
+from trainables.train import CHECKPOINT_FILE, TrainingDiverged, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT_FILES = ["trainables/train.py", "trainables/probes.py", "trainables/model", "trainables/data"]  # code kept with each trial
@@ -140,7 +140,9 @@ def make_trainable(study_dir: str | os.PathLike, resources: TrialResources, reso
         if resources.direct:
             import torch
             torch.set_num_threads(threads)
-            error = run_training(config, str(out_dir), tune.report, tune.get_checkpoint(), rank=0)
+            checkpoint = tune.get_checkpoint() or latest_checkpoint(
+                Path(study_dir) / tune.get_context().get_experiment_name() / name)
+            error = run_training(config, str(out_dir), tune.report, checkpoint, rank=0)
             if error:
                 raise TrialFailed(error)
             return
@@ -161,6 +163,19 @@ def make_trainable(study_dir: str | os.PathLike, resources: TrialResources, reso
             raise TrialFailed(result.metrics["error"])
 
     return tune.with_resources(run_trial, resources.driver())
+
+
+def latest_checkpoint(trial_dir: Path) -> Checkpoint | None:
+    """The newest complete checkpoint Tune persisted in a trial's directory, for a trial Tune starts without one.
+
+    After a hard crash Tune restores each unfinished trial from the checkpoint its last saved experiment state
+    names. That state is written every few seconds, while a fast trial checkpoints more often and Tune deletes
+    all but the newest `keep_checkpoints`: the named one can be gone, and Tune then reruns the trial from step 0
+    (the case ray#27790 describes; this project's crash-and-resume test caught Ray 2.60 doing it). The
+    checkpoints on disk are the trial's own progress, so a trial handed none continues from the newest.
+    A trial that never checkpointed has no such directory and starts fresh."""
+    done = [d for d in trial_dir.glob("checkpoint_*") if (d / CHECKPOINT_FILE).is_file() or (d / DIVERGED_FILE).is_file()]
+    return Checkpoint.from_directory(str(max(done, key=lambda d: d.name))) if done else None
 
 
 def tune_run_settings(resources: TrialResources) -> dict:

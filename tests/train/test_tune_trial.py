@@ -72,3 +72,20 @@ def test_killed_worker_restarts_from_checkpoint_and_matches_an_uninterrupted_run
     assert [l["step"] for l in lines] == [10, 20, 30, 40, 50, 60]   # each eval once, though some were redone
     reference = train(config, log=lambda m: None)                  # the same trial, never interrupted
     assert result.metrics["val_bpb"] == pytest.approx(reference["val_bpb"], abs=1e-4)
+
+
+def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
+    """What a trial that Tune hands no checkpoint continues from: the highest-numbered checkpoint directory that
+    holds a checkpoint file (or a divergence marker); a directory a crash left empty is skipped."""
+    from trainables.train import CHECKPOINT_FILE
+    from trainables.tune import DIVERGED_FILE, latest_checkpoint
+
+    assert latest_checkpoint(tmp_path / "never_ran") is None
+    trial = tmp_path / "trial"
+    for name, files in [("checkpoint_000002", [CHECKPOINT_FILE]), ("checkpoint_000010", [CHECKPOINT_FILE]),
+                        ("checkpoint_000011", []), ("checkpoint_000003", [DIVERGED_FILE])]:
+        (trial / name).mkdir(parents=True)
+        for f in files:
+            (trial / name / f).write_text("x")
+    (trial / "params.json").write_text("{}")
+    assert Path(latest_checkpoint(trial).path).name == "checkpoint_000010"
