@@ -12,7 +12,7 @@ from .config import GPTConfig, nanohead_split
 
 def norm(x: torch.Tensor) -> torch.Tensor:
     """RMSNorm without a learned gain (nanochat), eps = the dtype's machine epsilon (F.rms_norm's default)."""
-    if x.dtype == torch.float32 and not torch.compiler.is_compiling():
+    if x.dtype == torch.float32 and x.device.type == "cpu" and not torch.compiler.is_compiling():
         return _RMSNorm.apply(x)
     return F.rms_norm(x, (x.size(-1),))
 
@@ -22,7 +22,7 @@ class _RMSNorm(torch.autograd.Function):
     (pow, mean, add, rsqrt, mul, and autograd through each): about 4x the time of one fused LayerNorm,
     and the 6+ norms per block cost this GPT ~10% of a training step against nanoGPT (benchmarks/bench_model.py).
     Here: one reduction and one multiply forward; dx = rstd * (g - y * mean(g * y)) backward.
-    Under torch.compile (or in bf16) F.rms_norm runs, and inductor fuses it anyway."""
+    Under torch.compile, in bf16 and on GPUs F.rms_norm runs (inductor fuses it; CUDA has a fused kernel)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -144,7 +144,6 @@ class CausalSelfAttention(nn.Module):
 
     def _heads(self, t: torch.Tensor, n_normal: int, n_nano: int):
         """[B, T, width] -> (normal [B, T, n_normal, normal_dim], nano [B, T, n_nano, nano_dim])."""
-        B, T, _ = t.shape
         s = self.split
         w = n_normal * s.normal_dim
         return t[..., :w].unflatten(-1, (n_normal, s.normal_dim)), t[..., w:].unflatten(-1, (n_nano, s.nano_dim))
