@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .model.attention import CausalSelfAttention, norm, softmax1
+from .model.attention import CausalSelfAttention, causal_probs, norm
 from .model.gpt import softcap_cross_entropy
 from .model.toeplitz import ToeplitzMixer
 
@@ -157,18 +157,13 @@ def _capture_attn_inputs(model: nn.Module, idx: Tensor) -> list[tuple[Tensor, Te
 
 def _probs_from_input(attn: CausalSelfAttention, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """[B, H_total, T, T] attention probabilities of one layer, recomputed from its input x [B, T, C]."""
-    T = x.size(1)
     dtype = torch.promote_types(x.dtype, torch.float32)
-    visible = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
     out = []
     for q, k, _ in attn.qkv(x, cos, sin).values():  # normal heads, then nano heads
         if q.size(2) == 0:
             continue
         q, k = q.transpose(1, 2).to(dtype), k.transpose(1, 2).to(dtype)       # [B, H, T, D]
-        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)                 # GQA: query head h uses kv head h // g
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-        scores = scores.masked_fill(~visible, float("-inf"))
-        out.append(softmax1(scores, dim=-1) if attn.cfg.softmax1 else torch.softmax(scores, dim=-1))
+        out.append(causal_probs(q, k, attn.cfg.softmax1))
     return torch.cat(out, dim=1)
 
 

@@ -93,16 +93,20 @@ def attend(q, k, v, *, softmax1_: bool, backend: str, dropout_p: float = 0.0) ->
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
 
 
-def _attend_manual(q, k, v, softmax1_: bool, dropout_p: float) -> torch.Tensor:
-    g = q.size(1) // k.size(1)
-    k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+def causal_probs(q, k, softmax1_: bool) -> torch.Tensor:
+    """Causal attention probabilities [B, H, Tq, Tk], written out: the manual backend's, and what the probes
+    inspect. Shapes as attend(); query head h uses kv head h // (H / Hkv) (GQA)."""
+    k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
     Tq, Tk = q.size(2), k.size(2)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
     visible = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
     scores = scores.masked_fill(~visible, float("-inf"))
-    weights = softmax1(scores, dim=-1) if softmax1_ else torch.softmax(scores, dim=-1)
-    weights = F.dropout(weights, p=dropout_p)
-    return weights @ v
+    return softmax1(scores, dim=-1) if softmax1_ else torch.softmax(scores, dim=-1)
+
+
+def _attend_manual(q, k, v, softmax1_: bool, dropout_p: float) -> torch.Tensor:
+    weights = F.dropout(causal_probs(q, k, softmax1_), p=dropout_p)
+    return weights @ v.repeat_interleave(q.size(1) // v.size(1), dim=1)
 
 
 def flash_attn_available() -> bool:

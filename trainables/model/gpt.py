@@ -166,8 +166,8 @@ def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: floa
     flat_logits, flat_targets = logits.reshape(-1, V), targets.reshape(-1)
     if logits.device.type == "cpu" and not torch.compiler.is_compiling():
         loss = _SoftcapCrossEntropy.apply(flat_logits, flat_targets, cap, reduction == "mean")
-        return loss.view(targets.shape) if reduction == "none" else loss
-    loss = F.cross_entropy(softcap(flat_logits, cap).float(), flat_targets, ignore_index=-1, reduction=reduction)
+    else:
+        loss = F.cross_entropy(softcap(flat_logits, cap).float(), flat_targets, ignore_index=-1, reduction=reduction)
     return loss.view(targets.shape) if reduction == "none" else loss
 
 
