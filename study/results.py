@@ -4,16 +4,83 @@ The row format is the contract with reports/ (see shared/DESIGN.md). Metrics are
 from the trial's metrics.jsonl, the same names train.py writes: the seed's collector read `val_bpb`
 where the runs logged `val/bpb` and its table came out empty; tests/study checks this end to end.
 """
+import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
+from trainables.storage import Mirror, is_uri, join, pull
+
 FINAL_METRICS = ("train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "wall_s", "samples_per_s",
                  "gen_tokens_per_s_parallel", "gen_tokens_per_s_sequential", "gen_speedup",
                  "gen_mean_time_parallel", "gen_mean_time_sequential")
+
+
+def _not_staged(rel: str) -> bool:
+    """What a staged study leaves in its URI: checkpoints (Tune restores them from there), Ray Train's run
+    storage, code snapshots and wandb runs (written once, never read back by the driver)."""
+    parts = rel.split("/")
+    return (parts[0] in ("train", "wandb") or any(p.startswith("checkpoint_") for p in parts)
+            or (parts[0] == "trials" and len(parts) > 2 and parts[2] == "code"))
+
+
+def _driver_writes(rel: str) -> bool:
+    """The driver's own files; trials/, Tune's experiments (tune, tune_2, ...) and train/ are written into the
+    URI by the trials and by Tune themselves."""
+    top = rel.split("/")[0]
+    return top not in ("trials", "train") and not top.startswith("tune")
+
+
+@dataclass(frozen=True)
+class StudyStorage:
+    """Where a study lives. On a filesystem (local, or shared by every node) `local` is the study dir itself.
+    With a cloud URI (--output s3://BUCKET/PATH): Tune and the trials write into `uri`, and `local` is a staging
+    folder on the driver's machine holding a copy of the study without its checkpoints, which the driver reads
+    (Tune's state, the trials' metrics) and writes (study.json, optuna.db, trials.parquet, the report, wandb),
+    pushed up as it goes. The staging path is fixed per URI: a restored Tuner brings back callbacks that name it."""
+    local: Path
+    uri: str | None = None
+
+    @classmethod
+    def open(cls, output: str, study: str) -> "StudyStorage":
+        if not is_uri(output):
+            return cls(Path(output) / study)
+        uri = join(output, study)
+        local = Path(tempfile.gettempdir()) / "nanostudies-staging" / hashlib.sha1(uri.encode()).hexdigest()[:12] / study
+        shutil.rmtree(local, ignore_errors=True)  # what a killed run left here: the URI is the truth
+        local.mkdir(parents=True)
+        pull(uri, local, skip=_not_staged)
+        return cls(local, uri)
+
+    @property
+    def root(self) -> str:
+        """What Tune's storage_path and the trials get."""
+        return self.uri or str(self.local.resolve())
+
+    @property
+    def shown(self) -> str:
+        return self.uri or str(self.local)
+
+    @cached_property
+    def files(self) -> Mirror:
+        return Mirror(self.local, self.uri, skip=lambda rel: not _driver_writes(rel))
+
+    def refresh(self):
+        """The trials' files and Tune's state as the URI holds them now."""
+        if self.uri:
+            pull(self.uri, self.local, skip=lambda rel: _not_staged(rel) or _driver_writes(rel))
+
+    def discard(self):
+        """Drops the staging folder once everything is pushed."""
+        if self.uri:
+            shutil.rmtree(self.local.parent, ignore_errors=True)
 
 
 def experiment_dirs(study_dir: Path) -> list[Path]:
@@ -31,7 +98,9 @@ def tune_outcomes(study_dir: Path) -> dict:
         for trial in analysis.trials:
             error = None
             if trial.status == "ERROR":
-                error = _last_error_line(Path(trial.local_path or "") / "error.txt") or "trial failed"
+                # trial.path: the trial's dir under the experiment as given (a staged copy included);
+                # local_path is Ray's session folder on the machine that ran it
+                error = _last_error_line(Path(trial.path) / "error.txt") or "trial failed"
             out[str(trial)] = (error, trial.status)
     return out
 

@@ -43,7 +43,8 @@ def build_parser(spec: StudySpec | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--num-samples", type=int, default=None, help="trials an Optuna search runs (default: per profile)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key (a,b,c makes it an axis); repeatable")
-    ap.add_argument("--output", default="results", help="results root (default results/)")
+    ap.add_argument("--output", default="results",
+                    help="results root: a folder (default results/) or a storage URI (s3://BUCKET/PATH, gs://...)")
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted study; a finished Optuna search runs --num-samples more trials")
     ap.add_argument("--address", default=None, help="an existing Ray cluster (host:port, ray://..., or auto)")
@@ -235,6 +236,47 @@ def check_storage_reachable(url: str | None):
         engine.dispose()
 
 
+OUTPUT_URI_HELP = "a folder, or a storage URI such as s3://BUCKET/PATH, gs://BUCKET/PATH, abfs://CONTAINER/PATH"
+
+
+def check_output(output: str) -> str:
+    """--output: a folder, or a URI pyarrow can open (no network yet: a --dry-run checks it offline).
+    file:// URIs become plain paths. Returns the output to use."""
+    from trainables.storage import is_uri, open_location
+    if output.startswith("file://"):
+        return output[len("file://"):]
+    if not is_uri(output):
+        return output
+    from urllib.parse import parse_qs, urlsplit
+    parts = urlsplit(output)
+    if parts.password or {"secret_key", "session_token", "access_key"} & set(parse_qs(parts.query)):
+        raise UsageError(f"--output {parts.scheme}://{parts.hostname or ''}...: credentials in the URI would be "
+                         f"written into study.json and the logs; put them in the environment (AWS_ACCESS_KEY_ID, ...)")
+    try:
+        open_location(output)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"--output {output}: {str(e).splitlines()[0]}; give {OUTPUT_URI_HELP}") from None
+    return output
+
+
+def check_output_reachable(output: str):
+    """Before a run: a URI's bucket (or container) must exist and these credentials must reach it."""
+    from trainables.storage import is_uri, open_location
+    if not is_uri(output):
+        return
+    import pyarrow.fs as pafs
+    fs, path = open_location(output)
+    bucket = path.split("/")[0]
+    try:
+        info = fs.get_file_info(bucket)
+    except OSError as e:
+        raise UsageError(f"--output {output}: cannot reach the storage ({str(e).splitlines()[0][:300]}); check the "
+                         f"credentials and endpoint in the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, ...)") from None
+    if info.type == pafs.FileType.NotFound:
+        raise UsageError(f"--output {output}: the bucket {bucket!r} does not exist (or these credentials cannot see "
+                         f"it); create it first")
+
+
 def check_address(address: str | None):
     """Fails fast (exit 2) on an address nothing listens on, before any Ray call could hang on it."""
     if address in (None, "auto", "local"):
@@ -302,10 +344,10 @@ def prepare_data(configs: list[dict]):
 RESUME_FIXED = ("profile", "seeds")
 
 
-def check_resume_matches(study_dir: Path, args, overrides: dict):
+def check_resume_matches(study, args, overrides: dict):
     """--resume must name the same profile, --set values and --seeds as the run it continues (study.json)."""
     try:
-        started = json.loads((study_dir / "study.json").read_text())["args"]
+        started = json.loads((study.local / "study.json").read_text())["args"]
     except (OSError, ValueError, KeyError):
         return  # a run from before study.json kept its args: nothing to compare against
     then = {k: started.get(k) for k in RESUME_FIXED}
@@ -317,7 +359,7 @@ def check_resume_matches(study_dir: Path, args, overrides: dict):
         def show(d):
             sets = " ".join(f"--set {k}={v}" for k, v in sorted(d["set"].items())) or "no --set"
             return " ".join(sets if k == "set" else f"--{k} {d[k]}" for k in diff)
-        raise UsageError(f"--resume: {study_dir} was started with {show(then)}, not {show(now)}; resume with the "
+        raise UsageError(f"--resume: {study.shown} was started with {show(then)}, not {show(now)}; resume with the "
                          f"options it was started with, or start a new study with another --output")
 
 
@@ -362,6 +404,7 @@ def run(args) -> int:
     if spec.study_keys and "objective" in overrides and overrides["objective"] not in ("single", "multi"):
         raise UsageError(f"--set objective={overrides['objective']!r}: must be single or multi")
     check_storage(args.storage)
+    args.output = check_output(args.output)
 
     if spec.searcher == "grid":
         trials = plan_trials(spec, profile, overrides, args.seeds, workers)
@@ -384,19 +427,25 @@ def run(args) -> int:
     check_storage_reachable(args.storage)
     if args.address in (None, "local"):
         check_local_resources(profile, workers, gpus, args.cpus_per_worker)
-    study_dir = Path(args.output) / spec.name
-    existing = study_dir.exists() and any(study_dir.glob("tune*/tuner.pkl"))
-    if existing and not args.resume:
-        raise UsageError(f"{study_dir} already holds a run of {spec.name}: add --resume to continue it, or choose "
-                         f"another --output")
-    if args.resume and not existing:
-        raise UsageError(f"--resume: {study_dir} holds no run of {spec.name} to resume")
-    if existing:
-        check_resume_matches(study_dir, args, overrides)
-    prepare_data(data_configs)
+    check_output_reachable(args.output)
+    from study.results import StudyStorage
+    study = StudyStorage.open(args.output, spec.name)  # with a URI: a staged copy of what is there
+    try:
+        existing = study.local.exists() and any(study.local.glob("tune*/tuner.pkl"))
+        if existing and not args.resume:
+            raise UsageError(f"{study.shown} already holds a run of {spec.name}: add --resume to continue it, or "
+                             f"choose another --output")
+        if args.resume and not existing:
+            raise UsageError(f"--resume: {study.shown} holds no run of {spec.name} to resume")
+        if existing:
+            check_resume_matches(study, args, overrides)
+        prepare_data(data_configs)
+    except UsageError:
+        study.discard()
+        raise
 
     from study.service import execute  # Ray and friends load only now, after every check passed
-    return execute(spec, profile, args, overrides, study_dir, workers, gpus, resuming=existing)
+    return execute(spec, profile, args, overrides, study, workers, gpus, resuming=existing)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
-from study.results import collect, experiment_dirs, write_family_outputs, write_trials
+from study.results import StudyStorage, collect, experiment_dirs, write_family_outputs, write_trials
+from trainables.storage import Mirror, join
 from trainables.tune import TrialResources, environment, make_trainable, tune_run_settings
 
 
@@ -95,16 +96,34 @@ class Progress(tune.Callback):
         self._line(trials, f"FAILED {trial}", ending=trial, failed=True)
 
 
+class PushStudyFiles(tune.Callback):
+    """With a cloud URI: the driver's own files (study.json, optuna.db, wandb runs) go up whenever a trial starts
+    or ends, so a driver that dies loses at most the trials then running (Tune restores those from its state)."""
+
+    def __init__(self, files: Mirror):
+        self.files = files
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.files.push()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.files.push()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.files.push()
+
+
 def _fmt(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def build_tuner(spec, profile, args, overrides, study_dir: Path, resources, concurrent: int, exp_name: str,
+def build_tuner(spec, profile, args, overrides, study: StudyStorage, resources, concurrent: int, exp_name: str,
                 num_samples: int | None):
     metric, mode = spec.metric, spec.mode
-    trainable = make_trainable(study_dir, resources, resolve=spec.resolve)
+    study_dir = study.local
+    trainable = make_trainable(study.root, resources, resolve=spec.resolve)
     base = {**spec.base(profile), **{k: v for k, v in overrides.items() if not isinstance(v, list)}}
     searcher, scheduler = None, None
     tune_metric, tune_mode = metric, mode
@@ -156,6 +175,8 @@ def build_tuner(spec, profile, args, overrides, study_dir: Path, resources, conc
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=max(1, max_t // 4),
                                   reduction_factor=3, **asha_metric)
     callbacks = [Progress(n_trials, metric, concurrent, name_of)]
+    if study.uri:
+        callbacks.append(PushStudyFiles(study.files))
     if args.wandb != "disabled":
         callbacks.append(wandb_callback(spec, args.wandb, study_dir))
     tuner = tune.Tuner(
@@ -163,7 +184,7 @@ def build_tuner(spec, profile, args, overrides, study_dir: Path, resources, conc
         tune_config=tune.TuneConfig(metric=tune_metric, mode=tune_mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=samples, max_concurrent_trials=concurrent,
                                     trial_name_creator=name_of, trial_dirname_creator=name_of),
-        run_config=tune.RunConfig(name=exp_name, storage_path=str(study_dir.resolve()), callbacks=callbacks, verbose=0,
+        run_config=tune.RunConfig(name=exp_name, storage_path=study.root, callbacks=callbacks, verbose=0,
                                   **tune_run_settings(resources)),
     )
     return tuner, n_trials, callbacks
@@ -212,30 +233,33 @@ def _redact_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def execute(spec, profile, args, overrides, study_dir: Path, workers: int, gpus: int, resuming: bool) -> int:
+def execute(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus: int, resuming: bool) -> int:
+    study_dir = study.local
     study_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc).isoformat()
     resources = TrialResources(num_workers=workers, cpus_per_worker=args.cpus_per_worker, use_gpu=gpus > 0,
                                always_train=args.ray_train)
     concurrent, resources = start_ray(args.address, resources)
     write_study_json(spec, profile, args, study_dir, started, None, False)
+    study.files.push()
     exps = experiment_dirs(study_dir)
     num_samples = args.num_samples or spec.num_samples[profile.name]
     print(f"{spec.name} ({profile.name} profile): up to {concurrent} trials at once, {workers} worker(s) each; "
-          f"results in {study_dir}", flush=True)
+          f"results in {study.shown}", flush=True)
     if resuming and spec.searcher == "optuna" and _finished(exps[-1]):
         exp_name = f"tune_{len(exps) + 1}"  # Tune cannot extend a finished experiment (ray#42221): a new one, same Optuna study
         print(f"extending the finished search with {num_samples} trials ({exp_name})", flush=True)
-        tuner, _, _ = build_tuner(spec, profile, args, overrides, study_dir, resources, concurrent, exp_name, num_samples)
+        tuner, _, _ = build_tuner(spec, profile, args, overrides, study, resources, concurrent, exp_name, num_samples)
     elif resuming:
-        exp = exps[-1]
+        exp = join(study.root, exps[-1].name)
         print(f"resuming {exp}: finished trials are kept, unfinished ones continue from their checkpoints", flush=True)
         # The pickled Tuner brings back its callbacks, searcher state and trial names.
-        tuner = tune.Tuner.restore(str(exp.resolve()), trainable=make_trainable(study_dir, resources, resolve=spec.resolve),
+        tuner = tune.Tuner.restore(exp, trainable=make_trainable(study.root, resources, resolve=spec.resolve),
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)
     else:
-        tuner, _, _ = build_tuner(spec, profile, args, overrides, study_dir, resources, concurrent, "tune", num_samples)
+        tuner, _, _ = build_tuner(spec, profile, args, overrides, study, resources, concurrent, "tune", num_samples)
     results = tuner.fit()
+    study.refresh()
     interrupted = any(r.metrics is None and r.error is None for r in results) or not _finished(experiment_dirs(study_dir)[-1])
     df = collect(study_dir, spec)
     write_trials(df, study_dir)
@@ -244,14 +268,18 @@ def execute(spec, profile, args, overrides, study_dir: Path, workers: int, gpus:
     ray.shutdown()
     failed = int((df["status"] == "failed").sum()) if len(df) else 0
     print(f"{len(df)} trials: {int((df['status'] == 'done').sum()) if len(df) else 0} done, {failed} failed; "
-          f"{study_dir / 'trials.parquet'}", flush=True)
+          f"{join(study.shown, 'trials.parquet')}", flush=True)
+    if not interrupted and not args.no_report:
+        build_report(study_dir, study.shown)
+    study.files.push()
+    study.discard()
     if interrupted:
         # the same command (profile, --set, ...) plus --resume: the study is re-planned from what is typed
         again = [a for a in sys.argv[1:] if a != "--resume"] if spec.name in sys.argv[1:] else [spec.name, "--output", str(args.output)]
         print(f"interrupted: continue with  python -m study.run {shlex.join(again)} --resume", flush=True)
         return 130
-    if not args.no_report:
-        build_report(study_dir)
+    if study.uri:
+        print(f"to look at it here: python -m study.submit {spec.name} --fetch --output {args.output}", flush=True)
     return 0
 
 
@@ -266,12 +294,12 @@ def _finished(exp_dir: Path) -> bool:
     return bool(statuses) and all(s in ("TERMINATED", "ERROR") for s in statuses)
 
 
-def build_report(study_dir: Path):
+def build_report(study_dir: Path, shown: str):
     from reports.build import build_report as build
     try:
         out = build(study_dir)
-        print(f"report: {study_dir / 'report.html'}", flush=True)
+        print(f"report: {join(shown, 'report.html')}", flush=True)
         return out
     except Exception as e:  # a report failure must not lose the study's results
-        print(f"warning: the report could not be built ({type(e).__name__}: {e}); results are in {study_dir}",
+        print(f"warning: the report could not be built ({type(e).__name__}: {e}); results are in {shown}",
               file=sys.stderr, flush=True)

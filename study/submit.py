@@ -9,9 +9,10 @@ through Ray Jobs, then follow, inspect, stop it and fetch its results.
 The job runs `python -m study.run STUDY <the same options> --address auto` in a copy of this project
 (the runtime_env's working_dir) on the cluster's head node. Every study.run option passes through
 unchanged and is checked here first, by `python -m study.run ... --dry-run`, so a bad --set fails on
-this machine, not on the cluster. --output must be an absolute path on storage every node shares (the
-job's working directory is a temporary copy: a relative path would be lost with it); --fetch reads it
-from this machine, a mounted path or a cloud URI (pyarrow.fs).
+this machine, not on the cluster. --output is a cloud URI (s3://BUCKET/PATH, gs://...: Tune, the trials
+and the driver write there through pyarrow.fs, with the credentials of the cluster's nodes) or an
+absolute path on storage every node shares (the job's working directory is a temporary copy: a relative
+path would be lost with it); --fetch reads it from this machine, a mounted path or the URI.
 
 Authentication (Ray 2.60 clusters run with token auth on): this client sends the cluster's token only
 when RAY_AUTH_MODE=token is set here, and reads it from RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH
@@ -35,6 +36,7 @@ from urllib.parse import urlsplit
 
 from study.catalog import STUDIES
 from study.run import UsageError, build_parser as build_run_parser
+from trainables.storage import join
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -175,13 +177,14 @@ def validate_locally(run_argv: list[str]):
 
 
 def check_output(output: str):
+    """Where the job writes: a cloud URI (checked by study.run --dry-run; the cluster's nodes bring their own
+    credentials), or an absolute path on storage every node shares."""
     if "://" in output:
-        raise UsageError(f"--output {output}: study.run writes its results through the filesystem; give a path on "
-                         f"storage shared by every node (cloud URIs are not supported by study.run yet)")
+        return
     if not os.path.isabs(output):
         raise UsageError(f"--output {output}: give an absolute path on storage every node shares (e.g. --output "
-                         f"/shared/results); the job runs in a temporary copy of the project, where a relative "
-                         f"path would be lost")
+                         f"/shared/results) or a storage URI (s3://BUCKET/PATH, gs://BUCKET/PATH); the job runs in a "
+                         f"temporary copy of the project, where a relative path would be lost")
 
 
 def upload_size(root: Path = PROJECT) -> tuple[int, list[tuple[int, str]]]:
@@ -269,7 +272,7 @@ def submit(sargs, run_argv: list[str]) -> int:
         print("note: --storage is part of the job's entrypoint, which the cluster's job list shows: prefer a URL "
               "without a password (e.g. ~/.pgpass on the head)", file=sys.stderr)
     metadata = {META + "study": args.study, META + "profile": args.profile,
-                META + "output": os.path.normpath(args.output)}
+                META + "output": args.output if "://" in args.output else os.path.normpath(args.output)}
     from ray.exceptions import AuthenticationError
     try:
         job_id = client.submit_job(entrypoint=entrypoint(run_argv), submission_id=job_id, runtime_env=runtime_env(),
@@ -279,7 +282,7 @@ def submit(sargs, run_argv: list[str]) -> int:
     trials = plan.splitlines()[0] if plan.strip() else args.study
     print(f"submitted job {job_id} to {client.get_address()}: {trials}", flush=True)
     print(f"  python -m study.run {' '.join(shlex.quote(a) for a in _redacted(run_argv))} --address auto")
-    print(f"  code: {size / 2**20:.1f} MiB from {PROJECT}; results: {os.path.join(args.output, args.study)}")
+    print(f"  code: {size / 2**20:.1f} MiB from {PROJECT}; results: {join(args.output, args.study)}")
     if not sargs.follow:
         print(f"  then: python -m study.submit --status {job_id}  (or --stop, --fetch)")
         return 0
@@ -336,7 +339,7 @@ def status(sargs) -> int:
     print(f"{sargs.status}: {info.status}")
     if META + "study" in meta:
         print(f"  study {meta[META + 'study']} ({meta.get(META + 'profile', '?')} profile), results in "
-              f"{os.path.join(meta.get(META + 'output', '?'), meta[META + 'study'])}")
+              f"{join(meta.get(META + 'output', '?'), meta[META + 'study'])}")
     else:
         print(f"  entrypoint: {info.entrypoint}")
     duration = ""
@@ -403,7 +406,7 @@ def fetch(sargs, run_argv: list[str]) -> int:
 
 def copy_study(output: str, study: str, dest: str) -> int:
     import pyarrow.fs as pafs
-    source = output.rstrip("/") + "/" + study
+    source = join(output, study)
     try:
         fs, path = pafs.FileSystem.from_uri(source if "://" in source else os.path.abspath(source))
         info = fs.get_file_info(path)

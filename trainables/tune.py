@@ -16,6 +16,7 @@ or by study.run for a local cluster) caps how many trials run at once, N = floor
 x cpus_per_worker)) on CPU, floor(GPUs / num_workers) on GPU clusters. Without the cap, extra trial
 drivers would start Train controllers that wait for workers and hold placement groups meanwhile.
 """
+import hashlib
 import json
 import os
 import platform
@@ -34,6 +35,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from trainables.storage import Mirror, is_uri, join, open_location
 from trainables.train import CHECKPOINT_FILE, TrainingDiverged, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -71,34 +73,45 @@ class TrialResources:
         return max(1, int(cluster.get("CPU", 1) // (self.num_workers * self.cpus_per_worker)))
 
 
-def run_training(config: dict, out_dir: str, report_fn, checkpoint: Checkpoint | None, rank: int) -> str | None:
+def run_training(config: dict, files: Mirror | None, report_fn, checkpoint: Checkpoint | None, rank: int) -> str | None:
     """One rank's training with Ray reporting: report_fn is ray.train.report (a Train worker) or tune.report
-    (a direct trial). Returns the divergence error, if the run diverged."""
+    (a direct trial); files (rank 0 only) is where its metrics.jsonl and the rest go, pushed to the study's
+    storage after every report and at the end. Returns the divergence error, if the run diverged."""
     def report(metrics: dict, checkpoint_dir: str | None):
         report_fn(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # report() has copied it to storage
+        if files:
+            files.push()
 
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
-    with checkpoint.as_directory() if checkpoint else nullcontext() as restore:
-        if restore and (Path(restore) / DIVERGED_FILE).exists():  # a restarted run that had already diverged
-            error = json.loads((Path(restore) / DIVERGED_FILE).read_text())["error"]
-            report_diverged(error, report_fn, rank)
-            return error
-        try:
-            train(config, report=report, restore=restore, out_dir=out_dir, log=log)
-        except TrainingDiverged as e:
-            report_diverged(str(e), report_fn, rank)
-            return str(e)
-    return None
+    try:
+        with checkpoint.as_directory() if checkpoint else nullcontext() as restore:
+            if restore and (Path(restore) / DIVERGED_FILE).exists():  # a restarted run that had already diverged
+                error = json.loads((Path(restore) / DIVERGED_FILE).read_text())["error"]
+                report_diverged(error, report_fn, rank)
+                return error
+            try:
+                train(config, report=report, restore=restore, out_dir=str(files.local) if files else None, log=log)
+            except TrainingDiverged as e:
+                report_diverged(str(e), report_fn, rank)
+                return str(e)
+        return None
+    finally:
+        if files:
+            files.close()  # samples.json comes after the last report
 
 
 def train_worker(config: dict):
     """Runs in every Ray Train worker process."""
     import torch
     torch.set_num_threads(int(config["_threads_per_worker"]))
-    run_training(_trial_keys(config), config["_out_dir"], ray.train.report, ray.train.get_checkpoint(),
-                 ray.train.get_context().get_world_rank())
+    rank = ray.train.get_context().get_world_rank()
+    files = None
+    if rank == 0:  # this worker may run on another node than the trial driver: its own copy of the trial's files
+        files = trial_files(config["_study_root"], config["_trial_name"])
+        files.pull()
+    run_training(_trial_keys(config), files, ray.train.report, ray.train.get_checkpoint(), rank)
 
 
 DIVERGED_FILE = "diverged.json"
@@ -126,34 +139,37 @@ class TrialFailed(RuntimeError):
     pass
 
 
-def make_trainable(study_dir: str | os.PathLike, resources: TrialResources, resolve=None):
-    """The Tune function trainable for a study writing under study_dir, wrapped with its resources.
-    resolve(config) -> the full flat trial config (derived keys, solver dims), applied in the trial driver."""
-    study_dir = str(Path(study_dir).resolve())
+def make_trainable(study_root: str | os.PathLike, resources: TrialResources, resolve=None):
+    """The Tune function trainable for a study stored at study_root (a folder every node sees, or a cloud URI),
+    wrapped with its resources. resolve(config) -> the full flat trial config (derived keys, solver dims),
+    applied in the trial driver."""
+    study_root = str(study_root) if is_uri(study_root) else str(Path(study_root).resolve())
     threads = max(1, int(resources.cpus_per_worker))
 
     def run_trial(config: dict):
         config = resolve(config) if resolve else config
         name = tune.get_context().get_trial_name()
-        out_dir = Path(study_dir) / "trials" / name
-        write_trial_files(out_dir, config, resources)
+        files = trial_files(study_root, name)
+        files.pull()
+        write_trial_files(files.local, config, resources)
         if resources.direct:
             import torch
             torch.set_num_threads(threads)
             checkpoint = tune.get_checkpoint() or latest_checkpoint(
-                Path(study_dir) / tune.get_context().get_experiment_name() / name)
-            error = run_training(config, str(out_dir), tune.report, checkpoint, rank=0)
+                join(study_root, tune.get_context().get_experiment_name(), name))
+            error = run_training(config, files, tune.report, checkpoint, rank=0)
             if error:
                 raise TrialFailed(error)
             return
+        files.close()  # the workers' rank 0 makes its own copy, on whichever node it runs
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={**config, "_out_dir": str(out_dir), "_threads_per_worker": threads},
+            train_loop_config={**config, "_study_root": study_root, "_trial_name": name, "_threads_per_worker": threads},
             scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
                                          resources_per_worker=resources.per_worker()),
             torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
             run_config=RunConfig(
-                name=name, storage_path=str(Path(study_dir) / "train"), callbacks=[TuneReportCallback()],
+                name=name, storage_path=join(study_root, "train"), callbacks=[TuneReportCallback()],
                 checkpoint_config=CheckpointConfig(num_to_keep=resources.keep_checkpoints),
                 failure_config=FailureConfig(max_failures=resources.max_failures),
             ),
@@ -165,17 +181,32 @@ def make_trainable(study_dir: str | os.PathLike, resources: TrialResources, reso
     return tune.with_resources(run_trial, resources.driver())
 
 
-def latest_checkpoint(trial_dir: Path) -> Checkpoint | None:
-    """The newest complete checkpoint Tune persisted in a trial's directory, for a trial Tune starts without one.
+def trial_files(study_root: str, name: str) -> Mirror:
+    """A trial's own files (config, metrics.jsonl, samples, probes, code snapshot) live in study_root/trials/NAME:
+    written there in place on a filesystem; with a URI, written on this node and mirrored up."""
+    if not is_uri(study_root):
+        return Mirror(Path(study_root) / "trials" / name, None)
+    staging = Path(tempfile.gettempdir()) / "nanostudies-trials" / hashlib.sha1(study_root.encode()).hexdigest()[:12]
+    return Mirror(staging / name, join(study_root, "trials", name))
+
+
+def latest_checkpoint(trial_location: str) -> Checkpoint | None:
+    """The newest complete checkpoint Tune persisted in a trial's directory (a folder or a URI), for a trial
+    Tune starts without one.
 
     After a hard crash Tune restores each unfinished trial from the checkpoint its last saved experiment state
     names. That state is written every few seconds, while a fast trial checkpoints more often and Tune deletes
     all but the newest `keep_checkpoints`: the named one can be gone, and Tune then reruns the trial from step 0
     (the case ray#27790 describes; this project's crash-and-resume test caught Ray 2.60 doing it). The
-    checkpoints on disk are the trial's own progress, so a trial handed none continues from the newest.
+    checkpoints in storage are the trial's own progress, so a trial handed none continues from the newest.
     A trial that never checkpointed has no such directory and starts fresh."""
-    done = [d for d in trial_dir.glob("checkpoint_*") if (d / CHECKPOINT_FILE).is_file() or (d / DIVERGED_FILE).is_file()]
-    return Checkpoint.from_directory(str(max(done, key=lambda d: d.name))) if done else None
+    import pyarrow.fs as pafs
+    fs, path = open_location(trial_location)
+    dirs = [f.path for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            if f.type == pafs.FileType.Directory and f.base_name.startswith("checkpoint_")]
+    complete = [d for d in dirs if any(i.type == pafs.FileType.File for i in
+                                       fs.get_file_info([f"{d}/{CHECKPOINT_FILE}", f"{d}/{DIVERGED_FILE}"]))]
+    return Checkpoint(max(complete, key=lambda d: d.rsplit("/", 1)[-1]), filesystem=fs) if complete else None
 
 
 def tune_run_settings(resources: TrialResources) -> dict:

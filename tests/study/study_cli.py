@@ -16,21 +16,22 @@ CPU = dict(max_steps=300, batch_size=16, seq_len=128)
 STUDY_NAMES = ["nanohead_grid", "nanohead_search", "softmax1_ab", "toeplitz_flags", "vocab_depth", "scaling"]
 
 
-def cli_env(cache: str) -> dict:
-    env = {**os.environ, "NANOSTUDIES_CACHE": cache, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+def cli_env(cache: str, extra: dict | None = None) -> dict:
+    env = {**os.environ, "NANOSTUDIES_CACHE": cache, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", **(extra or {})}
     env.pop("RAY_ADDRESS", None)  # always a fresh local cluster, never someone else's
     return env
 
 
-def run_cli(cache: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "study.run", *map(str, args)], cwd=ROOT, env=cli_env(cache),
+def run_cli(cache: str, *args, timeout: float = 120, env: dict | None = None, module: str = "study.run"
+            ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=cli_env(cache, env),
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_cli(cache: str, *args, log: Path) -> subprocess.Popen:
+def start_cli(cache: str, *args, log: Path, env: dict | None = None) -> subprocess.Popen:
     """A study.run in its own session (so a 'machine crash' can kill it and every process it started)."""
     out = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "study.run", *map(str, args)], cwd=ROOT, env=cli_env(cache),
+    return subprocess.Popen([sys.executable, "-m", "study.run", *map(str, args)], cwd=ROOT, env=cli_env(cache, env),
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 

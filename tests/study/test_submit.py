@@ -218,7 +218,7 @@ def test_unreachable_address_exits_2_with_one_line(tmp_path):
 
 @pytest.mark.parametrize("args,says", [
     (["nanohead_grid", "--output", "relative/results"], "absolute path"),
-    (["nanohead_grid", "--output", "s3://bucket/results"], "filesystem"),
+    (["nanohead_grid", "--output", "nosuchfs://bucket/results"], "nosuchfs"),
     (["no_such_study", "--output", "/tmp/x"], "no_such_study"),
     (["nanohead_grid", "--output", "/tmp/x", "--no-such-option"], "--no-such-option"),
     (["nanohead_grid", "--output", "/tmp/x", "--address", "auto"], "dashboard"),
