@@ -1,11 +1,13 @@
 """Model benchmark: training-step throughput of this GPT and its variants against a plain nanoGPT
 baseline timed in the same run, Toeplitz mixer scaling and FFT threshold, generation speed, MFU.
 
-    python benchmarks/bench_model.py [--quick] [--modes eager,compile] [--steps N] [--repeats R]
+    python benchmarks/bench_model.py [--quick] [--modes eager,compile,compile-fp32] [--steps N] [--repeats R]
                                      [--batch B] [--profile] [--cold-compile]
 
 Modes: `eager` is fp32 eager PyTorch (what trainables.train runs on a CPU by default); `compile` is
-bf16 autocast + torch.compile of the model (the optimizer step stays eager, as in trainables.train).
+bf16 autocast + torch.compile of the model (the optimizer step stays eager, as in trainables.train);
+`compile-fp32` is torch.compile without autocast, for CPUs without bf16 support (AVX2), where bf16 is
+emulated and its timings are all matmul emulation.
 A shared 2-core CPU is noisy, so absolute timings mean little: every number that matters is a ratio
 against a reference measured in the same process, back to back with it (see Paired: each round times
 every (reference, candidate) pair adjacently, order alternating, pairs rotated), and each ratio is the
@@ -90,6 +92,8 @@ def gpt_config(**kw) -> GPTConfig:
 
 
 BASELINE = "baseline (nanoGPT)"
+MODE_LABELS = {"eager": "fp32 eager", "compile": "bf16 + compile", "compile-fp32": "fp32 + compile"}
+COMPILED = {"compile", "compile-fp32"}
 VARIANTS = {  # name -> GPTConfig overrides; the baseline is built separately
     "gpt": {},
     "gpt+nanoheads": dict(nanohead_proportion=0.4, nanohead_dim=3),
@@ -206,7 +210,7 @@ def make_step(model: nn.Module, mode: str, batch: int, seq_len: int, vocab: int,
     x = torch.randint(0, vocab, (batch, seq_len), generator=g).to(device)
     y = torch.randint(0, vocab, (batch, seq_len), generator=g).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=False)
-    fwd = torch.compile(model) if mode == "compile" else model
+    fwd = torch.compile(model) if mode in COMPILED else model
     dev = torch.device(device).type
 
     def amp():
@@ -242,14 +246,14 @@ def print_throughput(t: Paired, first: dict, names: list[str], modes: list[str],
           f"zero_grad + forward + backward + AdamW; each the fastest of >= {min(map(len, t.times.values()))} measurements)")
     print(f"{'model':24s} {'mode':15s} {'tokens/s':>9s}  {'vs baseline (paired median [range over rounds])':48s} {'compile s':>9s}")
     for mode in modes:
-        label = "fp32 eager" if mode == "eager" else "bf16 + compile"
+        label = MODE_LABELS[mode]
         base = (BASELINE, mode)
         for name in (n for n in names if (n, mode) in t.times):
             k = (name, mode)
             vs = t.describe(base, k) if k != base else "1.00x"
-            comp = f"{max(first[k] - t.seconds(k), 0):.1f}" if mode == "compile" else "-"
+            comp = f"{max(first[k] - t.seconds(k), 0):.1f}" if mode in COMPILED else "-"
             print(f"{name:24s} {label:15s} {fmt_rate(tokens / t.seconds(k)):>9s}  {vs:48s} {comp:>9s}")
-    if "compile" in modes:
+    if COMPILED & set(modes):
         print("  compile s = first step minus the best step: dynamo + inductor, forward and backward graphs, after any "
               "hits in the on-disk inductor cache (a first-ever run pays more: see --cold-compile)")
 
@@ -288,7 +292,7 @@ def print_mfu(t: Paired, modes: list[str], batch: int):
         if ("gpt", mode) in t.times:
             achieved = batch * SEQ_LEN / t.seconds(("gpt", mode)) * fpt
             note = (f"; {achieved / cpu_peak:.1%} of a nominal {cpu_peak / 1e9:.0f} GFLOP/s fp32 peak"
-                    if mode == "eager" else " (bf16 on AMX: no nominal peak is used here)")
+                    if mode != "compile" else " (bf16 on AMX: no nominal peak is used here)")
             print(f"  [{mode}] {achieved / 1e9:.1f} GFLOP/s achieved{note}")
     if not torch.cuda.is_available():
         print("  MFU at the gpu profile's model size needs a GPU (torch.cuda.is_available() is False): not measured.")
@@ -500,7 +504,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: fewer rounds, shorter generation, compile mode for baseline and gpt only")
     ap.add_argument("--modes", default="eager,compile",
-                    help="comma-separated: eager (fp32), compile (bf16 autocast + torch.compile)")
+                    help="comma-separated: eager (fp32), compile (bf16 autocast + torch.compile), compile-fp32")
     ap.add_argument("--steps", type=int, default=None, help="training steps per timed measurement (default 1)")
     ap.add_argument("--repeats", type=int, default=None, help="rounds of back-to-back pairs (default 9; quick 3)")
     ap.add_argument("--batch", type=int, default=8, help="sequences per training step (default 8)")
@@ -510,8 +514,9 @@ def main() -> None:
                     help="compile into a fresh inductor cache (first-run compile times)")
     args = ap.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or any(m not in ("eager", "compile") for m in modes):
-        print(f"bench_model: --modes={args.modes!r}: must be a comma-separated subset of eager,compile", file=sys.stderr)
+    if not modes or any(m not in MODE_LABELS for m in modes):
+        print(f"bench_model: --modes={args.modes!r}: must be a comma-separated subset of {','.join(MODE_LABELS)}",
+              file=sys.stderr)
         sys.exit(2)
     steps = args.steps or 1
     repeats = args.repeats or (3 if args.quick else 9)
@@ -531,10 +536,10 @@ def main() -> None:
 
     names = [BASELINE, *VARIANTS]
     compiled = [BASELINE, "gpt"] if args.quick else names  # quick: each compile costs tens of seconds on 2 cores
-    keys = [(n, m) for m in modes for n in (compiled if m == "compile" else names)]
+    keys = [(n, m) for m in modes for n in (compiled if m in COMPILED else names)]
     pairs = [((BASELINE, m), (n, m)) for n, m in keys if n != BASELINE]
     pairs += [(("gpt", m), ("gpt+softmax1", m)) for m in modes if ("gpt+softmax1", m) in keys]
-    if len(modes) == 2:
+    if "eager" in modes and "compile" in modes:
         pairs += [((n, "eager"), (n, "compile")) for n in (BASELINE, "gpt")]
     t, first = throughput(keys, pairs, batch=args.batch, steps=steps, repeats=repeats)
     print_throughput(t, first, names, modes, args.batch)
