@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from study.catalog import STUDIES
 from study.run import UsageError, build_parser as build_run_parser
-from trainables.storage import join
+from trainables.storage import is_uri, join, open_location
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -179,7 +179,7 @@ def validate_locally(run_argv: list[str]):
 def check_output(output: str):
     """Where the job writes: a cloud URI (checked by study.run --dry-run; the cluster's nodes bring their own
     credentials), or an absolute path on storage every node shares."""
-    if "://" in output:
+    if is_uri(output):
         return
     if not os.path.isabs(output):
         raise UsageError(f"--output {output}: give an absolute path on storage every node shares (e.g. --output "
@@ -272,7 +272,7 @@ def submit(sargs, run_argv: list[str]) -> int:
         print("note: --storage is part of the job's entrypoint, which the cluster's job list shows: prefer a URL "
               "without a password (e.g. ~/.pgpass on the head)", file=sys.stderr)
     metadata = {META + "study": args.study, META + "profile": args.profile,
-                META + "output": args.output if "://" in args.output else os.path.normpath(args.output)}
+                META + "output": args.output if is_uri(args.output) else os.path.normpath(args.output)}
     from ray.exceptions import AuthenticationError
     try:
         job_id = client.submit_job(entrypoint=entrypoint(run_argv), submission_id=job_id, runtime_env=runtime_env(),
@@ -408,7 +408,7 @@ def copy_study(output: str, study: str, dest: str) -> int:
     import pyarrow.fs as pafs
     source = join(output, study)
     try:
-        fs, path = pafs.FileSystem.from_uri(source if "://" in source else os.path.abspath(source))
+        fs, path = open_location(source)
         info = fs.get_file_info(path)
     except (OSError, ValueError, TypeError) as e:
         raise UsageError(f"--fetch: cannot read {source}: {_first_line(e)}") from None
@@ -416,7 +416,7 @@ def copy_study(output: str, study: str, dest: str) -> int:
         raise UsageError(f"--fetch: {source} is not there from this machine; mount the shared storage at the same "
                          f"path, or give --output PATH|URI with the study")
     target = Path(dest) / study
-    if "://" not in source and target.exists() and target.resolve() == Path(source).resolve():
+    if not is_uri(source) and target.exists() and target.resolve() == Path(source).resolve():
         print(f"{target} is the study directory itself: nothing to copy")
         return 0
     files = [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if f.type == pafs.FileType.File]

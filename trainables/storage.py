@@ -50,25 +50,14 @@ def _copy(src_fs, src: str, dst_fs, dst: str):
             fout.write(chunk)
 
 
-def pull(location: str, local: Path, skip=lambda rel: False) -> int:
+def pull(location: str, local: Path, skip=lambda rel: False):
     """Copies the files under location (a URI) into the folder local, except those whose relative path
-    skip(rel) refuses; returns how many came."""
+    skip(rel) refuses."""
     fs, root = open_location(location)
-    local = Path(local)
-    count = 0
     for f in _files(fs, root):
         rel = f.path[len(root):].lstrip("/")
-        if not rel or skip(rel):
-            continue
-        (local / rel).parent.mkdir(parents=True, exist_ok=True)
-        _copy(fs, f.path, pafs.LocalFileSystem(), str(local / rel))
-        count += 1
-    return count
-
-
-def exists(location: str) -> bool:
-    fs, path = open_location(location)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+        if rel and not skip(rel):
+            _copy(fs, f.path, pafs.LocalFileSystem(), str(Path(local) / rel))
 
 
 class Mirror:
@@ -87,7 +76,7 @@ class Mirror:
         shutil.rmtree(self.local, ignore_errors=True)
         self.local.mkdir(parents=True, exist_ok=True)
         pull(self.uri, self.local, self.skip)
-        self._sent = {rel: sig for rel, sig in self._local_files().items()}
+        self._sent = self._local_files()
 
     def push(self):
         if self.uri is None or not self.local.is_dir():
