@@ -18,10 +18,10 @@ def architecture(config: dict, **baseline) -> dict:
     Variants then change only what they change (a proportion, softmax1, ...), on the same dims: that is what
     param-matching to the baseline means here. `baseline` holds the baseline's own model keys (e.g.
     nanohead_proportion=0). Without a budget the config's dims are kept as they are."""
-    if config.get("budget") is None:
-        return config
     from trainables.model import GPTConfig, solve_architecture
     from dataclasses import fields
+    if config.get("budget") is None:  # dims not given are GPTConfig's defaults, written out for the trial's name
+        return {**{f.name: f.default for f in fields(GPTConfig) if f.name in ("n_layer", "n_embd", "n_head")}, **config}
     model_keys = {f.name for f in fields(GPTConfig)} - {"vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head"}
     overrides = {k: v for k, v in config.items() if k in model_keys}
     overrides.update(baseline)

@@ -33,6 +33,9 @@ class StudySpec:
     num_samples: dict = field(default_factory=lambda: {"smoke": 1, "cpu": 1, "gpu": 1, "paper": 1})
     views: tuple = ()                             # report sections beyond the common ones
     study_keys: tuple = ()                        # keys that steer the study, not the model (--set-able)
+    # key -> (what resolve derives it from, what to set instead): the words of the refusal of a --set that resolve
+    # would replace (the check itself is study.run's, for every key; keys not here use study.run.DERIVED_FROM)
+    derived: dict = field(default_factory=dict)
 
     def settable_keys(self, profile: Profile) -> set:
         from trainables.model import GPTConfig
@@ -43,7 +46,14 @@ class StudySpec:
 
 
 def grid_configs(spec: StudySpec, profile: Profile, overrides: dict, seeds: int) -> list[dict]:
-    """Every trial's searched config (before resolve), in a stable order: the product of the axes x seeds.
+    """Every trial's searched config (before resolve), in a stable order: the product of the axes x seeds."""
+    base, axes = grid_axes(spec, profile, overrides, seeds)
+    keys = list(axes)
+    return [{**base, **dict(zip(keys, values))} for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def grid_axes(spec: StudySpec, profile: Profile, overrides: dict, seeds: int) -> tuple[dict, dict]:
+    """A grid study's constant keys and its axes (seed included), so a plan can be counted before it is expanded.
     An override replaces a key; a list override makes (or replaces) an axis."""
     base = spec.base(profile)
     axes = dict(spec.axes(profile))
@@ -54,9 +64,8 @@ def grid_configs(spec: StudySpec, profile: Profile, overrides: dict, seeds: int)
             axes.pop(key, None)
             base[key] = value
     if seeds > 1 or "seed" not in base:
-        axes.setdefault("seed", list(range(seeds)))
-    keys = list(axes)
-    return [{**base, **dict(zip(keys, values))} for values in itertools.product(*(axes[k] for k in keys))]
+        axes.setdefault("seed", range(seeds))  # a range: a huge --seeds is counted, not built
+    return base, axes
 
 
 def _grid(axes: dict) -> Callable[[Profile], dict]:
@@ -95,13 +104,14 @@ STUDIES = {
         hypothesis="At a fixed budget split evenly between embedding, lm_head and blocks, which vocabulary size "
                    "(and so depth/width) gives the best bits per byte; does tying the embeddings help?",
         base=vocab_depth.base, axes=vocab_depth.axes, resolve=vocab_depth.resolve, variant=vocab_depth.variant,
-        trial_name=vocab_depth.trial_name, views=("vocab_depth",)),
+        trial_name=vocab_depth.trial_name, views=("vocab_depth",), derived=vocab_depth.DERIVED),
     "scaling": StudySpec(
         name="scaling", family="scaling", seed_note="000_f68f42f0f06710c9.txt (default variant nanohead_p40)",
         hypothesis="Does the variant's advantage (or deficit) hold across parameter budgets? Fit L(N) = E + A N^-alpha "
                    "per arm.",
         base=scaling.base, axes=scaling.axes, resolve=scaling.resolve, variant=scaling.variant,
-        trial_name=scaling.trial_name, baseline="baseline", views=("scaling",), study_keys=("scaling_variant", "max_tokens_per_param")),
+        trial_name=scaling.trial_name, baseline="baseline", views=("scaling",), study_keys=("scaling_variant", "max_tokens_per_param"),
+        derived=scaling.DERIVED),
 }
 
 

@@ -5,6 +5,7 @@ Every architecture the studies compare is one GPTConfig: the nanochat-style base
 is checked when it is built, so a bad value fails with a message naming the field, never with a
 shape error deep inside forward.
 """
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
@@ -43,10 +44,13 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name}={value!r}: must be an integer >= 1")
         _check(self.mixer in MIXERS, "mixer", self.mixer, f"one of {', '.join(MIXERS)}")
         _check(self.attn_backend in ATTN_BACKENDS, "attn_backend", self.attn_backend, f"one of {', '.join(ATTN_BACKENDS)}")
-        _check(0.0 <= self.nanohead_proportion < 1.0, "nanohead_proportion", self.nanohead_proportion, "a number in [0, 1)")
-        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a number in [0, 1)")
-        _check(self.mlp_ratio > 0 and int(self.mlp_ratio * self.n_embd) >= 1, "mlp_ratio", self.mlp_ratio, "a positive number")
-        _check(self.logit_softcap is None or self.logit_softcap >= 0, "logit_softcap", self.logit_softcap, "None, 0 (off) or a positive number")
+        _check(is_number(self.nanohead_proportion) and 0.0 <= self.nanohead_proportion < 1.0, "nanohead_proportion", self.nanohead_proportion, "a number in [0, 1)")
+        _check(is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a number in [0, 1)")
+        _check(is_number(self.mlp_ratio) and self.mlp_ratio > 0 and int(self.mlp_ratio * self.n_embd) >= 1, "mlp_ratio", self.mlp_ratio,
+               f"a finite number > 0 with mlp_ratio x n_embd >= 1 (n_embd={self.n_embd})")
+        _check(is_number(self.rope_base) and self.rope_base > 1, "rope_base", self.rope_base, "a finite number > 1 (RoPE's wavelengths grow as its powers)")
+        _check(self.logit_softcap is None or (is_number(self.logit_softcap) and self.logit_softcap >= 0), "logit_softcap", self.logit_softcap,
+               "None, 0 (off) or a finite positive number")
         _check(self.n_embd % self.n_head == 0, "n_head", self.n_head, f"a divisor of n_embd={self.n_embd}")
         _check(self.n_head % self.n_kv_head == 0, "n_kv_head", self.n_kv_head, f"a divisor of n_head={self.n_head}")
         if self.mixer == "attention":
@@ -72,6 +76,11 @@ class GPTConfig:
 def _check(ok: bool, name: str, value, allowed: str):
     if not ok:
         raise ValueError(f"GPTConfig.{name}={value!r}: must be {allowed}")
+
+
+def is_number(value) -> bool:
+    """A finite int or float, not a bool: `--set lr=1e999` parses as inf, and nan passes every comparison test unnoticed."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class HeadSplit(NamedTuple):
