@@ -9,33 +9,17 @@ study.run calls build_report() at the end of a study.
 """
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 from reports.analyse import analyse_study
 from reports.collect import StudyError, load_study, redact, scrub, to_jsonable
 from reports.figures import build_figures, write_pngs
 from reports.html import render
+from trainables.storage import write_atomic
 
 NO_PNG = {"curves"}  # per-trial lines: for clicking through, not for a README
-
-
-def write_atomic(path, text):
-    """Write to a temporary file beside PATH, then rename: a reader sees the old file or the new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def results_json(study, res, pngs):

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trainables import storage
+
 FAMILIES = ("nanohead", "softmax1", "toeplitz", "vocab_depth", "scaling", "nanohead_search")
 METRIC_NAME = re.compile(r"[A-Za-z0-9_.]+")
 CURVE_KEYS = ("step", "tokens", "train_loss", "val_loss", "val_bpb", "lr", "tokens_per_s", "mfu", "flops", "wall_s")
@@ -85,19 +87,7 @@ def read_json(path, warnings):
 
 def read_jsonl(path, warnings):
     """One JSON object per line; a torn last line (a killed trial) is skipped with a warning."""
-    rows, bad = [], 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                bad += 1
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
+    rows, bad = storage.read_jsonl(path)
     if bad:
         warnings.append(f"{path.parent.name}/{path.name}: skipped {bad} unreadable line(s)")
     return rows

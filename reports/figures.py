@@ -8,7 +8,6 @@ renders a subset of HTML in labels and hover text, and a name is data, not marku
 """
 import html
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from reports.analyse import pareto_front, power_law, sorted_variants
+from trainables.storage import write_atomic
 
 MANY_VARIANTS = 24  # beyond this, one colour for all trials and the variant in the hover text only
 PALETTE = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.Dark24
@@ -423,7 +423,8 @@ def write_pngs(figs, outdir):
     try:
         import plotly.io as pio
 
-        with tempfile.TemporaryDirectory(dir=outdir, prefix=".png-") as tmp:
+        # drawn outside the study folder in one batch (one Chromium start), then each published whole
+        with tempfile.TemporaryDirectory(prefix="nanostudies-png-") as tmp:
             names = list(figs)
             tmp_paths = [Path(tmp) / f"{n}.png" for n in names]
             sizes = [PNG_SIZE.get(n, (1000, figs[n].layout.height or 450)) for n in names]
@@ -431,7 +432,7 @@ def write_pngs(figs, outdir):
                              height=[h for _, h in sizes], scale=1)
             paths = []
             for n, p in zip(names, tmp_paths):
-                os.replace(p, outdir / f"{n}.png")  # whole files only: a reader never sees half a PNG
+                write_atomic(outdir / f"{n}.png", p.read_bytes())
                 paths.append(outdir / f"{n}.png")
             return paths
     except Exception as e:  # kaleido or Chromium missing or broken: the HTML matters more

@@ -9,11 +9,59 @@ train.py, results.py and reports/ free of any storage layer. Credentials and end
 environment the way pyarrow reads them (AWS_* incl. AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, ...);
 none of them is ever written into a file.
 """
+import json
 import os
 import shutil
+import uuid
 from pathlib import Path
+from typing import Callable
 
 import pyarrow.fs as pafs
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes | None = None, *,
+                 writer: Callable[[Path], object] | None = None):
+    """Writes the file at path whole or not at all: a reader, or whatever a crash leaves, sees the old file or
+    the new one, never part of one. Give the content as data (str is written as UTF-8), or a writer(tmp_path)
+    that writes it (pandas' to_parquet and to_csv want a path)."""
+    if (data is None) == (writer is None):
+        raise TypeError("write_atomic takes data or writer, not both or neither")
+    path = Path(path)
+    # beside path: os.replace is atomic only within one filesystem; the leading "." makes Mirror skip it
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        if writer is None:
+            tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        else:
+            writer(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the content reaches the disk before the rename can
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], int]:
+    """(the JSON objects of a .jsonl file, how many lines were skipped as unreadable): a process killed while
+    appending leaves a torn last line, which is dropped here instead of failing the whole file."""
+    records, bad = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                bad += 1
+    return records, bad
 
 
 def is_uri(location: str | os.PathLike) -> bool:

@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from trainables.data import DataError, TokenLoader, evaluate_bpb, prepare_tokens
 from trainables.model import GPT, GPTConfig, count_params, flops_per_token, solve_architecture
+from trainables.storage import read_jsonl, write_atomic
 
 SCHEDULES = ("cosine", "linear")
 OPTIMIZERS = ("adamw", "muon")
@@ -73,19 +74,41 @@ class TrainConfig:
     gen_benchmark_runs: int = 3
     gen_benchmark_batch: int = 4
     probes: bool = True               # run trainables.probes on the final model (a few val batches)
-    device: str = "auto"
+    device: str = "auto"              # auto | cpu | cuda | cuda:N | mps (study.run checks it exists on a local run)
 
     def __post_init__(self):
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
         _check(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
-        for name in ("batch_size", "max_steps", "eval_every", "eval_batches", "head_dim"):
-            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        _check(self.lr > 0, "lr", self.lr, "a positive number")
-        _check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0")
-        _check(0 <= self.min_lr_frac <= 1, "min_lr_frac", self.min_lr_frac, "a number in [0, 1]")
-        _check(0 < self.warmdown_frac <= 1, "warmdown_frac", self.warmdown_frac, "a number in (0, 1]")
-        _check(self.budget is None or self.budget > 0, "budget", self.budget, "None or a positive parameter count")
+        def integer(value, low):
+            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+        def number(value):  # finite: `--set lr=1e999` parses as inf, and nan fails no comparison loudly
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        for name in ("batch_size", "max_steps", "eval_every", "eval_batches", "head_dim", "gen_benchmark_runs", "gen_benchmark_batch"):
+            _check(integer(getattr(self, name), 1), name, getattr(self, name), "an integer >= 1")
+        for name in ("warmup_steps", "sample_tokens", "gen_benchmark_tokens"):  # 0: none (off)
+            _check(integer(getattr(self, name), 0), name, getattr(self, name), "an integer >= 0")
+        for name in ("total_batch_tokens", "max_tokens"):
+            _check(getattr(self, name) is None or integer(getattr(self, name), 1), name, getattr(self, name), "None or an integer >= 1")
+        _check(integer(self.seed, 0) and self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32) (numpy's seed range)")
+        _check(number(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
+        for name in ("embedding_lr", "lm_head_lr"):
+            _check(getattr(self, name) is None or (number(getattr(self, name)) and getattr(self, name) > 0), name,
+                   getattr(self, name), "None (the default from lr) or a finite number > 0")
+        for name in ("weight_decay", "grad_clip"):
+            _check(number(getattr(self, name)) and getattr(self, name) >= 0, name, getattr(self, name), "a finite number >= 0")
+        for name in ("beta1", "beta2"):
+            _check(number(getattr(self, name)) and 0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
+        _check(number(self.min_lr_frac) and 0 <= self.min_lr_frac <= 1, "min_lr_frac", self.min_lr_frac, "a number in [0, 1]")
+        _check(number(self.warmdown_frac) and 0 < self.warmdown_frac <= 1, "warmdown_frac", self.warmdown_frac, "a number in (0, 1]")
+        _check(self.budget is None or (number(self.budget) and self.budget > 0), "budget", self.budget,
+               "None or a finite positive parameter count")
+        _check(number(self.aspect_ratio) and self.aspect_ratio > 0, "aspect_ratio", self.aspect_ratio, "a finite number > 0 (width / depth)")
+        index = self.device[len("cuda:"):] if isinstance(self.device, str) and self.device.startswith("cuda:") else None
+        _check(self.device in ("auto", "cpu", "cuda", "mps") or (index is not None and index.isascii() and index.isdigit()),
+               "device", self.device, "auto, cpu, cuda, cuda:N or mps")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -190,13 +213,18 @@ def lr_multiplier(step: int, tc: TrainConfig, max_steps: int) -> float:
 # ----------------------------------------------------------------------------- checkpoints
 
 def rng_state() -> dict:
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    """Plain lists, numbers and tensors only, so a checkpoint loads with torch.load(weights_only=True)."""
+    version, keys, gauss = random.getstate()
+    kind, np_keys, pos, has_gauss, cached = np.random.get_state()
+    return dict(python=[version, list(keys), gauss], numpy=[kind, np_keys.tolist(), int(pos), int(has_gauss), float(cached)],
+                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
 
 
 def set_rng_state(state: dict):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    kind, np_keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(np_keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -290,7 +318,8 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     step, tokens, wall_before, best_bpb = 0, 0, 0.0, math.inf
     stability = Stability()
     if restore:
-        state = torch.load(os.path.join(restore, CHECKPOINT_FILE), map_location=device, weights_only=False)
+        # weights_only: a checkpoint comes from shared storage; a full unpickle would run any code placed in it
+        state = torch.load(os.path.join(restore, CHECKPOINT_FILE), map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         for opt, s in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(s)
@@ -306,13 +335,15 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     metrics_file = None
     if out_dir and rank == 0:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "config.json").write_text(json.dumps(dict(trial=config, model=cfg.to_dict(), train=asdict(tc),
-                                                                       params=params, flops_per_token=fpt,
-                                                                       planned_steps=max_steps), indent=2))
+        write_atomic(Path(out_dir) / "config.json", json.dumps(dict(trial=config, model=cfg.to_dict(), train=asdict(tc),
+                                                                    params=params, flops_per_token=fpt,
+                                                                    planned_steps=max_steps), indent=2))
         metrics_path = Path(out_dir) / "metrics.jsonl"
         if metrics_path.exists():  # after a restore, drop evals past the checkpoint: they are about to be redone
-            kept = [line for line in metrics_path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
+            evals, torn = read_jsonl(metrics_path)
+            if torn:  # a process killed while appending leaves a partial last line
+                print(f"warning: {metrics_path}: dropped {torn} torn or unreadable line(s)", file=sys.stderr)
+            write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in evals if m.get("step", 0) <= step))
         metrics_file = open(metrics_path, "a")
 
     log(f"model: {params['total']:,} params ({params['non_embedding']:,} non-embedding), {cfg.n_layer} layers x {cfg.n_embd} wide, "
@@ -437,7 +468,7 @@ def probe(model: GPT, data, cfg: GPTConfig, tc: TrainConfig, device, out_dir: st
     from trainables.probes import run_probes
     scalars, details = run_probes(model, data, cfg.seq_len, batch_size=min(8, tc.batch_size), batches=2, device=device)
     if out_dir:
-        (Path(out_dir) / "probes.json").write_text(json.dumps(details, allow_nan=False))
+        write_atomic(Path(out_dir) / "probes.json", json.dumps(details, allow_nan=False))
     return scalars
 
 
@@ -472,8 +503,8 @@ def write_samples(model: GPT, data, tc: TrainConfig, cfg: GPTConfig, device, pat
     g = torch.Generator(device=device).manual_seed(tc.seed)
     model.eval()
     out = model.generate(val, tc.sample_tokens, temperature=0.8, top_k=50, generator=g)
-    path.write_text(json.dumps(dict(prompt=[enc.decode(p.tolist()) for p in val],
-                                    samples=[enc.decode(o.tolist()) for o in out]), indent=2))
+    write_atomic(path, json.dumps(dict(prompt=[enc.decode(p.tolist()) for p in val],
+                                       samples=[enc.decode(o.tolist()) for o in out]), indent=2))
 
 
 def main(argv=None):

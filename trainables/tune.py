@@ -35,7 +35,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from trainables.storage import Mirror, is_uri, join, open_location
+from trainables.storage import Mirror, is_uri, join, open_location, write_atomic
 from trainables.train import CHECKPOINT_FILE, TrainingDiverged, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,9 @@ class TrialResources:
         """How many trials fit the cluster at once (the train_driver count to declare)."""
         if self.use_gpu:
             return max(1, int(cluster.get("GPU", 0) // self.num_workers))
-        return max(1, int(cluster.get("CPU", 1) // (self.num_workers * self.cpus_per_worker)))
+        cpus = cluster.get("CPU", 1)
+        # at most one trial per CPU: --cpus-per-worker 0.001 would otherwise start thousands at once
+        return max(1, min(int(cpus // (self.num_workers * self.cpus_per_worker)), int(cpus)))
 
 
 def run_training(config: dict, files: Mirror | None, report_fn, checkpoint: Checkpoint | None, rank: int) -> str | None:
@@ -126,7 +128,7 @@ def report_diverged(error: str, report_fn, rank: int):
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
         if rank == 0:
-            (Path(d) / DIVERGED_FILE).write_text(json.dumps({"error": error}))
+            write_atomic(Path(d) / DIVERGED_FILE, json.dumps({"error": error}))
             checkpoint = Checkpoint.from_directory(d)
         report_fn(metrics, checkpoint=checkpoint)
 
@@ -220,8 +222,8 @@ def tune_run_settings(resources: TrialResources) -> dict:
 def write_trial_files(out_dir: Path, config: dict, resources: TrialResources):
     """config.json (as searched), env.json (versions, commit, device) and a snapshot of the code that trains."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "trial_config.json").write_text(json.dumps(_trial_keys(config), indent=2, default=str))
-    (out_dir / "env.json").write_text(json.dumps(environment(resources), indent=2))
+    write_atomic(out_dir / "trial_config.json", json.dumps(_trial_keys(config), indent=2, default=str))
+    write_atomic(out_dir / "env.json", json.dumps(environment(resources), indent=2))
     code = out_dir / "code"
     if not code.exists():
         for rel in SNAPSHOT_FILES:

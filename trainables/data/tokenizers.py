@@ -25,7 +25,8 @@ from pathlib import Path
 
 import tiktoken
 
-from ._cache import atomic_write_text, cache_root, file_lock, stable_hash
+from ..storage import write_atomic
+from ._cache import cache_root, file_lock, stable_hash
 from .corpus import SPLIT_SALT, Corpus, DataError, split_documents
 
 # nanochat's split pattern: GPT-4's (cl100k) with numbers in groups of 1-2 digits instead of
@@ -203,7 +204,7 @@ def _bpe_encoding(vocab_size: int, corpus: Corpus, cache_dir, val_fraction: floa
                     "val_fraction": val_fraction,
                     "mergeable_ranks": [base64.b64encode(t).decode("ascii") for t in ranks],
                 }
-                atomic_write_text(path, json.dumps(record))
+                write_atomic(path, json.dumps(record))
     return _load_bpe(str(path))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import tiktoken
 import torch
 
+from ..storage import write_atomic
 from ._cache import cache_root, file_lock, stable_hash
 from .corpus import SPLIT_SALT, DataError, load_corpus, split_documents
 from .tokenizers import bos_token_id, get_tokenizer
@@ -171,7 +172,7 @@ def _write_shards(out: Path, enc, tokenizer: str, corpus, train_docs, val_docs, 
         "n_train_bytes": sum(len(d.encode("utf-8")) for d in train_docs),
         "n_val_bytes": sum(len(d.encode("utf-8")) for d in val_docs),
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    write_atomic(out / "meta.json", json.dumps(meta, indent=1))
     return meta
 
 
