@@ -108,7 +108,8 @@ class Handler(BaseHTTPRequestHandler):
         study_dir = self.results_dir / study
         # names from the URL are data: one plain directory under results, one plain file inside it
         if (study in ("", ".", "..") or study.startswith(".") or not study_dir.is_dir()
-                or not (name in SERVED or (name.endswith(".png") and "/" not in name and not name.startswith(".")))):
+                or not (name in SERVED or (name.endswith(".png") and "/" not in name and not name.startswith(".")))
+                or not self.inside(study_dir)):
             return self.send(404, b"not found", "text/plain")
         if name == "report.html" and is_stale(study_dir):
             with self.build_lock:
@@ -118,12 +119,17 @@ class Handler(BaseHTTPRequestHandler):
                     except StudyError as e:
                         return self.send(404, esc(f"no report: {e}").encode(), "text/html; charset=utf-8")
         f = study_dir / name
-        if not f.is_file():
+        if not f.is_file() or not self.inside(f):
             return self.send(404, b"not found", "text/plain")
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if ctype.startswith("text/") or ctype == "application/json":
             ctype += "; charset=utf-8"
         self.send(200, f.read_bytes(), ctype)
+
+    def inside(self, path):
+        """Whether path, symlinks resolved, lies in the results folder: a link must not serve (or have a report
+        built into) a folder or file elsewhere on this machine."""
+        return path.resolve().is_relative_to(self.results_dir.resolve())
 
     def send(self, code, body, ctype):
         self.send_response(code)

@@ -35,15 +35,18 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from study.catalog import STUDIES
-from study.run import UsageError, build_parser as build_run_parser
+from study.run import UsageError, build_parser as build_run_parser, check_folder, check_output as check_run_output
 from trainables.storage import is_uri, join, open_location
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # What the job's working_dir leaves out (gitwildmatch, relative to the project; Ray also applies .gitignore).
-EXCLUDES = ["/results/", ".git/", "__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/",
+EXCLUDES = ["/results/", ".git", "__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/",
             ".hypothesis/", ".benchmarks/", ".ipynb_checkpoints/", "*.egg-info/", ".venv/", "venv/", "/build/",
-            "/dist/", "node_modules/", "wandb/", "*.parquet", "*.pt", "*.ckpt", "*.db"]
+            "/dist/", "node_modules/", "wandb/", "*.parquet", "*.pt", "*.ckpt", "*.db",
+            # secrets never travel with the job (the cluster's job list and its nodes would hold them)
+            ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "credentials", "*.credentials", ".aws/", ".ssh/",
+            ".netrc", ".pgpass", "id_rsa*", "id_ed25519*", "id_ecdsa*", "service-account*.json"]
 UPLOAD_LIMIT = 50 * 2**20   # the dashboard takes up to 100 MiB; a code upload should be far below
 PASSED_ENV = ("NANOSTUDIES_CACHE",)
 META = "nanostudies."       # prefix of the job metadata keys this tool writes and reads
@@ -177,14 +180,21 @@ def validate_locally(run_argv: list[str]):
 
 
 def check_output(output: str):
-    """Where the job writes: a cloud URI (checked by study.run --dry-run; the cluster's nodes bring their own
-    credentials), or an absolute path on storage every node shares."""
-    if is_uri(output):
+    """Where the job writes: a storage URI, by study.run's rule (its form, no credentials in it: the cluster's
+    nodes bring their own), or an absolute path on storage every node shares, which this machine need not mount."""
+    if is_uri(output) and not output.startswith("file://"):
+        check_run_output(output)
         return
-    if not os.path.isabs(output):
+    if not os.path.isabs(output.removeprefix("file://")):
         raise UsageError(f"--output {output}: give an absolute path on storage every node shares (e.g. --output "
                          f"/shared/results) or a storage URI (s3://BUCKET/PATH, gs://BUCKET/PATH); the job runs in a "
                          f"temporary copy of the project, where a relative path would be lost")
+
+
+def _checkable_here(run_argv: list[str], output: str) -> list[str]:
+    """The options for study.run --dry-run on this machine: a shared path is the cluster's (check_output took
+    its form), so the dry run judges the default folder instead of a path this machine may not have."""
+    return run_argv if is_uri(output) and not output.startswith("file://") else [*run_argv, "--output", "results"]
 
 
 def upload_size(root: Path = PROJECT) -> tuple[int, list[tuple[int, str]]]:
@@ -258,9 +268,10 @@ def submit(sargs, run_argv: list[str]) -> int:
     if args.study not in STUDIES:
         raise UsageError(f"unknown study {args.study!r}; studies: {', '.join(STUDIES)}")
     if args.dry_run:  # what the job would run, shown here; nothing is submitted
-        return subprocess.run([sys.executable, "-m", "study.run", *run_argv], cwd=PROJECT).returncode
+        return subprocess.run([sys.executable, "-m", "study.run", *_checkable_here(run_argv, args.output)],
+                              cwd=PROJECT).returncode
     check_output(args.output)
-    plan = validate_locally(run_argv)
+    plan = validate_locally(_checkable_here(run_argv, args.output))
     client = connect(sargs.address)
     size, largest = upload_size()
     if size > UPLOAD_LIMIT:
@@ -404,8 +415,18 @@ def fetch(sargs, run_argv: list[str]) -> int:
     return copy_study(output, study, sargs.dest or "results")
 
 
+def check_study_name(study) -> str:
+    """A study name from a job's metadata, which any Jobs API user can set: it names a folder under --dest, so
+    only a plain name passes (no '..', no '/', not absolute)."""
+    if not isinstance(study, str) or not re.fullmatch(r"[a-z0-9_]+", study):
+        raise UsageError(f"--fetch: the job's study name {str(study)[:80]!r} is not a study name (only a-z, 0-9 and _); "
+                         f"nothing was copied")
+    return study
+
+
 def copy_study(output: str, study: str, dest: str) -> int:
     import pyarrow.fs as pafs
+    study, dest = check_study_name(study), check_folder(dest, "--dest")
     source = join(output, study)
     try:
         fs, path = open_location(source)

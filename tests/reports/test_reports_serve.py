@@ -79,3 +79,50 @@ def test_serves_report_files_only(server):
 def test_cli_missing_results_dir(tmp_path, capsys):
     assert main([str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+# ----------------------------------------------------------------------------- nothing from outside the results folder
+# Its real path (symlinks resolved) decides: not a study folder linked in from elsewhere, not a report file that links
+# out. Real links, real HTTP.
+
+SECRET = b"secret outside the results folder"
+
+
+@pytest.fixture(scope="module")
+def linked_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve_paths")
+    root, outside = base / "results", base / "outside"
+    root.mkdir()
+    elsewhere = write_study(outside, "elsewhere", nanohead_rows(failed=False, evil=False), baseline="p0")
+    (outside / "secret.json").write_bytes(SECRET)
+    (outside / "secret.png").write_bytes(SECRET)
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)  # a whole study folder from outside
+    plain = write_study(root, "plain", nanohead_rows(failed=False, evil=False), baseline="p0")
+    (plain / "results.json").symlink_to(outside / "secret.json")
+    (plain / "leak.png").symlink_to(outside / "secret.png")
+    (plain / "real.png").write_bytes(b"\x89PNG inside")
+    (plain / "alias.png").symlink_to(plain / "real.png")  # a link that stays inside is fine
+    srv = make_server(root, "127.0.0.1", 0, quiet=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv, elsewhere
+    srv.shutdown()
+    srv.server_close()
+
+
+
+
+@pytest.mark.parametrize("path", ["/plain/results.json", "/plain/leak.png", "/linked/study.json",
+                                  "/linked/trials.csv", "/linked/report.html"])
+def test_a_file_linked_from_outside_is_not_served(linked_server, path):
+    srv, elsewhere = linked_server
+    status, _, body = get(srv, path)
+    assert status in (403, 404) and SECRET not in body and b"Study elsewhere" not in body
+    assert not (elsewhere / "report.html").exists()  # no report was built into the folder outside
+
+
+def test_files_inside_are_served(linked_server):
+    srv, _ = linked_server
+    assert get(srv, "/plain/real.png")[::2] == (200, b"\x89PNG inside")
+    assert get(srv, "/plain/alias.png")[::2] == (200, b"\x89PNG inside")
+    status, _, body = get(srv, "/plain/study.json")
+    assert status == 200 and b'"study": "plain"' in body
