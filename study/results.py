@@ -4,11 +4,10 @@ The row format is the contract with reports/ (see shared/DESIGN.md). Metrics are
 from the trial's metrics.jsonl, the same names train.py writes: the seed's collector read `val_bpb`
 where the runs logged `val/bpb` and its table came out empty; tests/study checks this end to end.
 """
-import hashlib
 import json
 import math
-import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from trainables.storage import Mirror, is_uri, join, pull
+from trainables.storage import Mirror, is_uri, join, pull, read_jsonl, write_atomic
 
 FINAL_METRICS = ("train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "wall_s", "samples_per_s",
                  "gen_tokens_per_s_parallel", "gen_tokens_per_s_sequential", "gen_speedup",
@@ -44,7 +43,8 @@ class StudyStorage:
     With a cloud URI (--output s3://BUCKET/PATH): Tune and the trials write into `uri`, and `local` is a staging
     folder on the driver's machine holding a copy of the study without its checkpoints, which the driver reads
     (Tune's state, the trials' metrics) and writes (study.json, optuna.db, trials.parquet, the report, wandb),
-    pushed up as it goes. The staging path is fixed per URI: a restored Tuner brings back callbacks that name it."""
+    pushed up as it goes. The staging folder is private to this run (mkdtemp, mode 0700): two drivers never
+    share one, and `discard` removes only the folder this run made."""
     local: Path
     uri: str | None = None
 
@@ -53,9 +53,8 @@ class StudyStorage:
         if not is_uri(output):
             return cls(Path(output) / study)
         uri = join(output, study)
-        local = Path(tempfile.gettempdir()) / "nanostudies-staging" / hashlib.sha1(uri.encode()).hexdigest()[:12] / study
-        shutil.rmtree(local, ignore_errors=True)  # what a killed run left here: the URI is the truth
-        local.mkdir(parents=True)
+        local = Path(tempfile.mkdtemp(prefix="nanostudies-staging-")) / study
+        local.mkdir()
         pull(uri, local, skip=_not_staged)
         return cls(local, uri)
 
@@ -117,16 +116,23 @@ def _last_error_line(path: Path) -> str | None:
 
 
 def collect(study_dir: Path, spec, outcomes: dict | None = None) -> pd.DataFrame:
-    """One row per trial directory under study_dir/trials, with Tune's outcome where known."""
+    """One row per trial directory under study_dir/trials, with Tune's outcome where known.
+
+    A file torn by a crash (written by an older version, or damaged) costs only what it held, with one
+    warning on stderr naming it: a torn last line of metrics.jsonl is skipped; a torn config.json gives a
+    row without the resolved model keys, params and FLOPs; a torn trial_config.json gives a row with status
+    "failed", no config keys or variant, and an error saying so (Tune's own error, if any, comes first)."""
     outcomes = tune_outcomes(study_dir) if outcomes is None else outcomes
     rows = []
     for trial_dir in sorted((study_dir / "trials").glob("*")):
         if not (trial_dir / "trial_config.json").exists():
             continue
-        config = json.loads((trial_dir / "trial_config.json").read_text())
-        resolved = json.loads((trial_dir / "config.json").read_text()) if (trial_dir / "config.json").exists() else {}
+        config = _read_json(trial_dir / "trial_config.json")
+        resolved = (_read_json(trial_dir / "config.json") or {}) if (trial_dir / "config.json").exists() else {}
         metrics = _read_metrics(trial_dir / "metrics.jsonl")
         error, tune_status = outcomes.get(trial_dir.name, (None, None))
+        if config is None:
+            config, error = {}, error or "trial_config.json is torn (unreadable JSON): the trial's config is unknown"
         final = metrics[-1] if metrics else {}
         params = resolved.get("params", {})
         planned = resolved.get("planned_steps")
@@ -139,7 +145,7 @@ def collect(study_dir: Path, spec, outcomes: dict | None = None) -> pd.DataFrame
         else:
             status = "done"
         model = resolved.get("model", {})
-        row = dict(trial=trial_dir.name, study=spec.name, variant=spec.variant({**config, **model}),
+        row = dict(trial=trial_dir.name, study=spec.name, variant=spec.variant({**config, **model}) if config else None,
                    seed=int(config.get("seed", 0)), status=status, error=error)
         row.update({k: _plain(v) for k, v in {**config, **model}.items() if k not in row})
         row.update(params_total=params.get("total"), params_non_embedding=params.get("non_embedding"),
@@ -154,10 +160,22 @@ def collect(study_dir: Path, spec, outcomes: dict | None = None) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in path, or None with a warning when a crash left it torn."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        print(f"warning: {path} is torn (unreadable JSON: {e}), skipped", file=sys.stderr)
+        return None
+
+
 def _read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    metrics, bad = read_jsonl(path)
+    if bad:
+        print(f"warning: {path}: skipped {bad} torn or unreadable line(s)", file=sys.stderr)
+    return metrics
 
 
 def _finite(x) -> bool:
@@ -170,12 +188,9 @@ def _plain(v):
 
 
 def write_trials(df: pd.DataFrame, study_dir: Path):
-    """trials.parquet and trials.csv, each written whole to a temp file then renamed (never half-written)."""
-    for name, writer in (("trials.parquet", lambda p: df.to_parquet(p, index=False)),
-                         ("trials.csv", lambda p: df.to_csv(p, index=False))):
-        tmp = study_dir / f".{name}.tmp"
-        writer(tmp)
-        os.replace(tmp, study_dir / name)
+    """trials.parquet and trials.csv, each written whole (never half-written)."""
+    write_atomic(study_dir / "trials.parquet", writer=lambda p: df.to_parquet(p, index=False))
+    write_atomic(study_dir / "trials.csv", writer=lambda p: df.to_csv(p, index=False))
 
 
 def write_family_outputs(df: pd.DataFrame, family: str, study_dir: Path):
@@ -194,6 +209,4 @@ def write_family_outputs(df: pd.DataFrame, family: str, study_dir: Path):
             benchmark_parallel=dict(tokens_per_s=get("gen_tokens_per_s_parallel"), mean_time_s=get("gen_mean_time_parallel")),
             benchmark_sequential=dict(tokens_per_s=get("gen_tokens_per_s_sequential"), mean_time_s=get("gen_mean_time_sequential")),
             speedup=get("gen_speedup"))
-    tmp = study_dir / ".all_results.json.tmp"
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, study_dir / "all_results.json")
+    write_atomic(study_dir / "all_results.json", json.dumps(out, indent=2))

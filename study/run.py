@@ -33,14 +33,17 @@ def build_parser(spec: StudySpec | None = None) -> argparse.ArgumentParser:
         description = (f"{spec.name}: {spec.hypothesis}\n\nseed note: {spec.seed_note}\nsearcher: {spec.searcher}, "
                        f"scheduler: {spec.scheduler}, metric: {spec.metric} ({spec.mode})\naxes: "
                        + ", ".join(f"{k}={v if isinstance(v, list) else type(v).__name__}" for k, v in axes.items()))
+    # allow_abbrev=False: an option is recorded and redacted (--storage) by its full name only
     ap = argparse.ArgumentParser(prog="python -m study.run", description=description, epilog=epilog,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("study", nargs="?", help="study name (see --list)")
     ap.add_argument("--list", action="store_true", help="list the studies and exit")
     ap.add_argument("--profile", default=DEFAULT_PROFILE, help=f"budget: {', '.join(PROFILES)} (default {DEFAULT_PROFILE})")
     ap.add_argument("--dry-run", action="store_true", help="print each trial's config, parameters, tokens and FLOPs; no Ray")
     ap.add_argument("--seeds", type=int, default=1, help="run each config N times with seeds 0..N-1 (grid studies)")
     ap.add_argument("--num-samples", type=int, default=None, help="trials an Optuna search runs (default: per profile)")
+    ap.add_argument("--max-trials", type=int, default=MAX_TRIALS,
+                    help=f"refuse a plan of more trials than this, before building it (default {MAX_TRIALS:,})")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key (a,b,c makes it an axis); repeatable")
     ap.add_argument("--output", default="results",
@@ -57,6 +60,8 @@ def build_parser(spec: StudySpec | None = None) -> argparse.ArgumentParser:
                     help="tracking: offline runs in the study dir (default), online needs WANDB_API_KEY")
     ap.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the study dir)")
     ap.add_argument("--no-report", action="store_true", help="skip building the report at the end")
+    ap.add_argument("--verbose", action="store_true",
+                    help="show Ray's own output too (it always goes to the study's driver.log)")
     return ap
 
 
@@ -98,8 +103,11 @@ def _check_type(key: str, value):
     from trainables.model import GPTConfig
     from trainables.train import TrainConfig
     declared = {f.name: f.type for f in fields(GPTConfig) + fields(TrainConfig)}.get(key)
-    if declared is None:
-        return  # a study's own key: its resolve() checks it
+    if declared is None:  # a study's own key: its resolve() checks its range, here only that a number is finite
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UsageError(f"--set {key}={v!r}: must be a finite number")
+        return
     declared = set(declared.__args__) if isinstance(declared, types.UnionType) else {declared}
     words = {int: "an integer", float: "a number", bool: "true or false", str: "text", type(None): "none"}
     allowed = declared | ({int} if float in declared else set())
@@ -110,39 +118,105 @@ def _check_type(key: str, value):
 
 # ----------------------------------------------------------------------------- planning (no Ray)
 
-def plan_trials(spec: StudySpec, profile, overrides: dict, seeds: int, workers: int) -> list[dict]:
-    """Grid studies: every trial's resolved config, validated (GPTConfig/TrainConfig/solver) and named."""
-    from search_spaces.common import tokenizer_vocab_size
-    from trainables.train import resolve_configs
+MAX_TRIALS = 10_000  # planning checks every trial (~1 ms each): a slip like --seeds 100000 stops here, not after minutes
 
+# Where the keys every study may derive come from, and what to set instead: the words of the refusal of a --set that
+# the plan does not keep. A study's own derivations are in its StudySpec.derived; any other key comes from its own keys.
+DERIVED_FROM = {
+    **dict.fromkeys(("n_layer", "n_embd", "n_head"), (
+        "budget, head_dim and aspect_ratio (the solver)", "set those instead, or budget=none and n_layer, n_embd, n_head by hand")),
+    "n_kv_head": ("n_head: with a budget, n_kv_head is read as the ratio n_head / n_kv_head", "give a ratio, or budget=none"),
+    "vocab_size": ("the tokenizer (bpe:N has N tokens)", "set tokenizer=bpe:N instead"),
+    "seed": ("--seeds (seeds 0..N-1)", "give --set seed with --seeds 1, or --seeds alone"),
+}
+SOLVER_INPUTS = ("head_dim", "aspect_ratio")  # they size a model from a budget, and do nothing without one
+
+
+def plan_trials(spec: StudySpec, profile, overrides: dict, seeds: int, workers: int, *,
+                max_trials: int = MAX_TRIALS, address: str | None = None) -> list[dict]:
+    """Grid studies: every trial's resolved config, validated (GPTConfig/TrainConfig/solver, each --set kept, the
+    device) and named. The trials are counted before the grid is expanded."""
+    from search_spaces.common import tokenizer_vocab_size
+    from study.catalog import grid_axes
+    from trainables.train import TrainConfig, resolve_configs
+
+    if max_trials < 1:
+        raise UsageError(f"--max-trials {max_trials}: must be >= 1")
+    count = math.prod(len(values) for values in grid_axes(spec, profile, overrides, seeds)[1].values())
+    if count > max_trials:
+        raise UsageError(f"{spec.name} would plan {count:,} trials (its axes x --seeds {seeds}): more than --max-trials "
+                         f"{max_trials:,}; use fewer seeds or axis values, or raise the cap with --max-trials {count}")
     trials, names = [], set()
     for searched in grid_configs(spec, profile, overrides, seeds):
+        _checked(lambda: TrainConfig.from_dict(searched))  # ranges first: the study derives dims from budget, head_dim
         config = _checked(lambda: spec.resolve(searched))
         gpt, tc = _checked(lambda: resolve_configs(config, tokenizer_vocab_size(config["tokenizer"])))
         name = spec.trial_name(config)
         if name in names:
             raise UsageError(f"two trials would both be named {name!r}: vary an axis or use --seeds")
         names.add(name)
+        _check_trial(spec, overrides, searched, config, gpt, tc, workers, name)
         trials.append(dict(name=name, searched=searched, config=config, gpt=gpt, train=tc,
                            tokens=_planned_tokens(tc, gpt, workers)))
+    for device in sorted({t["train"].device for t in trials}):
+        check_device(device, address)
     return trials
 
 
-def validate_search(spec: StudySpec, profile, overrides: dict, n: int = 16):
-    """Optuna studies: draw configs from the space and check they all build (fixed RNG: reproducible)."""
+def validate_search(spec: StudySpec, profile, overrides: dict, n: int = 16, *, workers: int = 1,
+                    num_samples: int | None = None, max_trials: int = MAX_TRIALS, address: str | None = None) -> list[dict]:
+    """Optuna studies: draw configs from the space and check they all build, keep each --set and name a device
+    that exists (fixed RNG: reproducible). Returns the draws, as plan_trials returns trials."""
     import random
     from search_spaces.common import tokenizer_vocab_size
-    from trainables.train import resolve_configs
+    from trainables.train import TrainConfig, resolve_configs
     from ray import tune  # noqa: F401  (the space is made of Tune domains; importing tune starts nothing)
 
+    if max_trials < 1:
+        raise UsageError(f"--max-trials {max_trials}: must be >= 1")
+    if num_samples is not None and num_samples > max_trials:
+        raise UsageError(f"--num-samples {num_samples:,}: more than --max-trials {max_trials:,}; ask for fewer, or raise "
+                         f"the cap with --max-trials {num_samples}")
     space = spec.axes(profile)
     base = {**spec.base(profile), **overrides}
     rng = random.Random(0)
+    draws = []
     for _ in range(n):
         drawn = {k: (v.sample(random_state=rng.randint(0, 2**31)) if hasattr(v, "sample") else v)
                  for k, v in space.items() if k not in overrides}
-        config = _checked(lambda: spec.resolve({**base, **drawn}))
-        _checked(lambda: resolve_configs(config, tokenizer_vocab_size(config["tokenizer"])))
+        searched = {**base, **drawn}
+        _checked(lambda: TrainConfig.from_dict(searched))  # ranges first: the study derives dims from budget, head_dim
+        config = _checked(lambda: spec.resolve(searched))
+        gpt, tc = _checked(lambda: resolve_configs(config, tokenizer_vocab_size(config["tokenizer"])))
+        _check_trial(spec, overrides, searched, config, gpt, tc, workers, None)
+        draws.append(dict(searched=searched, config=config, gpt=gpt, train=tc))
+    for device in sorted({d["train"].device for d in draws}):
+        check_device(device, address)
+    return draws
+
+
+def _check_trial(spec: StudySpec, overrides: dict, searched: dict, config: dict, gpt, tc, workers: int, name: str | None):
+    """What only a whole trial shows: each --set holds in the model and training it builds (a key the study derives
+    would be silently replaced), and its batch splits into micro-steps."""
+    built = {**vars(tc), **vars(gpt)}
+    where = f"trial {name}" if name else "a drawn trial"
+    for key, value in overrides.items():
+        value = searched[key] if isinstance(value, list) else value  # an axis: this trial's value of it
+        if key in SOLVER_INPUTS and searched.get("budget") is None:
+            raise UsageError(f"--set {key}={value}: {key} sizes a model from a budget, and {spec.name}'s trials have "
+                             f"none (budget=none); set n_layer, n_embd and n_head instead, or a budget")
+        # None asks for a field's default (n_kv_head=None: n_head); a key gone from the config was consumed by the
+        # study to derive others (budget, vocab_depth's vocab_size)
+        if key not in built or key not in config or value is None or built[key] == value:
+            continue
+        own = f"its own keys ({', '.join(spec.study_keys)})" if spec.study_keys else "its axes"
+        source, instead = spec.derived.get(key) or DERIVED_FROM.get(key) or (own, "set those instead")
+        raise UsageError(f"--set {key}={value}: {spec.name} derives {key} from {source}, so {where} gets "
+                         f"{built[key]!r}; {instead}")
+    per_micro = tc.batch_size * gpt.seq_len * workers
+    if tc.total_batch_tokens and tc.total_batch_tokens % per_micro:
+        raise UsageError(f"TrainConfig.total_batch_tokens={tc.total_batch_tokens}: must be a multiple of batch_size x "
+                         f"seq_len x workers = {tc.batch_size} x {gpt.seq_len} x {workers} = {per_micro}")
 
 
 def _checked(fn):
@@ -237,26 +311,67 @@ def check_storage_reachable(url: str | None):
 
 
 OUTPUT_URI_HELP = "a folder, or a storage URI such as s3://BUCKET/PATH, gs://BUCKET/PATH, abfs://CONTAINER/PATH"
+OUTPUT_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")  # pyarrow.fs.FileSystem.from_uri's
+# The query options of pyarrow's S3, GCS, Azure and HDFS from_uri that never hold a secret; anything else
+# (client_secret, a SAS token's sig, ...) may, and would be copied wherever --output is recorded.
+OUTPUT_URI_OPTIONS = {"region", "scheme", "endpoint_override", "allow_bucket_creation", "allow_bucket_deletion",
+                      "allow_delayed_open", "tls_ca_file_path", "tls_ca_dir_path", "tls_verify_certificates",
+                      "smart_defaults", "location", "retry_limit_seconds", "blob_storage_authority",
+                      "dfs_storage_authority", "blob_storage_scheme", "dfs_storage_scheme", "enable_tls",
+                      "background_writes", "credential_kind", "replication", "buffer_size", "default_block_size"}
 
 
 def check_output(output: str) -> str:
-    """--output: a folder, or a URI pyarrow can open (no network yet: a --dry-run checks it offline).
-    file:// URIs become plain paths. Returns the output to use."""
-    from trainables.storage import is_uri, open_location
+    """--output: a folder, returned absolute (every later step sees the same place), or a storage URI,
+    returned unchanged and checked by its form alone: a --dry-run makes no network call (pyarrow's s3
+    from_uri asks AWS for the bucket's region). file:// URIs become plain paths."""
+    from urllib.parse import parse_qsl, urlsplit
+    from trainables.storage import is_uri
     if output.startswith("file://"):
-        return output[len("file://"):]
+        output = output[len("file://"):]
     if not is_uri(output):
-        return output
-    from urllib.parse import parse_qs, urlsplit
-    parts = urlsplit(output)
-    if parts.password or {"secret_key", "session_token", "access_key"} & set(parse_qs(parts.query)):
-        raise UsageError(f"--output {parts.scheme}://{parts.hostname or ''}...: credentials in the URI would be "
-                         f"written into study.json and the logs; put them in the environment (AWS_ACCESS_KEY_ID, ...)")
+        return check_folder(output, "--output")
     try:
-        open_location(output)
-    except (ValueError, OSError) as e:
-        raise UsageError(f"--output {output}: {str(e).splitlines()[0]}; give {OUTPUT_URI_HELP}") from None
+        parts = urlsplit(output)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        host = parts.hostname or ""
+    except ValueError as e:
+        raise UsageError(f"--output: not a storage URI ({e}); give {OUTPUT_URI_HELP}") from None
+    shown = f"{parts.scheme}://{host}..."  # never the user-info or the query: either may hold a secret
+    userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else None
+    # abfs names the container as user-info (container@account.dfs.core.windows.net); elsewhere it is a key
+    if userinfo is not None and (":" in userinfo or parts.scheme not in ("abfs", "abfss")):
+        raise UsageError(f"--output {shown}: credentials in the URI would be written into study.json, the job list "
+                         f"and the logs; put them in the environment (AWS_ACCESS_KEY_ID, ...)")
+    unsafe = sorted({key for key, _ in query} - OUTPUT_URI_OPTIONS)
+    if unsafe:
+        raise UsageError(f"--output {shown}: the URI option(s) {', '.join(unsafe)} may hold credentials, which would be "
+                         f"written into study.json and the logs; put them in the environment (AWS_*, AZURE_*, ...); "
+                         f"allowed options: region, endpoint_override, scheme and pyarrow's other non-secret ones")
+    if parts.scheme not in OUTPUT_SCHEMES:
+        raise UsageError(f"--output {shown}: unknown storage scheme {parts.scheme!r} (known: "
+                         f"{', '.join(OUTPUT_SCHEMES)}); give {OUTPUT_URI_HELP}")
+    if (not host and parts.scheme not in ("hdfs", "viewfs")) or not (host + parts.path).strip("/"):
+        raise UsageError(f"--output {output}: no bucket or path after the scheme; give {OUTPUT_URI_HELP}")
     return output
+
+
+def check_folder(path: str, option: str) -> str:
+    """A local folder to write into, made absolute: it, or its nearest existing parent, must be a folder this
+    user can write. Nothing is created here, so a refused path leaves no trace."""
+    folder = os.path.abspath(os.path.expanduser(path))
+    real = os.path.realpath(folder)
+    if any(real == top or real.startswith(top + "/") for top in ("/proc", "/sys")):
+        # kernel filesystems: root passes os.access there, yet they hold no files of ours
+        raise UsageError(f"{option} {path}: {real} is in a kernel filesystem (/proc, /sys); give a folder for the results")
+    existing = folder
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{option} {path}: {existing} exists and is not a folder; give a folder (new or existing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot write in {existing} (permission denied); give a folder you can write")
+    return folder
 
 
 def check_output_reachable(output: str):
@@ -265,7 +380,10 @@ def check_output_reachable(output: str):
     if not is_uri(output):
         return
     import pyarrow.fs as pafs
-    fs, path = open_location(output)
+    try:
+        fs, path = open_location(output)  # only here: for s3 without ?region= this asks AWS for the bucket's region
+    except (ValueError, OSError) as e:
+        raise UsageError(f"--output {output}: {str(e).splitlines()[0][:300]}; give {OUTPUT_URI_HELP}") from None
     bucket = path.split("/")[0]
     try:
         info = fs.get_file_info(bucket)
@@ -280,7 +398,7 @@ def check_output_reachable(output: str):
 def check_address(address: str | None):
     """Fails fast (exit 2) on an address nothing listens on, before any Ray call could hang on it."""
     if address in (None, "auto", "local"):
-        if address == "auto" and not os.environ.get("RAY_ADDRESS") and not _local_cluster_running():  # Ray Jobs set RAY_ADDRESS
+        if address == "auto" and not os.environ.get("RAY_ADDRESS") and not local_cluster_running():  # Ray Jobs set RAY_ADDRESS
             raise UsageError("--address auto: no Ray cluster is running on this machine; start one with "
                              "`ray start --head` or omit --address to start a local one")
         return
@@ -310,7 +428,24 @@ def check_local_resources(profile, workers: int, gpus: int, cpus_per_worker: flo
                          f"--address a larger cluster")
 
 
-def _local_cluster_running() -> bool:
+def check_device(device: str, address: str | None):
+    """A trial's device must exist where it runs. A local run's trials run on this machine; with --address they run
+    on the cluster's nodes, which the driver cannot see, so there only the device's form is checked (TrainConfig)."""
+    if address not in (None, "local") or device in ("auto", "cpu"):
+        return
+    import torch
+    n = torch.cuda.device_count()
+    mps = torch.backends.mps.is_available()
+    index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
+    if (index is not None and index < n) or (device == "mps" and mps):
+        return
+    have = ["auto", "cpu"] + ([f"cuda, cuda:0{f'..cuda:{n - 1}' if n > 1 else ''}"] if n else []) + (["mps"] if mps else [])
+    raise UsageError(f"device={device}: not on this machine ({n} CUDA device(s){', mps' if mps else ', no mps'}); use "
+                     f"{', '.join(have)}, or --address a cluster whose nodes have it")
+
+
+def local_cluster_running() -> bool:
+    """Whether a cluster that `ray start` left on this machine (ray_current_cluster names it) answers."""
     import tempfile
     marker = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
     if not marker.exists():
@@ -321,6 +456,13 @@ def _local_cluster_running() -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+def check_corpora(configs: list[dict]):
+    """Each corpus a trial names can be read and split, checked for a --dry-run too (no tokenizing)."""
+    from trainables.data import check_corpus
+    for source in sorted({c.get("corpus", "wiki") for c in configs}):
+        _checked(lambda: check_corpus(source))
 
 
 def prepare_data(configs: list[dict]):
@@ -341,24 +483,38 @@ def prepare_data(configs: list[dict]):
 
 # What a study's trials are made of: resuming with other values would silently train the old plan (Tune restores
 # its pickled trials) or mix two plans in one Optuna study. --num-samples may differ (it extends a search).
-RESUME_FIXED = ("profile", "seeds")
+# The resources too: other workers per trial rerun trials from step 0 (a direct trial's checkpoint is Tune's,
+# a DDP trial's is Train's) or fail on a world-size mismatch.
+RESUME_FIXED = ("profile", "seeds", "workers_per_trial", "ray_train", "cpus_per_worker")
 
 
 def check_resume_matches(study, args, overrides: dict):
-    """--resume must name the same profile, --set values and --seeds as the run it continues (study.json)."""
+    """--resume must name the same profile, --set values, --seeds and resources as the run it continues
+    (study.json)."""
     try:
         started = json.loads((study.local / "study.json").read_text())["args"]
     except (OSError, ValueError, KeyError):
         return  # a run from before study.json kept its args: nothing to compare against
-    then = {k: started.get(k) for k in RESUME_FIXED}
-    then["set"] = parse_overrides(started.get("set") or [], get_study(started.get("study") or args.study),
-                                  get_profile(then["profile"]))
-    now = {**{k: getattr(args, k) for k in RESUME_FIXED}, "set": overrides}
+    profile = get_profile(started.get("profile"))
+
+    def effective(d: dict) -> dict:  # an option left out means its default
+        return dict(profile=d.get("profile"), seeds=d.get("seeds", 1),
+                    workers_per_trial=d.get("workers_per_trial") or profile.workers_per_trial,
+                    ray_train=bool(d.get("ray_train")), cpus_per_worker=float(d.get("cpus_per_worker") or 1.0))
+    then = effective(started)
+    then["set"] = parse_overrides(started.get("set") or [], get_study(started.get("study") or args.study), profile)
+    now = {**effective(vars(args)), "set": overrides}
     diff = [k for k in then if then[k] != now[k]]
     if diff:
+        def option(k, d):
+            if k == "set":
+                return " ".join(f"--set {k}={v}" for k, v in sorted(d["set"].items())) or "no --set"
+            if k == "ray_train":
+                return "--ray-train" if d[k] else "no --ray-train"
+            return f"--{k.replace('_', '-')} {d[k]:g}" if isinstance(d[k], float) else f"--{k.replace('_', '-')} {d[k]}"
+
         def show(d):
-            sets = " ".join(f"--set {k}={v}" for k, v in sorted(d["set"].items())) or "no --set"
-            return " ".join(sets if k == "set" else f"--{k} {d[k]}" for k in diff)
+            return " ".join(option(k, d) for k in diff)
         raise UsageError(f"--resume: {study.shown} was started with {show(then)}, not {show(now)}; resume with the "
                          f"options it was started with, or start a new study with another --output")
 
@@ -377,6 +533,9 @@ def main(argv=None):
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the Tuner runs (it handles Ctrl-C itself): nothing to continue yet
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def run(args) -> int:
@@ -407,13 +566,18 @@ def run(args) -> int:
     args.output = check_output(args.output)
 
     if spec.searcher == "grid":
-        trials = plan_trials(spec, profile, overrides, args.seeds, workers)
+        trials = plan_trials(spec, profile, overrides, args.seeds, workers, max_trials=args.max_trials, address=args.address)
+        data_configs = [t["config"] for t in trials]
+        check_corpora(data_configs)
         if args.dry_run:
             print_dry_run(spec, trials)
             return 0
-        data_configs = [t["config"] for t in trials]
     else:
-        validate_search(spec, profile, overrides)
+        draws = validate_search(spec, profile, overrides, workers=workers,
+                                num_samples=args.num_samples or spec.num_samples[profile.name],
+                                max_trials=args.max_trials, address=args.address)
+        data_configs = [d["config"] for d in draws]  # the space varies no corpus or tokenizer: the draws name them all
+        check_corpora(data_configs)
         if args.dry_run:
             n = args.num_samples or spec.num_samples[profile.name]
             print(f"{spec.name}: {n} trials drawn by Optuna ({'NSGA-II, val_bpb vs params' if overrides.get('objective') == 'multi' else 'TPE'}) "
@@ -421,17 +585,28 @@ def run(args) -> int:
             for k, v in spec.axes(profile).items():
                 print(f"  {k}: {_describe_domain(v)}")
             return 0
-        data_configs = [spec.resolve({**spec.base(profile), **overrides, **{k: v.sample() for k, v in spec.axes(profile).items() if k not in overrides}})]
 
     check_address(args.address)
     check_storage_reachable(args.storage)
     if args.address in (None, "local"):
         check_local_resources(profile, workers, gpus, args.cpus_per_worker)
     check_output_reachable(args.output)
+    from study.lock import StudyLock, StudyLocked
     from study.results import StudyStorage
-    study = StudyStorage.open(args.output, spec.name)  # with a URI: a staged copy of what is there
+    from trainables.storage import is_uri, join
+    location = join(args.output, spec.name)
+    made = [] if is_uri(location) else _make_folder(location)  # the lock file lives in the study's folder
+    lock = StudyLock(location)
     try:
-        existing = study.local.exists() and any(study.local.glob("tune*/tuner.pkl"))
+        lock.acquire()
+    except StudyLocked as e:
+        _remove_empty(made)
+        raise UsageError(f"{location} is being run by another driver ({e}); wait for it to end, or stop it "
+                         f"(a driver that died leaves a lock that --resume takes over)") from None
+    study = None
+    try:
+        study = StudyStorage.open(args.output, spec.name)  # with a URI: a staged copy of what is there
+        existing = any(study.local.glob("tune*/tuner.pkl"))
         if existing and not args.resume:
             raise UsageError(f"{study.shown} already holds a run of {spec.name}: add --resume to continue it, or "
                              f"choose another --output")
@@ -440,12 +615,36 @@ def run(args) -> int:
         if existing:
             check_resume_matches(study, args, overrides)
         prepare_data(data_configs)
-    except UsageError:
-        study.discard()
+        from study.service import execute  # Ray and friends load only now, after every check passed
+    except BaseException:
+        if study:
+            study.discard()
+        lock.release()
+        _remove_empty(made)
         raise
+    try:
+        return execute(spec, profile, args, overrides, study, workers, gpus, resuming=existing)
+    finally:
+        lock.release()
 
-    from study.service import execute  # Ray and friends load only now, after every check passed
-    return execute(spec, profile, args, overrides, study, workers, gpus, resuming=existing)
+
+def _make_folder(path: str) -> list[str]:
+    """Creates path and its missing parents; returns those it created, deepest first."""
+    made, p = [], os.path.abspath(path)
+    while not os.path.exists(p):
+        made.append(p)
+        p = os.path.dirname(p)
+    os.makedirs(path, exist_ok=True)
+    return made
+
+
+def _remove_empty(folders: list[str]):
+    """Undoes _make_folder where nothing was written: a refused run leaves no trace."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.search import ConcurrencyLimiter
 
 from study.results import StudyStorage, collect, experiment_dirs, write_family_outputs, write_trials
-from trainables.storage import Mirror, join
+from trainables.storage import join, write_atomic
 from trainables.tune import TrialResources, environment, make_trainable, tune_run_settings
 
 
@@ -29,16 +30,22 @@ def start_ray(address: str | None, resources: TrialResources) -> tuple[int, Tria
         cluster = ray.cluster_resources()
         concurrent = resources.max_concurrent(cluster)
         if cluster.get("train_driver", 0) < 1:
-            print("note: the cluster declares no train_driver resource; capping trials with max_concurrent_trials "
-                  f"= {concurrent} (see trainables/tune.py)", flush=True)
+            say("note: the cluster declares no train_driver resource; capping trials with max_concurrent_trials "
+                f"= {concurrent} (see trainables/tune.py)")
             resources = replace(resources, driver_resource=False)
         return concurrent, resources
+    from study.run import local_cluster_running
+    if local_cluster_running():
+        say("note: a Ray cluster started with `ray start` is running on this machine; this study runs on a Ray of "
+            "its own (--address auto joins that one)")
     cpus = os.cpu_count() or 1
     concurrent = resources.max_concurrent({"CPU": cpus, "GPU": _local_gpus()})
+    # address="local": always a Ray of our own, never the cluster a `ray start` (or a crashed run) left behind.
     # The dashboard binds to 127.0.0.1 only; it is also what frees the placement groups of trials that
     # ASHA stops early (ray#54305).
-    ray.init(num_cpus=cpus, num_gpus=_local_gpus(), resources={"train_driver": concurrent}, include_dashboard=True,
-             dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True, logging_level="ERROR",
+    ray.init(address="local", num_cpus=cpus, num_gpus=_local_gpus(), resources={"train_driver": concurrent},
+             include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True,
+             logging_level="ERROR",
              runtime_env={"env_vars": {k: os.environ[k] for k in ("NANOSTUDIES_CACHE",) if k in os.environ}})
     return concurrent, resources
 
@@ -72,9 +79,9 @@ class Progress(tune.Callback):
             remaining = self.total - done
             eta = f" | ETA {_fmt(sum(self.durations) / len(self.durations) * remaining / max(1, self.concurrent))}"
         best = f" | best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best[1] else ""
-        print(f"[{datetime.now():%H:%M:%S}] {event:42.42} | {done}/{self.total} done ({counts['ERROR']} failed), "
-              f"{counts['RUNNING']} running, {max(0, self.total - done - counts['RUNNING'])} pending{best} | "
-              f"elapsed {_fmt(elapsed)}{eta}", flush=True)
+        say(f"[{datetime.now():%H:%M:%S}] {event:42.42} | {done}/{self.total} done ({counts['ERROR']} failed), "
+            f"{counts['RUNNING']} running, {max(0, self.total - done - counts['RUNNING'])} pending{best} | "
+            f"elapsed {_fmt(elapsed)}{eta}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.time()
@@ -98,19 +105,29 @@ class Progress(tune.Callback):
 
 class PushStudyFiles(tune.Callback):
     """With a cloud URI: the driver's own files (study.json, optuna.db, wandb runs) go up whenever a trial starts
-    or ends, so a driver that dies loses at most the trials then running (Tune restores those from its state)."""
-
-    def __init__(self, files: Mirror):
-        self.files = files
+    or ends, so a driver that dies loses at most the trials then running (Tune restores those from its state).
+    It pushes the study this driver runs (`_ACTIVE`), never a staging folder named in a restored Tuner's pickle."""
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.files.push()
+        _ACTIVE.files.push()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.files.push()
+        _ACTIVE.files.push()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.files.push()
+        _ACTIVE.files.push()
+
+
+class StudyWandb(WandbLoggerCallback):
+    """Ray's wandb callback, writing its runs into the study this driver runs (a restored Tuner's pickled
+    callback would name the staging folder of the run that started it)."""
+
+    def setup(self, *args, **kwargs):
+        (_ACTIVE.local / "wandb").mkdir(parents=True, exist_ok=True)
+        self.kwargs["dir"] = str(_ACTIVE.local)
+        os.environ["WANDB_MODE"] = self.kwargs["mode"]  # offline needs no API key; a restored Tuner sets it here
+        os.environ.setdefault("WANDB_SILENT", "true")
+        super().setup(*args, **kwargs)
 
 
 def _fmt(seconds: float) -> str:
@@ -176,9 +193,9 @@ def build_tuner(spec, profile, args, overrides, study: StudyStorage, resources, 
                                   reduction_factor=3, **asha_metric)
     callbacks = [Progress(n_trials, metric, concurrent, name_of)]
     if study.uri:
-        callbacks.append(PushStudyFiles(study.files))
+        callbacks.append(PushStudyFiles())
     if args.wandb != "disabled":
-        callbacks.append(wandb_callback(spec, args.wandb, study_dir))
+        callbacks.append(wandb_callback(spec, args.wandb))
     tuner = tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(metric=tune_metric, mode=tune_mode, search_alg=searcher, scheduler=scheduler,
@@ -197,16 +214,12 @@ def _optuna_trials(optuna, storage, name: str) -> list:
         return []
 
 
-def wandb_callback(spec, mode: str, study_dir: Path):
+def wandb_callback(spec, mode: str) -> StudyWandb:
     """Ray's wandb integration: offline by default (runs land in the study dir; `wandb sync` later)."""
-    from ray.air.integrations.wandb import WandbLoggerCallback
     if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        print("note: --wandb online without WANDB_API_KEY: wandb will use its stored login", flush=True)
-    os.environ["WANDB_MODE"] = mode
-    os.environ.setdefault("WANDB_SILENT", "true")
-    (study_dir / "wandb").mkdir(parents=True, exist_ok=True)
-    return WandbLoggerCallback(project=f"nanostudies-{spec.name}", group=f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}",
-                               mode=mode, dir=str(study_dir.resolve()), excludes=["config"], log_config=False)
+        say("note: --wandb online without WANDB_API_KEY: wandb will use its stored login")
+    return StudyWandb(project=f"nanostudies-{spec.name}", group=f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}",
+                      mode=mode, excludes=["config"], log_config=False)
 
 
 def write_study_json(spec, profile, args, study_dir: Path, started: str, ended: str | None, interrupted: bool):
@@ -220,12 +233,13 @@ def write_study_json(spec, profile, args, study_dir: Path, started: str, ended: 
         meta["args"]["storage"] = _redact_url(args.storage)
     path = study_dir / "study.json"
     if path.exists():  # rewritten at the end, or resumed: keep the first start and the code it started with
-        first = json.loads(path.read_text())
+        try:
+            first = json.loads(path.read_text())
+        except ValueError:  # torn by a crash before writes were atomic: this run's values stand
+            first = {}
         meta["started"] = first.get("started", started)
         meta["git_commit"] = first.get("git_commit", meta["git_commit"])
-    tmp = study_dir / ".study.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(meta, indent=2, default=str))
 
 
 def _redact_url(url: str) -> str:
@@ -233,9 +247,106 @@ def _redact_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+LOG_FILE = "driver.log"
+_ACTIVE: StudyStorage | None = None  # the study this driver runs: callbacks of a restored Tuner look it up here
+_CONSOLE: "Console | None" = None
+
+
+def say(line: str, err: bool = False):
+    """One of the project's own lines (data, plan, progress, result): to the terminal and the study's log."""
+    if _CONSOLE is not None:
+        _CONSOLE.say(line, err)
+    else:
+        print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+class Console:
+    """While a study runs, the terminal shows the project's own lines; everything else the process writes (Ray's
+    banners and tables, its C++ log lines) goes to the study's driver.log, and to the terminal too with --verbose.
+    Redirecting file descriptors 1 and 2 is what catches output written below Python."""
+
+    def __init__(self, log_path: Path, verbose: bool):
+        self.log_path, self.verbose = log_path, verbose
+
+    def __enter__(self):
+        global _CONSOLE
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.log = open(self.log_path, "a", buffering=1)
+        self.log.write(f"\n==== {datetime.now(timezone.utc).isoformat(timespec='seconds')} python -m study.run "
+                       f"{shlex.join(redacted_argv(sys.argv[1:]))}\n")
+        self.saved = None
+        if not self.verbose:
+            self.saved = (os.dup(1), os.dup(2))
+            os.dup2(self.log.fileno(), 1)
+            os.dup2(self.log.fileno(), 2)
+        _CONSOLE = self
+        return self
+
+    def say(self, line: str, err: bool = False):
+        if self.saved:
+            os.write(self.saved[1 if err else 0], (line + "\n").encode())
+            self.log.write(line + "\n")
+        else:
+            print(line, file=sys.stderr if err else sys.stdout, flush=True)
+            self.log.write(line + "\n")
+
+    def __exit__(self, *exc):
+        global _CONSOLE
+        _CONSOLE = None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.saved:
+            for fd, saved in zip((1, 2), self.saved):
+                os.dup2(saved, fd)
+                os.close(saved)
+        self.log.close()
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command line as it may be printed or recorded: a database password in --storage shows as ***."""
+    out, after_storage = [], False
+    for a in argv:
+        if after_storage:
+            a = _redact_url(a)
+        elif a.startswith("--storage="):
+            a = "--storage=" + _redact_url(a.split("=", 1)[1])
+        out.append(a)
+        after_storage = a == "--storage"
+    return out
+
+
 def execute(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus: int, resuming: bool) -> int:
+    """Runs the study and returns the exit status: 0 done, 1 every trial failed (or the results could not be
+    written), 130 interrupted (resume it). Whatever happens after the Tuner starts, the study's files are
+    written and pushed as far as they can be, and a failure is one line (its traceback goes to driver.log)."""
+    global _ACTIVE
+    _ACTIVE = study
+    study.local.mkdir(parents=True, exist_ok=True)
+    with Console(study.local / LOG_FILE, getattr(args, "verbose", False)) as console:
+        status = 1
+        try:
+            status = _run(spec, profile, args, overrides, study, workers, gpus, resuming)
+        except Exception as e:
+            import traceback
+            traceback.print_exc(file=console.log)
+            again = "; continue with --resume" if any(study.local.glob("tune*/tuner.pkl")) else ""
+            say(f"error: the study stopped: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+                f"(details in {join(study.shown, LOG_FILE)}{again})", err=True)
+        finally:
+            ray.shutdown()
+            try:
+                study.files.push()
+            except OSError as e:
+                say(f"error: could not push the study's files to {study.uri}: {str(e).splitlines()[0]}; they are "
+                    f"kept in {study.local}", err=True)
+                return 1
+        study.discard()
+        return status
+
+
+def _run(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus: int, resuming: bool) -> int:
     study_dir = study.local
-    study_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc).isoformat()
     resources = TrialResources(num_workers=workers, cpus_per_worker=args.cpus_per_worker, use_gpu=gpus > 0,
                                always_train=args.ray_train)
@@ -244,15 +355,15 @@ def execute(spec, profile, args, overrides, study: StudyStorage, workers: int, g
     study.files.push()
     exps = experiment_dirs(study_dir)
     num_samples = args.num_samples or spec.num_samples[profile.name]
-    print(f"{spec.name} ({profile.name} profile): up to {concurrent} trials at once, {workers} worker(s) each; "
-          f"results in {study.shown}", flush=True)
+    say(f"{spec.name} ({profile.name} profile): up to {concurrent} trials at once, {workers} worker(s) each; "
+        f"results in {study.shown}")
     if resuming and spec.searcher == "optuna" and _finished(exps[-1]):
         exp_name = f"tune_{len(exps) + 1}"  # Tune cannot extend a finished experiment (ray#42221): a new one, same Optuna study
-        print(f"extending the finished search with {num_samples} trials ({exp_name})", flush=True)
+        say(f"extending the finished search with {num_samples} trials ({exp_name})")
         tuner, _, _ = build_tuner(spec, profile, args, overrides, study, resources, concurrent, exp_name, num_samples)
     elif resuming:
         exp = join(study.root, exps[-1].name)
-        print(f"resuming {exp}: finished trials are kept, unfinished ones continue from their checkpoints", flush=True)
+        say(f"resuming {exp}: finished trials are kept, unfinished ones continue from their checkpoints")
         # The pickled Tuner brings back its callbacks, searcher state and trial names.
         tuner = tune.Tuner.restore(exp, trainable=make_trainable(study.root, resources, resolve=spec.resolve),
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)
@@ -265,21 +376,23 @@ def execute(spec, profile, args, overrides, study: StudyStorage, workers: int, g
     write_trials(df, study_dir)
     write_family_outputs(df, spec.family, study_dir)
     write_study_json(spec, profile, args, study_dir, started, datetime.now(timezone.utc).isoformat(), interrupted)
-    ray.shutdown()
+    done = int((df["status"] == "done").sum()) if len(df) else 0
     failed = int((df["status"] == "failed").sum()) if len(df) else 0
-    print(f"{len(df)} trials: {int((df['status'] == 'done').sum()) if len(df) else 0} done, {failed} failed; "
-          f"{join(study.shown, 'trials.parquet')}", flush=True)
+    say(f"{len(df)} trials: {done} done, {failed} failed; {join(study.shown, 'trials.parquet')}")
     if not interrupted and not args.no_report:
         build_report(study_dir, study.shown)
-    study.files.push()
-    study.discard()
     if interrupted:
         # the same command (profile, --set, ...) plus --resume: the study is re-planned from what is typed
-        again = [a for a in sys.argv[1:] if a != "--resume"] if spec.name in sys.argv[1:] else [spec.name, "--output", str(args.output)]
-        print(f"interrupted: continue with  python -m study.run {shlex.join(again)} --resume", flush=True)
+        again = ([a for a in sys.argv[1:] if a != "--resume"] if spec.name in sys.argv[1:]
+                 else [spec.name, "--output", str(args.output)])
+        say(f"interrupted: continue with  python -m study.run {shlex.join(redacted_argv(again))} --resume")
         return 130
+    if len(df) and failed == len(df):
+        reason = df["error"].dropna().iloc[0] if df["error"].notna().any() else "see the trials' error.txt"
+        say(f"error: every trial failed ({failed} of {len(df)}); the first reason: {reason}", err=True)
+        return 1
     if study.uri:
-        print(f"to look at it here: python -m study.submit {spec.name} --fetch --output {args.output}", flush=True)
+        say(f"to look at it here: python -m study.submit {spec.name} --fetch --output {args.output}")
     return 0
 
 
@@ -298,8 +411,7 @@ def build_report(study_dir: Path, shown: str):
     from reports.build import build_report as build
     try:
         out = build(study_dir)
-        print(f"report: {join(shown, 'report.html')}", flush=True)
+        say(f"report: {join(shown, 'report.html')}")
         return out
     except Exception as e:  # a report failure must not lose the study's results
-        print(f"warning: the report could not be built ({type(e).__name__}: {e}); results are in {shown}",
-              file=sys.stderr, flush=True)
+        say(f"warning: the report could not be built ({type(e).__name__}: {e}); results are in {shown}", err=True)

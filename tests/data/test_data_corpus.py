@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 
 from trainables.data import Corpus, load_corpus, split_documents
-from trainables.data.corpus import TXT_CHUNK_CHARS, TXT_SPLIT_BYTES
+from trainables.data.corpus import TXT_CHUNK_CHARS, TXT_MIN_GROUPS
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -92,7 +93,7 @@ def test_local_formats(tmp_path):
 
 def test_large_txt_is_split_into_paragraph_groups(wiki, tmp_path):
     text = "\n\n".join(wiki.documents[:3000])  # ~1.5 MB of real paragraphs
-    assert len(text.encode()) > TXT_SPLIT_BYTES
+    assert len(text) > TXT_CHUNK_CHARS * TXT_MIN_GROUPS
     (tmp_path / "book.txt").write_text(text, encoding="utf-8")
     docs = load_corpus(str(tmp_path / "book.txt")).documents
     assert "\n\n".join(docs) == text  # nothing lost or reordered
@@ -100,3 +101,29 @@ def test_large_txt_is_split_into_paragraph_groups(wiki, tmp_path):
     # a group closes at the first paragraph that takes it to the target size
     assert all(len(d.rsplit("\n\n", 1)[0]) < TXT_CHUNK_CHARS for d in docs[:-1])
     assert len(docs) >= 10
+
+
+def test_small_txt_is_split_into_enough_paragraph_groups(wiki, tmp_path):
+    # A 300 KB text (once refused as "1 document"): ~20 groups of ~15 kB, nothing lost, a val split possible.
+    text = "\n\n".join(wiki.documents[:600])
+    assert 200_000 < len(text.encode()) < 1_000_000
+    (tmp_path / "notes.txt").write_text(text, encoding="utf-8")
+    docs = load_corpus(str(tmp_path / "notes.txt")).documents
+    assert "\n\n".join(docs) == text
+    target = -(-len(text) // TXT_MIN_GROUPS)
+    assert all(len(d) >= target for d in docs[:-1]) and all(len(d.rsplit("\n\n", 1)[0]) < target for d in docs[:-1])
+    assert TXT_MIN_GROUPS - 2 <= len(docs) <= TXT_MIN_GROUPS + 1
+    train, val = split_documents(docs)
+    assert train and val
+
+
+def test_check_corpus_refuses_what_preparing_would(tmp_path):
+    from trainables.data import DataError, check_corpus
+    check_corpus("wiki")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("not a corpus file")
+    with pytest.raises(DataError, match="no .txt/.jsonl/.parquet"):
+        check_corpus(str(tmp_path / "empty"))
+    (tmp_path / "one.txt").write_text("a single paragraph and nothing else")
+    with pytest.raises(DataError, match="1 document"):
+        check_corpus(str(tmp_path / "one.txt"))

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from study_cli import run_cli
+from study_cli import ROOT, run_cli
 
 SMOKE = ["--profile", "smoke"]
 NO_HEAD_SPLIT = ["--set", "budget=none", "--set", "n_embd=100", "--set", "n_head=3", "--set", "n_layer=2"]
@@ -58,6 +58,9 @@ IN_PROCESS = {
     "storage_postgres_unusable": (["nanohead_search", *SMOKE, "--storage", "postgresql://u:hunter2@127.0.0.1:1/db"], ["--storage", "u:***@127.0.0.1:1"]),
     "address_ray_client_nothing_listens": (["nanohead_grid", *SMOKE, "--address", "ray://127.0.0.1:1"], ["--address", "cannot connect"]),
     "address_malformed": (["nanohead_grid", *SMOKE, "--address", "somewhere"], ["--address", "host:port", "auto"]),
+    # a dry run reads the corpus too (a folder without documents once passed it and failed every trial)
+    "corpus_without_documents_dry_run": (["nanohead_grid", *SMOKE, "--set", f"corpus={ROOT / 'docker'}", "--dry-run"],
+                                         ["docker", "no .txt/.jsonl/.parquet"]),
 }
 GPU_CASE = (["nanohead_grid", *SMOKE, "--gpus-per-trial", "1"], ["GPU", "this machine has 0"])
 

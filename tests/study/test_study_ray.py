@@ -178,10 +178,13 @@ def test_grid_rerun_without_resume_refuses_to_overwrite(grid, token_cache):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
-@pytest.mark.parametrize("changed", [["--profile", "cpu"], ["--set", "lr=0.01"], ["--seeds", "2"]], ids=["profile", "set", "seeds"])
+@pytest.mark.parametrize("changed", [["--profile", "cpu"], ["--set", "lr=0.01"], ["--seeds", "2"],
+                                     ["--workers-per-trial", "2"], ["--ray-train"], ["--cpus-per-worker", "2"]],
+                         ids=["profile", "set", "seeds", "workers", "ray_train", "cpus"])
 def test_resume_with_other_options_is_refused(grid, token_cache, changed):
     """--resume continues the study that was started: another profile, --set or --seeds would be ignored by the
-    restored trials (or mix two plans), so it is an error naming what differs, and nothing is touched."""
+    restored trials (or mix two plans), other resources would rerun them from step 0 or fail on the world size,
+    so it is an error naming what differs, and nothing is touched."""
     proc, study_dir = grid
     before = {p: p.stat().st_mtime_ns for p in study_dir.rglob("*") if p.is_file()}
     again = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", *changed, "--output", study_dir.parent,
@@ -193,11 +196,14 @@ def test_resume_with_other_options_is_refused(grid, token_cache, changed):
 
 
 def test_failed_trials_are_rows_with_their_reason(token_cache, tmp_path):
-    """A diverging trial is a result: a row with status failed and the reason in one line, not a traceback."""
+    """A diverging trial is a result: a row with status failed and the reason in one line, not a traceback. A study
+    whose every trial failed exits 1, saying so in one line."""
     proc = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", "--output", tmp_path, "--wandb", "disabled",
                    "--no-report", "--set", "nanohead_proportion=0.0,0.2", "--set", "lr=1e30", "--set", "max_steps=10",
                    "--set", "eval_every=5", timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: every trial failed (2 of 2); the first reason: ") and "nan" in line.lower(), line
     df = pd.read_parquet(tmp_path / "nanohead_grid" / "trials.parquet")
     assert sorted(df["trial"]) == ["nanohead_p00_d2", "nanohead_p20_d2"]
     assert list(df["status"]) == ["failed", "failed"]

@@ -230,3 +230,44 @@ def test_ddp_trial_writes_through_its_rank_0_worker(s3, token_cache):
     assert any("/checkpoint_" in k for k in keys(client, "ddp/nanohead_grid/train/nanohead_p00_d2/"))
     df = pd.read_parquet(io.BytesIO(read(client, "ddp/nanohead_grid/trials.parquet")))
     assert list(df["status"]) == ["done"] and df["val_bpb"].iloc[0] == logged[-1]["val_bpb"]
+
+
+# ----------------------------------------------------------------------------- one driver per study, private staging
+
+def test_a_driver_holding_the_bucket_study_refuses_a_second(s3, token_cache, monkeypatch):
+    from study.lock import StudyLock
+    env, client = s3
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    lock = StudyLock("s3://lab/locked/nanohead_grid")  # this test process is the running driver
+    lock.acquire()
+    try:
+        holder = json.loads(read(client, "locked/nanohead_grid/.lock"))
+        for extra in ([], ["--resume"]):
+            proc = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", "--output", "s3://lab/locked", *extra,
+                           env=env, timeout=120)
+            (line,) = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and "is being run by another driver" in line, proc.stderr
+            assert f"pid {holder['pid']} on {holder['host']}, started {holder['started']}" in line
+        assert keys(client, "locked/") == ["locked/nanohead_grid/.lock"]  # nothing else written
+        assert json.loads(read(client, "locked/nanohead_grid/.lock"))["token"] == lock.token
+    finally:
+        lock.release()
+    assert [k for k in keys(client, "locked/") if not k.endswith("/")] == []  # pyarrow may leave a folder marker
+
+
+def test_each_run_stages_in_a_private_folder_of_its_own(grid, s3, monkeypatch):
+    from study.results import StudyStorage
+    env, client = s3
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    first = StudyStorage.open("s3://lab/results", "nanohead_grid")
+    second = StudyStorage.open("s3://lab/results", "nanohead_grid")
+    assert first.local != second.local
+    for staged in (first, second):
+        assert staged.local.parent.stat().st_mode & 0o777 == 0o700
+        assert json.loads((staged.local / "study.json").read_text())["study"] == "nanohead_grid"
+    first.discard()  # what a refused second driver does: only its own folder goes
+    assert not first.local.parent.exists()
+    assert json.loads((second.local / "study.json").read_text())["study"] == "nanohead_grid"
+    second.discard()

@@ -252,3 +252,67 @@ def test_the_job_carries_no_secrets(monkeypatch):
     argv = ["nanohead_grid", "--set", "lr=1e-3,3e-3", "--output", "/shared/my results"]
     import shlex
     assert shlex.split(entrypoint(argv)) == ["python", "-m", "study.run", *argv, "--address", "auto"]
+
+
+# ----------------------------------------------------------------------------- study.run beside a `ray start` head
+
+def _run_here(cwd: Path, env: dict, *args, timeout=300):
+    """python -m study.run ARGS typed in cwd (a fresh folder), with the token cache of the test session."""
+    env = {**env, "NANOSTUDIES_CACHE": os.environ["NANOSTUDIES_CACHE"], "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "study.run", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _driver_entrypoints(head) -> list[str]:
+    code = ("import json, sys\nfrom ray.job_submission import JobSubmissionClient\n"
+            "print(json.dumps([j.entrypoint for j in JobSubmissionClient(sys.argv[1]).list_jobs() "
+            "if str(j.type).endswith('DRIVER')]))")
+    out = subprocess.run([sys.executable, "-c", code, head.url], env=head.env, capture_output=True, text=True,
+                         timeout=60, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.ray
+def test_without_address_a_study_runs_on_a_ray_of_its_own_beside_a_head(head, tmp_path):
+    # The user's shell after `ray start --head`: its temp dir holds ray_current_cluster, which a bare ray.init()
+    # would join (and then refuse num_cpus). A relative --output, typed in a fresh folder.
+    env = {**head.env, "TMPDIR": str(head.root)}
+    assert (head.root / "ray" / "ray_current_cluster").exists()
+    proc = _run_here(tmp_path, env, "softmax1_ab", "--profile", "smoke", "--output", "out/rel", "--wandb", "disabled")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "runs on a Ray of its own" in proc.stdout
+    trials = pd.read_parquet(tmp_path / "out" / "rel" / "softmax1_ab" / "trials.parquet")
+    assert sorted(trials["status"]) == ["done", "done"]
+    assert (tmp_path / "out" / "rel" / "softmax1_ab" / "report.html").exists()
+    assert not any("softmax1_ab --profile smoke --output out/rel" in e for e in _driver_entrypoints(head))
+
+
+@pytest.mark.ray
+def test_address_auto_joins_the_head(head, tmp_path):
+    env = {**head.env, "TMPDIR": str(head.root)}
+    proc = _run_here(tmp_path, env, "softmax1_ab", "--profile", "smoke", "--output", "joined", "--wandb", "disabled",
+                     "--no-report", "--address", "auto")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Ray of its own" not in proc.stdout
+    assert any(e.endswith("study.run softmax1_ab --profile smoke --output joined --wandb disabled --no-report "
+                          "--address auto") for e in _driver_entrypoints(head))
+    trials = pd.read_parquet(tmp_path / "joined" / "softmax1_ab" / "trials.parquet")
+    assert sorted(trials["status"]) == ["done", "done"]
+
+
+@pytest.mark.ray
+def test_a_stale_cluster_file_left_by_a_crash_is_ignored(token_cache, tmp_path):
+    # A crashed `ray start` leaves ray_current_cluster naming an address where nothing listens any more.
+    tmp = Path(tempfile.mkdtemp(prefix="rs_", dir="/tmp"))  # short: Ray's socket paths live under it
+    (tmp / "ray").mkdir()
+    (port,) = _free_ports(1)
+    (tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    try:
+        proc = _run_here(tmp_path, {**env, "TMPDIR": str(tmp)}, "softmax1_ab", "--profile", "smoke",
+                         "--output", "out", "--wandb", "disabled", "--no-report")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Ray of its own" not in proc.stdout  # nothing answers there: no note about it
+    assert sorted(pd.read_parquet(tmp_path / "out" / "softmax1_ab" / "trials.parquet")["status"]) == ["done", "done"]

@@ -89,3 +89,13 @@ def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
             (trial / name / f).write_text("x")
     (trial / "params.json").write_text("{}")
     assert Path(latest_checkpoint(trial).path).name == "checkpoint_000010"
+
+
+def test_at_most_one_trial_per_cpu_runs_at_once():
+    # by hand: floor(CPUs / (workers x cpus per worker)), never more than the CPUs (--cpus-per-worker 0.001 on
+    # 2 cores once planned 1,999 trials at once)
+    assert TrialResources(cpus_per_worker=0.001).max_concurrent({"CPU": 2}) == 2
+    assert TrialResources(cpus_per_worker=0.5).max_concurrent({"CPU": 3}) == 3
+    assert TrialResources(cpus_per_worker=1).max_concurrent({"CPU": 2}) == 2
+    assert TrialResources(num_workers=2, cpus_per_worker=1.5).max_concurrent({"CPU": 7}) == 2
+    assert TrialResources(num_workers=2, use_gpu=True).max_concurrent({"CPU": 64, "GPU": 8}) == 4

