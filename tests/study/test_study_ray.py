@@ -348,3 +348,20 @@ def test_optuna_multi_objective_in_a_given_storage(token_cache, tmp_path):
     assert len(df) == 2 and df["trial"].is_unique
     meta = json.loads((tmp_path / "out" / "nanohead_search" / "study.json").read_text())
     assert meta["args"]["storage"] == f"sqlite:///{db}"
+
+
+def test_a_failure_after_the_trials_is_one_line_and_loses_nothing(token_cache, tmp_path):
+    """Writing the results fails (here trials.parquet is a folder in the way): the trials' own files stay, the
+    terminal gets one line naming the log, driver.log the traceback, and the exit status is 1."""
+    study_dir = tmp_path / "nanohead_grid"
+    (study_dir / "trials.parquet").mkdir(parents=True)
+    proc = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", "--output", tmp_path, "--wandb", "disabled",
+                   "--no-report", "--set", "nanohead_proportion=0.0", "--set", "max_steps=10", "--set", "eval_every=5",
+                   timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: the study stopped: IsADirectoryError") and str(study_dir / "driver.log") in line
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "Traceback" in (study_dir / "driver.log").read_text()
+    assert [m["step"] for m in read_metrics(study_dir / "trials" / "nanohead_p00_d2" / "metrics.jsonl")] == [5, 10]
+    assert not (study_dir / ".lock").exists()
