@@ -191,17 +191,6 @@ def test_bad_input_and_auth_fail_here_without_submitting(head, tmp_path):
     assert set(head.jobs()) == before
 
 
-@pytest.mark.ray
-def test_stop_ends_a_running_job(head, tmp_path):
-    proc = head.submit("nanohead_grid", "--profile", "smoke", "--wandb", "disabled", "--no-report", "--set",
-                       "max_steps=100000", "--output", str(tmp_path), "--address", head.url)
-    assert proc.returncode == 0, proc.stderr
-    job_id = re.search(r"submitted job (\S+)", proc.stdout).group(1)
-    stopped = head.submit("--stop", job_id, "--address", head.url)
-    assert stopped.returncode == 0, stopped.stderr
-    assert head.jobs()[job_id]["status"] == "STOPPED"
-
-
 # ----------------------------------------------------------------------------- no cluster needed
 
 def _submit(*args):
@@ -316,3 +305,17 @@ def test_a_stale_cluster_file_left_by_a_crash_is_ignored(token_cache, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Ray of its own" not in proc.stdout  # nothing answers there: no note about it
     assert sorted(pd.read_parquet(tmp_path / "out" / "softmax1_ab" / "trials.parquet")["status"]) == ["done", "done"]
+
+
+@pytest.mark.ray
+def test_stop_ends_a_running_job(head, tmp_path):
+    # Last of the tests on this head: once (a fresh-clone run on a loaded machine) the stopped job's driver was seen
+    # still training minutes later, holding the head's CPUs until the fixture ended it, which starved the study run
+    # on the head after it.
+    proc = head.submit("nanohead_grid", "--profile", "smoke", "--wandb", "disabled", "--no-report", "--set",
+                       "max_steps=100000", "--output", str(tmp_path), "--address", head.url)
+    assert proc.returncode == 0, proc.stderr
+    job_id = re.search(r"submitted job (\S+)", proc.stdout).group(1)
+    stopped = head.submit("--stop", job_id, "--address", head.url)
+    assert stopped.returncode == 0, stopped.stderr
+    assert head.jobs()[job_id]["status"] == "STOPPED"
