@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainables.model import GPT, GPTConfig, flops_per_token
+from trainables.model import GPT, GPTConfig, build_model, flops_per_token
 from trainables.model import toeplitz
 from trainables.model.toeplitz import ToeplitzMixer, causal_conv
 
@@ -92,12 +92,15 @@ def gpt_config(**kw) -> GPTConfig:
 
 
 BASELINE = "baseline (nanoGPT)"
+NANOGPT = "nanogpt flavour"
 MODE_LABELS = {"eager": "fp32 eager", "compile": "bf16 + compile", "compile-fp32": "fp32 + compile"}
 COMPILED = {"compile", "compile-fp32"}
 VARIANTS = {  # name -> GPTConfig overrides; the baseline is built separately
     "gpt": {},
     "gpt+nanoheads": dict(nanohead_proportion=0.4, nanohead_dim=3),
     "gpt+softmax1": dict(softmax1=True),
+    # arch="nanogpt", untied, no biases, no dropout: the baseline's maths through the project's model (softmax1_ab's)
+    NANOGPT: dict(arch="nanogpt", qk_norm=False, logit_softcap=None),
     "toeplitz nomean_noproj": dict(mixer="toeplitz"),
     "toeplitz mean_noproj": dict(mixer="toeplitz", toep_mean=True),
     "toeplitz nomean_proj": dict(mixer="toeplitz", toep_proj=True),
@@ -117,7 +120,7 @@ def build(name: str, device="cpu") -> nn.Module:
     torch.manual_seed(0)
     if name == BASELINE:
         return BaselineGPT(VOCAB, N_LAYER, N_EMBD, N_HEAD, SEQ_LEN).to(device)
-    return GPT(gpt_config(**{**VARIANTS, **ABLATIONS}[name])).to(device)
+    return build_model(gpt_config(**{**VARIANTS, **ABLATIONS}[name])).to(device)
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -265,6 +268,11 @@ def print_headlines(t: Paired, modes: list[str], batch: int):
         if (base, gpt) in t.ratios:
             print(f"  this GPT vs baseline [{mode}]: {t.describe(base, gpt)}; "
                   f"target >= 1.0: {verdict(t.ratio(base, gpt) >= 1.0)}")
+    for mode in modes:
+        base, flavour = (BASELINE, mode), (NANOGPT, mode)
+        if (base, flavour) in t.ratios:  # the same maths: only the implementation can differ
+            print(f"  nanogpt flavour vs baseline [{mode}]: {t.describe(base, flavour)}; "
+                  f"target >= 1.0: {verdict(t.ratio(base, flavour) >= 1.0)}")
     e, c = ("gpt", "eager"), ("gpt", "compile")
     if (e, c) in t.ratios:
         rate = lambda k: fmt_rate(batch * SEQ_LEN / t.seconds(k))
@@ -502,7 +510,7 @@ def profile_eager(batch: int, steps: int, repeats: int, rows: int = 20):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: fewer rounds, shorter generation, compile mode for baseline and gpt only")
+                    help="smoke run: fewer rounds, shorter generation, compile mode for baseline, gpt and the nanogpt flavour only")
     ap.add_argument("--modes", default="eager,compile",
                     help="comma-separated: eager (fp32), compile (bf16 autocast + torch.compile), compile-fp32")
     ap.add_argument("--steps", type=int, default=None, help="training steps per timed measurement (default 1)")
@@ -535,7 +543,7 @@ def main() -> None:
           f"{' (quick)' if args.quick else ''}")
 
     names = [BASELINE, *VARIANTS]
-    compiled = [BASELINE, "gpt"] if args.quick else names  # quick: each compile costs tens of seconds on 2 cores
+    compiled = [BASELINE, "gpt", NANOGPT] if args.quick else names  # quick: each compile costs tens of seconds on 2 cores
     keys = [(n, m) for m in modes for n in (compiled if m in COMPILED else names)]
     pairs = [((BASELINE, m), (n, m)) for n, m in keys if n != BASELINE]
     pairs += [(("gpt", m), ("gpt+softmax1", m)) for m in modes if ("gpt+softmax1", m) in keys]

@@ -334,6 +334,13 @@ def _has_values(trials, col, at_least=1):
     return col in trials and trials[col].nunique(dropna=True) >= at_least
 
 
+def _achieved_share(group) -> dict:
+    """The nano-head share the trials were built with (the requested proportion rounded to whole heads), when
+    recorded (config.json's model, since issue 14)."""
+    share = group["nanohead_share_achieved"].dropna() if "nanohead_share_achieved" in group else ()
+    return {"nanohead_share_achieved": float(share.mean())} if len(share) else {}
+
+
 def _fits(trials, metric, family):
     """Power laws per variant when the study ran 4+ budgets (the scaling study).
 
@@ -467,7 +474,7 @@ def analyse_study(study):
     out["fits"] = _fits(t, metric, study.family)
     family = study.family
     if _has_values(t, "nanohead_proportion", 2):  # the seed's plot: metric against the nano-head proportion
-        out["nanohead"] = [{"nanohead_proportion": float(p), **mean_ci(g[metric])}
+        out["nanohead"] = [{"nanohead_proportion": float(p), **_achieved_share(g), **mean_ci(g[metric])}
                            for p, g in done.groupby("nanohead_proportion")]
     if family == "softmax1" or (family is None and "softmax1" in t and t["softmax1"].nunique() == 2):
         arms = softmax1_arms(study)

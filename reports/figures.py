@@ -222,20 +222,23 @@ def probes(study, res):
 
 
 def nanohead(study, res):
-    """The seed's plot: metric vs nano-head proportion, values written at the points."""
+    """The seed's plot: metric vs nano-head proportion, values written at the points. The x axis is the share the
+    split achieved (p=0.2 builds 0.1875 at 512 wide) where the trials recorded it, else the requested one."""
     rows = res.get("nanohead")
     if not rows:
         return None
     done = _done(study)
+    achieved = all("nanohead_share_achieved" in r for r in rows) and done["nanohead_share_achieved"].notna().all()
+    x = "nanohead_share_achieved" if achieved else "nanohead_proportion"
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=done["nanohead_proportion"], y=done[study.metric], mode="markers", name="trials",
+    fig.add_trace(go.Scatter(x=done[x], y=done[study.metric], mode="markers", name="trials",
                              marker=dict(color="#bbbbbb", size=6), text=done["trial"].map(esc),
                              hovertemplate="%{text}<br>%{y:.4f}<extra></extra>"))
     fig.add_trace(go.Scatter(
-        x=[r["nanohead_proportion"] for r in rows], y=[r["mean"] for r in rows], mode="lines+markers+text",
+        x=[r[x] for r in rows], y=[r["mean"] for r in rows], mode="lines+markers+text",
         text=[fmt(r["mean"]) for r in rows], textposition="top center", name="mean, 95% CI",
         error_y=_ci_error(rows), marker=dict(size=10, color="#1f77b4")))
-    fig.update_xaxes(title_text="nano-head proportion of attention width")
+    fig.update_xaxes(title_text="nano-head share of attention width" + (" (as built)" if achieved else " (requested)"))
     fig.update_yaxes(title_text=study.metric)
     fig.update_layout(**LAYOUT, height=440, title=f"{study.metric} vs nano-head proportion")
     return fig

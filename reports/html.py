@@ -154,6 +154,26 @@ def summary(study, res):
     return "<ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
 
 
+def fidelity_section(study):
+    """The study's research note beside this run, each difference with its reason: study.json's "fidelity", the
+    table `study.run --dry-run` prints. None for a study.json without one."""
+    f = study.meta.get("fidelity")
+    if not isinstance(f, dict):
+        return None
+    rows = [r for r in f.get("rows") or [] if isinstance(r, dict)]
+    body = []
+    if rows:
+        body.append(f"<p>The research note ({esc(f.get('note'))}) beside what this run trained: {len(rows)} aspects, "
+                    f"{sum(bool(r.get('reason')) for r in rows)} differ.</p>")
+    if f.get("text"):
+        body.append(f"<p class='note'>{esc(f['text'])}</p>")
+    if rows:
+        rows = [dict(r, reason=r.get("reason") or "same as the note") for r in rows]
+        body.append(table(rows, ["aspect", "note", "this_run", "reason"], ["aspect", "the note", "this run", "why they differ"],
+                          sortable=False))
+    return "".join(body) or None
+
+
 def stats_section(study, res, figs):
     keys = ["variant"] + (["budget"] if res["groups"] and "budget" in res["groups"][0] else [])
     body = [f"<p class='note'>{esc(res['test'])}</p>"]
@@ -212,15 +232,17 @@ def family_section(study, res, figs):
     body = []
     if "nanohead" in figs:
         body.append("<h3>Nano-head proportion</h3>" + figure_div(figs["nanohead"]))
-        body.append(table(res["nanohead"], ["nanohead_proportion", "n", "mean", "ci_low", "ci_high"]))
+        body.append(table(res["nanohead"], ["nanohead_proportion", "nanohead_share_achieved", "n", "mean", "ci_low", "ci_high"]))
     if res.get("softmax1"):
         s = res["softmax1"]
         body.append("<h3>softmax1 vs softmax: the pre-registered 5% criterion</h3>")
         body.append(f"<p class='verdict'>perplexity ratio {esc(s['treatment'])} / {esc(s['baseline'])} = "
                     f"{esc(fmt(s['ratio']))}, 95% CI {esc(ci_text(s['ci_low'], s['ci_high']))} "
                     f"(n = {s['n']} vs {s['n_baseline']}): <b>{esc(s['verdict'])}</b></p>")
-        body.append("<p class='note'>Perplexity = e<sup>val_loss</sup> with the loss in nats. The note wrote "
-                    "2<sup>loss</sup>, which is the same only for a loss in bits. With seeds the ratio is "
+        body.append("<p class='note'>Perplexity = e<sup>val_loss</sup> with the loss in nats, so the ratio is "
+                    "e<sup>loss difference</sup>. The note's 2<sup>loss</sup> gives the same ratio only for a loss in "
+                    "bits: applied to nats it moves the ratio towards 1 (a difference of -0.06 nats: 2<sup>-0.06</sup> "
+                    "= 0.959, where the perplexities' ratio is e<sup>-0.06</sup> = 0.942). With seeds the ratio is "
                     "exp(mean loss difference), its interval exp of the Welch interval.</p>")
         if "softmax1" in figs:
             body.append(figure_div(figs["softmax1"]))
@@ -381,6 +403,9 @@ def render(study, res, figs, pngs=()):
     sections = [("summary", "Summary", summary(study, res)),
                 ("frontier", "Loss vs parameters and compute", frontier_section(study, res, figs)),
                 ("stats", "Seeds, intervals and differences", stats_section(study, res, figs))]
+    fidelity = fidelity_section(study)
+    if fidelity:  # right after the summary: what the numbers below are numbers of
+        sections.insert(1, ("fidelity", "Note vs this run", fidelity))
     fam = family_section(study, res, figs)
     if fam:
         sections.append(("views", fam[0], fam[1]))

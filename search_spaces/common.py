@@ -1,6 +1,12 @@
 """Helpers shared by the study families: derived keys that every family resolves the same way."""
 from functools import lru_cache
 
+# The notes' corpora, the paper profiles' defaults (hf:NAME[:CONFIG[:SPLIT]][:N documents]; README, "Data and
+# licenses"). N is what keeps each paper plan under max_epochs passes (the dry-run's epochs column).
+FINEWEB_EDU = "hf:karpathy/fineweb-edu-100b-shuffle:1000000"  # nanochat's base_train data (notes 000-002)
+SIMPLE_STORIES = "hf:SimpleStories/SimpleStories:1000000"  # note 003
+REDDIT = "hf:HuggingFaceGECLM/REDDIT_comments::todayilearned:15000000"  # note 004's own Reddit sample is not public
+
 
 @lru_cache(maxsize=None)
 def tokenizer_vocab_size(name: str) -> int:
@@ -13,7 +19,8 @@ def tokenizer_vocab_size(name: str) -> int:
 
 
 def architecture(config: dict, **baseline) -> dict:
-    """Fixes n_layer/n_embd/n_head from config['budget'] (the solver), for the study's baseline architecture.
+    """Fixes n_layer/n_embd/n_head from config['budget'] (the solver, or nanochat's depth rule with
+    shape_rule="nanochat"), for the study's baseline architecture.
 
     Variants then change only what they change (a proportion, softmax1, ...), on the same dims: that is what
     param-matching to the baseline means here. `baseline` holds the baseline's own model keys (e.g.
@@ -27,17 +34,36 @@ def architecture(config: dict, **baseline) -> dict:
     overrides.update(baseline)
     vocab = tokenizer_vocab_size(config["tokenizer"])
     head_dim = config.get("head_dim", 64)
+    aspect_ratio = config.get("aspect_ratio", 64.0)
     try:
-        best = solve_architecture(config["budget"], vocab, head_dim, aspect_ratio=config.get("aspect_ratio", 64.0),
-                                  **overrides)[0]
+        if config.get("shape_rule") == "nanochat":  # nanochat's width for each depth; the depth nearest the budget
+            from trainables.model.params import nanochat_depth
+            best = nanochat_depth(config["budget"], vocab, head_dim, aspect_ratio=aspect_ratio, **overrides)
+        else:
+            best = solve_architecture(config["budget"], vocab, head_dim, aspect_ratio=aspect_ratio, **overrides)[0]
     except ValueError:
         # The solver skips every width whose GPTConfig does not build, so a bad model key (nanohead_dim=0, an
         # odd head_dim) surfaces as "no architecture within 5%": name the key instead, when one is to blame.
         GPTConfig(vocab_size=vocab, n_layer=1, n_embd=head_dim, n_head=1, **overrides)
         raise
-    out = {k: v for k, v in config.items() if k not in ("budget",)}
+    out = {k: v for k, v in config.items() if k not in ("budget", "shape_rule")}  # consumed: the dims hold them
     out.update(n_layer=best.n_layer, n_embd=best.n_embd, n_head=best.n_head, target_params=config["budget"])
     return out
+
+
+def nanochat_sizes(config: dict, *, embedding_lr: float, lm_head_lr: float, weight_decay: float) -> dict:
+    """With nanochat_size_rules: nanochat's size rules for the keys not given, from a version's base values. Its
+    AdamW lrs were tuned at width 768 and scale as (n_embd / 768)^-0.5 (gpt.py setup_optimizers, every version);
+    Muon's weight decay was tuned at depth 12 and scales as (12 / n_layer)^2 (base_train from 2c4473d; 0 before)."""
+    rules = config.get("nanochat_size_rules", False)
+    if not isinstance(rules, bool):
+        raise ValueError(f"nanochat_size_rules={rules!r}: must be true or false")
+    if not rules:
+        return config
+    scale = (config["n_embd"] / 768) ** -0.5
+    sizes = dict(embedding_lr=embedding_lr * scale, lm_head_lr=lm_head_lr * scale,
+                 weight_decay=weight_decay * (12 / config["n_layer"]) ** 2)
+    return {**sizes, **config}
 
 
 def seed_suffix(config: dict) -> str:

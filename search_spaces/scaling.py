@@ -1,7 +1,7 @@
 """Scaling: a chosen variant vs the baseline at 4+ parameter budgets, so the report can draw a real
 loss-vs-parameters frontier and fit L(N) = E + A N^-alpha per arm. The variant is set with
 --set scaling_variant=NAME (one of VARIANTS)."""
-from .common import architecture, seed_suffix
+from .common import FINEWEB_EDU, architecture, seed_suffix
 
 VARIANTS = {
     "nanohead_p20": {"nanohead_proportion": 0.2},
@@ -28,6 +28,8 @@ def base(profile) -> dict:
     keys = {**profile.train_keys(), "scaling_variant": "nanohead_p40", "lr": 3e-3}
     if profile.name == "cpu":  # a smaller vocab leaves the small budgets room for blocks
         keys["tokenizer"] = "bpe:2048"
+    elif profile.name in ("gpu", "paper"):  # the nanochat GPT at its budgets: nanochat's data
+        keys["corpus"] = FINEWEB_EDU
     return keys
 
 

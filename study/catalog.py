@@ -36,6 +36,9 @@ class StudySpec:
     # key -> (what resolve derives it from, what to set instead): the words of the refusal of a --set that resolve
     # would replace (the check itself is study.run's, for every key; keys not here use study.run.DERIVED_FROM)
     derived: dict = field(default_factory=dict)
+    # (planned trials, workers) -> FidelityRows: the note beside this plan, each difference with its reason
+    # (search_spaces/fidelity.py); None for a study with no single note
+    fidelity: Callable[[list, int], tuple] | None = None
 
     def settable_keys(self, profile: Profile) -> set:
         from trainables.model import GPTConfig
@@ -78,7 +81,7 @@ STUDIES = {
         hypothesis="Mixing tiny heads (dim 2-3, no RoPE) into a GPT improves loss at equal parameters; "
                    "moderate proportions (0.2-0.4) help, 0.8 hurts.",
         base=nanohead.base, axes=_grid(nanohead.AXES), resolve=nanohead.resolve, variant=nanohead.variant,
-        trial_name=nanohead.trial_name, baseline="p00", views=("nanohead",)),
+        trial_name=nanohead.trial_name, baseline="p00", views=("nanohead",), fidelity=nanohead.note_vs_run),
     "nanohead_search": StudySpec(
         name="nanohead_search", family="nanohead_search", seed_note="000_f68f42f0f06710c9.txt",
         hypothesis="Where in (proportion, nano head dim, depth, learning rate) is the best model, and what does "
@@ -86,25 +89,29 @@ STUDIES = {
         base=lambda p: {**nanohead.base(p), "objective": "single"}, axes=nanohead.search_space,
         resolve=nanohead.search_resolve, variant=nanohead.variant, trial_name=nanohead.trial_name,
         searcher="optuna", scheduler="asha", num_samples={"smoke": 4, "cpu": 12, "gpu": 40, "paper": 100},
-        views=("optuna",), study_keys=("objective",)),
+        views=("optuna",), study_keys=("objective",), fidelity=nanohead.search_note_vs_run),
     "softmax1_ab": StudySpec(
         name="softmax1_ab", family="softmax1", seed_note="004_39036d62147a7b75.txt",
         hypothesis="softmax1 (quiet attention) improves perplexity by at least 5% over softmax on the baby GPT "
                    "(pre-registered threshold).",
         base=softmax1.base, axes=_grid(softmax1.AXES), resolve=softmax1.resolve, variant=softmax1.variant,
-        trial_name=softmax1.trial_name, baseline="softmax", views=("softmax1",)),
+        trial_name=softmax1.trial_name, baseline="softmax", views=("softmax1",), fidelity=softmax1.note_vs_run),
     "toeplitz_flags": StudySpec(
         name="toeplitz_flags", family="toeplitz", seed_note="003_dda6ec3c2e766f7d.txt",
         hypothesis="How do the weighted mean and the projections of a multi-head Toeplitz mixer trade quality "
                    "for speed, and how much faster is generation with heads in parallel?",
         base=toeplitz.base, axes=_grid(toeplitz.AXES), resolve=toeplitz.resolve, variant=toeplitz.variant,
-        trial_name=toeplitz.trial_name, baseline="nomean_noproj", views=("toeplitz",)),
+        trial_name=toeplitz.trial_name, baseline="nomean_noproj", views=("toeplitz",), fidelity=toeplitz.note_vs_run),
     "vocab_depth": StudySpec(
         name="vocab_depth", family="vocab_depth", seed_note="002_ae9661a3f257ab4b.txt",
         hypothesis="At a fixed budget split evenly between embedding, lm_head and blocks, which vocabulary size "
-                   "(and so depth/width) gives the best bits per byte; does tying the embeddings help?",
+                   "(and so depth/width) gives the best bits per byte; does tying the embeddings help? Arms: the "
+                   "note's d29/65536, d4/24576, d7/32768 (scaled down below gpu); lrs by nanochat's width rule "
+                   "(Muon 0.02; AdamW embedding 0.2, lm_head 0.004, x (width/768)^-0.5); a tied table at the "
+                   "lm_head's lr.",
         base=vocab_depth.base, axes=vocab_depth.axes, resolve=vocab_depth.resolve, variant=vocab_depth.variant,
-        trial_name=vocab_depth.trial_name, views=("vocab_depth",), derived=vocab_depth.DERIVED),
+        trial_name=vocab_depth.trial_name, views=("vocab_depth",), derived=vocab_depth.DERIVED,
+        fidelity=vocab_depth.note_vs_run),
     "scaling": StudySpec(
         name="scaling", family="scaling", seed_note="000_f68f42f0f06710c9.txt (default variant nanohead_p40)",
         hypothesis="Does the variant's advantage (or deficit) hold across parameter budgets? Fit L(N) = E + A N^-alpha "

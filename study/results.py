@@ -19,7 +19,10 @@ from trainables.storage import Mirror, is_uri, join, pull, read_jsonl, write_ato
 
 FINAL_METRICS = ("train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "wall_s", "samples_per_s",
                  "gen_tokens_per_s_parallel", "gen_tokens_per_s_sequential", "gen_speedup",
-                 "gen_mean_time_parallel", "gen_mean_time_sequential")
+                 "gen_mean_time_parallel", "gen_mean_time_sequential",
+                 "gen_tokens_per_s_uncached_parallel", "gen_tokens_per_s_uncached_sequential", "gen_speedup_uncached",
+                 "gen_mean_time_uncached_parallel", "gen_mean_time_uncached_sequential",
+                 "gen_cache_speedup_parallel", "gen_cache_speedup_sequential")
 
 
 def _not_staged(rel: str) -> bool:
@@ -151,7 +154,9 @@ def collect(study_dir: Path, spec, outcomes: dict | None = None) -> pd.DataFrame
         row.update(params_total=params.get("total"), params_non_embedding=params.get("non_embedding"),
                    params_embedding=params.get("embedding"), params_lm_head=params.get("lm_head"),
                    params_blocks=params.get("blocks"), flops_per_token=resolved.get("flops_per_token"),
-                   tokens_trained=final.get("tokens"), best_val_bpb=min((m["val_bpb"] for m in metrics if _finite(m.get("val_bpb"))), default=None))
+                   tokens_trained=final.get("tokens"), best_val_bpb=min((m["val_bpb"] for m in metrics if _finite(m.get("val_bpb"))), default=None),
+                   best_val_loss=min((m["val_loss"] for m in metrics if _finite(m.get("val_loss"))), default=None))
+        row.update({f"lr_{role}": lr for role, lr in resolved.get("lrs", {}).items()})  # the lr each part trained at
         for key in FINAL_METRICS:
             row[key] = final.get(key)
         row.update({k: v for k, v in final.items() if k.startswith("probe_")})
@@ -195,18 +200,24 @@ def write_trials(df: pd.DataFrame, study_dir: Path):
 
 def write_family_outputs(df: pd.DataFrame, family: str, study_dir: Path):
     """Files a study's seed note promised, beside the generic ones. Toeplitz (Experiment 010):
-    all_results.json, per variant: training metrics and the generation benchmark, parallel vs sequential."""
+    all_results.json, per variant: training metrics (the final eval and the best one, which the note reports) and
+    the generation benchmark, heads parallel vs sequential, cached vs uncached (the note's four settings)."""
     if family != "toeplitz" or df.empty:
         return
     out = {}
     for _, row in df.iterrows():
         get = lambda k: None if pd.isna(row.get(k)) else float(row[k])
+        setting = lambda k: None if k not in row or pd.isna(row[k]) else row[k] if isinstance(row[k], str) else bool(row[k])
+        bench = lambda k: dict(tokens_per_s=get(f"gen_tokens_per_s_{k}"), mean_time_s=get(f"gen_mean_time_{k}"))
         out[row["trial"]] = dict(
             variant=row["variant"], toep_mean=bool(row["toep_mean"]), toep_proj=bool(row["toep_proj"]),
+            toep_filter=setting("toep_filter"), toep_init=setting("toep_init"), toep_proj_bias=setting("toep_proj_bias"),
             seed=int(row["seed"]), status=row["status"], error=row["error"] if isinstance(row["error"], str) else None,
             training=dict(train_loss=get("train_loss"), eval_loss=get("val_loss"), eval_bpb=get("val_bpb"),
+                          eval_loss_best=get("best_val_loss"), eval_bpb_best=get("best_val_bpb"),
                           runtime_s=get("wall_s"), samples_per_s=get("samples_per_s"), params=get("params_total")),
-            benchmark_parallel=dict(tokens_per_s=get("gen_tokens_per_s_parallel"), mean_time_s=get("gen_mean_time_parallel")),
-            benchmark_sequential=dict(tokens_per_s=get("gen_tokens_per_s_sequential"), mean_time_s=get("gen_mean_time_sequential")),
-            speedup=get("gen_speedup"))
+            benchmark_parallel=bench("parallel"), benchmark_sequential=bench("sequential"),
+            benchmark_uncached_parallel=bench("uncached_parallel"), benchmark_uncached_sequential=bench("uncached_sequential"),
+            speedup=get("gen_speedup"), speedup_uncached=get("gen_speedup_uncached"),
+            cache_speedup_parallel=get("gen_cache_speedup_parallel"), cache_speedup_sequential=get("gen_cache_speedup_sequential"))
     write_atomic(study_dir / "all_results.json", json.dumps(out, indent=2))

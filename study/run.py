@@ -4,6 +4,7 @@ Everything a user can get wrong (study, profile, --set keys and values, storage 
 checked before Ray starts: a bad input exits 2 with one line on stderr and leaves results/ untouched.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -158,6 +160,7 @@ def plan_trials(spec: StudySpec, profile, overrides: dict, seeds: int, workers: 
         _check_trial(spec, overrides, searched, config, gpt, tc, workers, name)
         trials.append(dict(name=name, searched=searched, config=config, gpt=gpt, train=tc,
                            tokens=_planned_tokens(tc, gpt, workers)))
+    check_epochs([(t["name"], t["config"], t["train"], t["tokens"]) for t in trials])
     for device in sorted({t["train"].device for t in trials}):
         check_device(device, address)
     return trials
@@ -237,28 +240,137 @@ def _describe_domain(domain) -> str:
     return repr(domain)
 
 
+def _tokens_per_step(tc, gpt, workers: int) -> int:
+    return tc.total_batch_tokens or tc.batch_size * gpt.seq_len * workers
+
+
 def _planned_tokens(tc, gpt, workers: int) -> int:
-    per_step = tc.total_batch_tokens or tc.batch_size * gpt.seq_len * workers
+    per_step = _tokens_per_step(tc, gpt, workers)
     steps = math.ceil(tc.max_tokens / per_step) if tc.max_tokens else tc.max_steps
     return steps * per_step
 
 
+@functools.lru_cache(maxsize=None)
+def _corpus_train_tokens(source: str, tokenizer: str, cache: str) -> tuple[int, bool] | None:
+    """(train tokens, exact) of a corpus under a tokenizer, without tokenizing it; None for a hub corpus not fetched."""
+    from trainables.data.tokens import train_tokens
+    return _checked(lambda: train_tokens(source, tokenizer, cache))
+
+
+def _epochs(config: dict, tokens: int) -> tuple[float, int, bool] | None:
+    """(epochs, train tokens, exact): how many passes over its corpus' train split a trial's tokens make."""
+    from trainables.data._cache import cache_root
+    known = _corpus_train_tokens(config.get("corpus", "wiki"), config["tokenizer"], str(cache_root()))
+    return None if known is None else (tokens / known[0], *known)
+
+
+def _epochs_text(epochs: tuple[float, int, bool] | None) -> str:
+    if epochs is None:
+        return "?"  # a hub corpus not fetched yet: its size is known once prepare_data has it
+    value, _, exact = epochs
+    return ("" if exact else "~") + (f"{value:.2f}" if value < 10 else f"{value:,.0f}")
+
+
+def _corpora_text(configs: list[dict]) -> str:
+    """Each corpus' train tokens under each tokenizer, as the epochs column divides by them."""
+    sizes = {(c.get("corpus", "wiki"), c["tokenizer"]): _epochs(c, 1) for c in configs}
+    text = "; ".join(f"{corpus} with {tokenizer}: " + ("?" if e is None else f"{'' if e[2] else '~'}{e[1]:,}")
+                     for (corpus, tokenizer), e in sorted(sizes.items()))
+    notes = (["~ estimated from its bytes"] * any(e and not e[2] for e in sizes.values())
+             + ["? a hub corpus not fetched yet, counted when the run fetches it"] * (None in sizes.values()))
+    return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def check_epochs(planned: list[tuple[str, dict, object, int]]):
+    """(name, config, TrainConfig, tokens) of each trial: a plan over max_epochs passes of its corpus measures
+    memorisation, so it is refused, naming the trial that loops most. An estimate (~) counts as the figure."""
+    over = [(e[0] / tc.max_epochs, name, config, tc, tokens, e) for name, config, tc, tokens in planned
+            if (e := _epochs(config, tokens)) is not None and e[0] > tc.max_epochs]
+    if over:
+        _refuse_epochs(*max(over, key=lambda o: o[0])[1:])
+
+
+def _refuse_epochs(name: str, config: dict, tc, tokens: int, e: tuple[float, int, bool]):
+    raise UsageError(f"{name} plans {tokens:,} tokens: {_epochs_text(e)} epochs of corpus {config.get('corpus', 'wiki')!r} "
+                     f"({'' if e[2] else '~'}{e[1]:,} train tokens with {config['tokenizer']}), more than max_epochs="
+                     f"{tc.max_epochs:g}, so it would measure memorisation; give a bigger corpus (--set corpus=...), "
+                     f"fewer tokens, or --set max_epochs={math.ceil(e[0])}")
+
+
 def print_dry_run(spec: StudySpec, trials: list[dict]):
     from trainables.model import count_params, flops_per_token, nanohead_split
-    header = f"{'trial':34} {'variant':14} {'L':>3} {'width':>5} {'heads':>5} {'nano':>6} {'vocab':>6} {'params':>11} {'embed':>10} {'lm_head':>10} {'blocks':>11} {'tokens':>11} {'FLOPs':>9}"
+    variants = [spec.variant({**t['config'], **t['gpt'].to_dict()}) for t in trials]
+    tw, vw = max([34, *(len(t["name"]) for t in trials)]), max([14, *map(len, variants)])  # long names stay aligned
+    header = f"{'trial':{tw}} {'variant':{vw}} {'L':>3} {'width':>5} {'heads':>5} {'nano':>6} {'vocab':>6} {'params':>11} {'embed':>10} {'lm_head':>10} {'blocks':>11} {'tokens':>11} {'epochs':>7} {'FLOPs':>9}"
     print(f"{spec.name}: {len(trials)} trials\n{header}\n{'-' * len(header)}")
-    for t in trials:
+    for t, variant in zip(trials, variants):
         g = t["gpt"]
         p = count_params(g)
         flops = flops_per_token(g) * t["tokens"]
         split = nanohead_split(g) if g.mixer == "attention" else None
         nano = f"{split.n_nano}x{split.nano_dim}" if split and split.n_nano else "-"  # nano heads x their dim
-        print(f"{t['name']:34} {spec.variant({**t['config'], **g.to_dict()}):14} {g.n_layer:>3} {g.n_embd:>5} {g.n_head:>5} {nano:>6} "
+        print(f"{t['name']:{tw}} {variant:{vw}} {g.n_layer:>3} {g.n_embd:>5} {g.n_head:>5} {nano:>6} "
               f"{g.vocab_size:>6} {p['total']:>11,} {p['embedding']:>10,} {p['lm_head']:>10,} {p['blocks']:>11,} "
-              f"{t['tokens']:>11,} {flops:>9.2e}")
+              f"{t['tokens']:>11,} {_epochs_text(_epochs(t['config'], t['tokens'])):>7} {flops:>9.2e}")
+    print("\nepochs = tokens / train tokens of the corpus: " + _corpora_text([t["config"] for t in trials]))
     axes = sorted({k for t in trials for k in t["searched"] if len({str(u['searched'].get(k)) for u in trials}) > 1})
     if axes:
         print("\naxes: " + "; ".join(f"{k} = {sorted({str(t['searched'][k]) for t in trials})}" for k in axes))
+
+
+# ----------------------------------------------------------------------------- the note vs this run
+
+def note_vs_run(spec: StudySpec, profile, overrides: dict, seeds: int, workers: int, trials: list[dict]) -> dict:
+    """study.json's "fidelity": the study's note beside this plan (spec.fidelity), each difference with its reason.
+    A row that this run changes from the paper profile's plan (another profile, a --set, --seeds, more workers)
+    names the change and the paper profile's value; of its own reason it keeps only one the paper profile gives too."""
+    if spec.fidelity is None:
+        return dict(note=None, rows=[], text=f"{spec.name} has no single note: it runs a variant from one note "
+                    f"(--set scaling_variant) beside the baseline at parameter budgets that no note ran; each variant's "
+                    f"own study lists its note's settings (e.g. nanohead_grid --profile paper --dry-run)")
+    rows = spec.fidelity(_fidelity_trials(trials, workers), workers)
+    changes = ([f"--profile {profile.name}"] if profile.name != "paper" else []) + [
+        f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in sorted(overrides.items())] + (
+        [f"--seeds {seeds}"] if seeds > 1 else []) + ([f"--workers-per-trial {workers}"] if workers != 1 else [])
+    text = None
+    if changes:
+        paper = PROFILES["paper"]
+        try:
+            planned = plan_trials(spec, paper, {}, 1, 1) if spec.searcher == "grid" else validate_search(spec, paper, {})
+            default = {r.aspect: r for r in spec.fidelity(_fidelity_trials(planned, 1), 1)}
+        except UsageError as e:
+            default, text = {}, f"(the paper profile's plan could not be built here: {e}; each reason is the paper profile's)"
+
+        def changed(r, paper):  # a reason the paper profile gives too is not about the changed value: it stays
+            kept = f"; {r.reason}" if r.reason and r.reason == paper.reason else ""
+            return replace(r, reason=f"changed by {', '.join(changes)}; the paper profile runs: {paper.this_run}{kept}")
+        rows = [r if r.aspect not in default or default[r.aspect].this_run == r.this_run else changed(r, default[r.aspect])
+                for r in rows]
+    return dict(note=spec.seed_note, rows=[asdict(r) for r in rows], **({"text": text} if text else {}))
+
+
+def _fidelity_trials(trials: list[dict], workers: int) -> list[dict]:
+    """Planned trials (or Optuna draws) with their tokens and tokens per step, as the rows read them."""
+    return [dict(t, tokens=_planned_tokens(t["train"], t["gpt"], workers),
+                 per_step=_tokens_per_step(t["train"], t["gpt"], workers)) for t in trials]
+
+
+def print_note_vs_run(fidelity: dict, width: int = 118):
+    import textwrap
+    rows = fidelity["rows"]
+    if not rows:
+        print(f"\nnote vs this run: {fidelity['text']}")
+        return
+    print(f"\nnote vs this run ({fidelity['note']}): {len(rows)} aspects, {sum(bool(r['reason']) for r in rows)} differ")
+    if fidelity.get("text"):
+        print(fidelity["text"])
+    pad = max(len(r["aspect"]) for r in rows) + 2
+    for r in rows:
+        for i, (label, text) in enumerate((("note", r["note"]), ("this run", r["this_run"]),
+                                           ("differs", r["reason"] or "no"))):
+            head = f"{r['aspect'] if i == 0 else '':{pad}}{label + ':':10}"
+            print(textwrap.fill(text, width, initial_indent=head, subsequent_indent=" " * len(head),
+                                break_on_hyphens=False, break_long_words=False))
 
 
 # ----------------------------------------------------------------------------- checks of the environment
@@ -468,15 +580,21 @@ def check_corpora(configs: list[dict]):
 def prepare_data(configs: list[dict]):
     """Tokenizers and token shards, once per (corpus, tokenizer), before any trial starts."""
     from trainables.data import prepare_tokens
-    seen = set()
+    from trainables.train import resolve_configs
+    prepared = {}
     for c in configs:
         key = (c.get("corpus", "wiki"), c["tokenizer"])
-        if key not in seen:
-            seen.add(key)
+        if key not in prepared:
             t0 = time.time()
-            data = _checked(lambda: prepare_tokens(*key))
+            data = prepared[key] = _checked(lambda: prepare_tokens(*key))
             print(f"data: {key[0]} / {key[1]}: {data.n_train_tokens:,} train + {data.n_val_tokens:,} val tokens "
                   f"({time.time() - t0:.1f}s)", flush=True)
+        # The plan could not count a hub corpus it had not fetched: the same check, now on the prepared shards.
+        # Tokens at one worker are no more than the plan's (workers add tokens per step): it refuses only what the plan would.
+        gpt, tc = _checked(lambda: resolve_configs(c, prepared[key].vocab_size))
+        tokens, n_train = _planned_tokens(tc, gpt, 1), prepared[key].n_train_tokens
+        if tokens / n_train > tc.max_epochs:
+            _refuse_epochs("a trial", c, tc, tokens, (tokens / n_train, n_train, True))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -569,8 +687,10 @@ def run(args) -> int:
         trials = plan_trials(spec, profile, overrides, args.seeds, workers, max_trials=args.max_trials, address=args.address)
         data_configs = [t["config"] for t in trials]
         check_corpora(data_configs)
+        fidelity = note_vs_run(spec, profile, overrides, args.seeds, workers, trials)
         if args.dry_run:
             print_dry_run(spec, trials)
+            print_note_vs_run(fidelity)
             return 0
     else:
         draws = validate_search(spec, profile, overrides, workers=workers,
@@ -578,12 +698,20 @@ def run(args) -> int:
                                 max_trials=args.max_trials, address=args.address)
         data_configs = [d["config"] for d in draws]  # the space varies no corpus or tokenizer: the draws name them all
         check_corpora(data_configs)
+        fidelity = note_vs_run(spec, profile, overrides, args.seeds, workers, draws)
         if args.dry_run:
             n = args.num_samples or spec.num_samples[profile.name]
             print(f"{spec.name}: {n} trials drawn by Optuna ({'NSGA-II, val_bpb vs params' if overrides.get('objective') == 'multi' else 'TPE'}) "
                   f"with {spec.scheduler} early stopping, from:")
             for k, v in spec.axes(profile).items():
                 print(f"  {k}: {_describe_domain(v)}")
+            planned = [(f"a drawn trial ({i})", d["config"], d["train"], _planned_tokens(d["train"], d["gpt"], workers))
+                       for i, d in enumerate(draws)]
+            check_epochs(planned)
+            _, config, _, tokens = max(planned, key=lambda p: p[3])
+            print(f"tokens per trial: up to {tokens:,}, {_epochs_text(_epochs(config, tokens))} epochs; train tokens of "
+                  f"the corpus: {_corpora_text([d['config'] for d in draws])}")
+            print_note_vs_run(fidelity)
             return 0
 
     check_address(args.address)
@@ -623,7 +751,7 @@ def run(args) -> int:
         _remove_empty(made)
         raise
     try:
-        return execute(spec, profile, args, overrides, study, workers, gpus, resuming=existing)
+        return execute(spec, profile, args, overrides, study, workers, gpus, resuming=existing, fidelity=fidelity)
     finally:
         lock.release()
 

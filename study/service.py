@@ -222,13 +222,16 @@ def wandb_callback(spec, mode: str) -> StudyWandb:
                       mode=mode, excludes=["config"], log_config=False)
 
 
-def write_study_json(spec, profile, args, study_dir: Path, started: str, ended: str | None, interrupted: bool):
+def write_study_json(spec, profile, args, study_dir: Path, started: str, ended: str | None, interrupted: bool,
+                     fidelity: dict | None = None):
+    """fidelity: study.run.note_vs_run's table (the note beside this plan), which the report shows."""
     env = environment()
     meta = dict(study=spec.name, family=spec.family, profile=profile.name, hypothesis=spec.hypothesis,
                 seed_note=spec.seed_note, args={k: v for k, v in vars(args).items()}, versions=env.pop("versions"),
                 git_commit=env.pop("git_commit"), started=started, ended=ended, interrupted=interrupted,
                 metric=spec.metric, mode=spec.mode, environment=env,
-                **({"baseline": {"variant": spec.baseline}} if spec.baseline else {}))
+                **({"baseline": {"variant": spec.baseline}} if spec.baseline else {}),
+                **({"fidelity": fidelity} if fidelity else {}))
     if args.storage:  # a database URL may carry a password: keep only its form
         meta["args"]["storage"] = _redact_url(args.storage)
     path = study_dir / "study.json"
@@ -316,7 +319,8 @@ def redacted_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def execute(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus: int, resuming: bool) -> int:
+def execute(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus: int, resuming: bool,
+            fidelity: dict | None = None) -> int:
     """Runs the study and returns the exit status: 0 done, 1 every trial failed (or the results could not be
     written), 130 interrupted (resume it). Whatever happens after the Tuner starts, the study's files are
     written and pushed as far as they can be, and a failure is one line (its traceback goes to driver.log)."""
@@ -326,7 +330,7 @@ def execute(spec, profile, args, overrides, study: StudyStorage, workers: int, g
     with Console(study.local / LOG_FILE, getattr(args, "verbose", False)) as console:
         status = 1
         try:
-            status = _run(spec, profile, args, overrides, study, workers, gpus, resuming)
+            status = _run(spec, profile, args, overrides, study, workers, gpus, resuming, fidelity)
         except Exception as e:
             import traceback
             traceback.print_exc(file=console.log)
@@ -345,13 +349,14 @@ def execute(spec, profile, args, overrides, study: StudyStorage, workers: int, g
         return status
 
 
-def _run(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus: int, resuming: bool) -> int:
+def _run(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus: int, resuming: bool,
+         fidelity: dict | None = None) -> int:
     study_dir = study.local
     started = datetime.now(timezone.utc).isoformat()
     resources = TrialResources(num_workers=workers, cpus_per_worker=args.cpus_per_worker, use_gpu=gpus > 0,
                                always_train=args.ray_train)
     concurrent, resources = start_ray(args.address, resources)
-    write_study_json(spec, profile, args, study_dir, started, None, False)
+    write_study_json(spec, profile, args, study_dir, started, None, False, fidelity)
     study.files.push()
     exps = experiment_dirs(study_dir)
     num_samples = args.num_samples or spec.num_samples[profile.name]
@@ -375,7 +380,7 @@ def _run(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus
     df = collect(study_dir, spec)
     write_trials(df, study_dir)
     write_family_outputs(df, spec.family, study_dir)
-    write_study_json(spec, profile, args, study_dir, started, datetime.now(timezone.utc).isoformat(), interrupted)
+    write_study_json(spec, profile, args, study_dir, started, datetime.now(timezone.utc).isoformat(), interrupted, fidelity)
     done = int((df["status"] == "done").sum()) if len(df) else 0
     failed = int((df["status"] == "failed").sum()) if len(df) else 0
     say(f"{len(df)} trials: {done} done, {failed} failed; {join(study.shown, 'trials.parquet')}")

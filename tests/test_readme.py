@@ -51,6 +51,8 @@ COVERED = {
     "python benchmarks/bench_data.py": "a benchmark; its numbers are in the README",
     "python benchmarks/bench_service.py --max-steps 400": "a benchmark (minutes); its numbers are in the README",
     "python benchmarks/bench_ddp.py": "a benchmark; its numbers are in the README",
+    "python benchmarks/bench_paper_step.py": "a benchmark (minutes); its numbers are in the README, and "
+                                             "tests/test_paper_shapes.py checks the shapes it steps",
 }
 COMMAND_START = re.compile(r"^(python |bash |ray |wandb )")
 

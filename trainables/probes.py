@@ -45,6 +45,7 @@ from torch import Tensor
 
 from .model.attention import CausalSelfAttention, causal_probs, norm
 from .model.gpt import softcap_cross_entropy
+from .model.nanogpt import CausalSelfAttention as NanoGPTAttention
 from .model.toeplitz import ToeplitzMixer
 
 MAX_ABLATION_HEADS = 64          # head_ablation costs one forward per head: beyond this, a fixed sample
@@ -116,9 +117,9 @@ def _hooks(handles: list):
             h.remove()
 
 
-def _attn_layers(model: nn.Module) -> list[CausalSelfAttention]:
+def _attn_layers(model: nn.Module) -> list[CausalSelfAttention | NanoGPTAttention]:
     layers = [b.attn for b in model.transformer.h]
-    if not all(isinstance(a, CausalSelfAttention) for a in layers):
+    if not all(isinstance(a, (CausalSelfAttention, NanoGPTAttention)) for a in layers):
         raise ValueError("attention probes need an attention model (mixer='attention'); this one uses "
                          f"{type(layers[0]).__name__}")
     return layers
@@ -138,15 +139,15 @@ def _loss(model: nn.Module, idx: Tensor, targets: Tensor) -> float:
     return float(model(idx, targets))
 
 
-def _capture_attn_inputs(model: nn.Module, idx: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """One forward; returns each attention layer's (x, cos, sin) as the module received them."""
+def _capture_attn_inputs(model: nn.Module, idx: Tensor) -> list[tuple[Tensor, ...]]:
+    """One forward; returns each attention layer's tensor inputs as the module received them, which are what its
+    qkv() takes: (x, cos, sin) for gpt.GPT's attention (RoPE), (x,) for nanoGPT's."""
     layers = _attn_layers(model)
     captured: list = [None] * len(layers)
 
     def hook(i):
         def fn(module, args, kwargs):
-            names = ("x", "cos", "sin")
-            vals = list(args[:3]) + [kwargs[n] for n in names[len(args[:3]):]]
+            vals = [a for a in args if isinstance(a, Tensor)] + [kwargs[n] for n in ("x", "cos", "sin") if n in kwargs]
             captured[i] = tuple(v.detach() for v in vals)
         return fn
 
@@ -155,11 +156,12 @@ def _capture_attn_inputs(model: nn.Module, idx: Tensor) -> list[tuple[Tensor, Te
     return captured
 
 
-def _probs_from_input(attn: CausalSelfAttention, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """[B, H_total, T, T] attention probabilities of one layer, recomputed from its input x [B, T, C]."""
+def _probs_from_input(attn: CausalSelfAttention | NanoGPTAttention, x: Tensor, *rope: Tensor) -> Tensor:
+    """[B, H_total, T, T] attention probabilities of one layer, recomputed from its input x [B, T, C] (and the
+    cos/sin tables it was given, for RoPE)."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     out = []
-    for q, k, _ in attn.qkv(x, cos, sin).values():  # normal heads, then nano heads
+    for q, k, _ in attn.qkv(x, *rope).values():  # normal heads, then nano heads
         if q.size(2) == 0:
             continue
         q, k = q.transpose(1, 2).to(dtype), k.transpose(1, 2).to(dtype)       # [B, H, T, D]
@@ -258,7 +260,8 @@ def _loss_from_layer(model: nn.Module, inputs: list[tuple[tuple, dict]], start: 
     for i in range(start, len(blocks)):
         args, kwargs = inputs[i]
         x = blocks[i](x, *args[1:], **kwargs)
-    return float(softcap_cross_entropy(model.lm_head(norm(x)), targets, model.cfg.logit_softcap))
+    final_norm = getattr(model.transformer, "ln_f", norm)  # nanoGPT's LayerNorm, else the parameter-free RMSNorm
+    return float(softcap_cross_entropy(model.lm_head(final_norm(x)), targets, model.cfg.logit_softcap))
 
 
 def head_ablation(model: nn.Module, idx: Tensor, targets: Tensor, *, max_heads: int | None = MAX_ABLATION_HEADS) -> list[dict]:
@@ -349,8 +352,8 @@ def w8a8_loss(model: nn.Module, idx: Tensor, targets: Tensor) -> tuple[float, fl
 def toeplitz_filters(model: nn.Module) -> list[dict]:
     """Per (layer, head): {"layer", "head", "filter", "effective", "receptive_field"}.
 
-    filter: the learned weights w over lags 0..seq_len-1 (ToeplitzMixer.filters(): exp(raw) with
-    toep_mean). effective: what multiplies x_{t-k} at the last position of a full window: w / sum(w)
+    filter: the learned weights w over lags 0..seq_len-1 (ToeplitzMixer.filters(): raw, or exp(raw) with
+    toep_filter="exp"). effective: what multiplies x_{t-k} at the last position of a full window: w / sum(w)
     with toep_mean (the weighted mean's normalisation), else w. receptive_field: on effective, the
     smallest lag holding 90% of the absolute mass."""
     model = _unwrap(model)

@@ -27,12 +27,15 @@ import torch
 import torch.distributed as dist
 
 from trainables.data import DataError, TokenLoader, evaluate_bpb, prepare_tokens
-from trainables.model import GPT, GPTConfig, count_params, flops_per_token, solve_architecture
+from trainables.model import GPT, GPTConfig, build_model, count_params, flops_per_token, solve_architecture
 from trainables.storage import read_jsonl, write_atomic
 
 SCHEDULES = ("cosine", "linear")
 OPTIMIZERS = ("adamw", "muon")
 DTYPES = ("auto", "float32", "bfloat16")
+SHAPE_RULES = ("solver", "nanochat")
+WD_SCHEDULES = ("constant", "linear")
+MUON_ADJUST_LR = ("match_rms_adamw", "original")
 
 
 @dataclass(kw_only=True)
@@ -45,20 +48,30 @@ class TrainConfig:
     budget: float | None = None
     head_dim: int = 64
     aspect_ratio: float = 64.0
+    # "solver": any depth, any width that is a multiple of head_dim (solve_architecture); "nanochat": the width follows
+    # the depth as in nanochat's base_train (depth x aspect_ratio rounded up to head_dim), the depth nearest the budget.
+    shape_rule: str = "solver"
     # Batch: `batch_size` sequences per micro-step per worker; gradients accumulate up to
     # `total_batch_tokens` per optimizer step over all workers (None: one micro-step).
     batch_size: int = 8
     total_batch_tokens: int | None = None
     max_steps: int = 200
     max_tokens: int | None = None     # when set, max_steps = max_tokens / tokens per step
+    max_epochs: float = 4.0           # study.run refuses a plan over this many passes of the corpus' train split
     # Optimizer: per-group learning rates as in nanochat (matrices / embedding / lm_head).
     optimizer: str = "adamw"          # adamw | muon (Muon on the blocks' 2-D matrices, AdamW elsewhere)
     lr: float = 3e-3                  # the blocks' matrices
     embedding_lr: float | None = None # None: 10 x lr (the embedding is normalised right after lookup)
     lm_head_lr: float | None = None   # None: lr
     weight_decay: float = 0.0
+    wd_schedule: str = "constant"     # constant | linear: the matrices' decay falls linearly to 0 at max_steps (nanochat)
     beta1: float = 0.9
     beta2: float = 0.95
+    adam_eps: float = 1e-8            # nanochat: 1e-10
+    # Muon's lr per matrix [rows, cols]: "match_rms_adamw" lr x 0.2 sqrt(max(rows, cols)), so lr reads as an AdamW lr;
+    # "original" lr x sqrt(max(1, rows / cols)), Keller Jordan's and nanochat's (its matrix lr is 0.02).
+    muon_adjust_lr: str = "match_rms_adamw"
+    muon_momentum_warmup: int = 0     # steps over which Muon's momentum rises linearly from 0.85 to 0.95 (nanochat: 300)
     warmup_steps: int = 20
     schedule: str = "cosine"          # cosine to min_lr_frac, or linear: constant then warmdown_frac to min_lr_frac
     warmdown_frac: float = 0.2
@@ -70,7 +83,7 @@ class TrainConfig:
     eval_batches: int = 8
     checkpoint: bool = True
     sample_tokens: int = 0            # >0: write samples.json with samples of this many tokens at the end
-    gen_benchmark_tokens: int = 0     # >0: time generate() of this many tokens, mixer heads parallel vs sequential
+    gen_benchmark_tokens: int = 0     # >0: time generate() of this many tokens: heads parallel vs sequential, cached vs not
     gen_benchmark_runs: int = 3
     gen_benchmark_batch: int = 4
     probes: bool = True               # run trainables.probes on the final model (a few val batches)
@@ -80,6 +93,12 @@ class TrainConfig:
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
         _check(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+        _check(self.shape_rule in SHAPE_RULES, "shape_rule", self.shape_rule, f"one of {', '.join(SHAPE_RULES)}")
+        _check(self.shape_rule == "solver" or self.budget is not None, "shape_rule", self.shape_rule,
+               "'solver' here: nanochat's rule picks the depth nearest a budget, and no budget reaches it (dims given, "
+               "or sized by the study's own rule)")
+        _check(self.wd_schedule in WD_SCHEDULES, "wd_schedule", self.wd_schedule, f"one of {', '.join(WD_SCHEDULES)}")
+        _check(self.muon_adjust_lr in MUON_ADJUST_LR, "muon_adjust_lr", self.muon_adjust_lr, f"one of {', '.join(MUON_ADJUST_LR)}")
         def integer(value, low):
             return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
@@ -88,11 +107,13 @@ class TrainConfig:
 
         for name in ("batch_size", "max_steps", "eval_every", "eval_batches", "head_dim", "gen_benchmark_runs", "gen_benchmark_batch"):
             _check(integer(getattr(self, name), 1), name, getattr(self, name), "an integer >= 1")
-        for name in ("warmup_steps", "sample_tokens", "gen_benchmark_tokens"):  # 0: none (off)
+        for name in ("warmup_steps", "sample_tokens", "gen_benchmark_tokens", "muon_momentum_warmup"):  # 0: none (off)
             _check(integer(getattr(self, name), 0), name, getattr(self, name), "an integer >= 0")
         for name in ("total_batch_tokens", "max_tokens"):
             _check(getattr(self, name) is None or integer(getattr(self, name), 1), name, getattr(self, name), "None or an integer >= 1")
         _check(integer(self.seed, 0) and self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32) (numpy's seed range)")
+        _check(number(self.max_epochs) and self.max_epochs > 0, "max_epochs", self.max_epochs,
+               "a finite number > 0 (passes over the corpus' train split a plan may make)")
         _check(number(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
         for name in ("embedding_lr", "lm_head_lr"):
             _check(getattr(self, name) is None or (number(getattr(self, name)) and getattr(self, name) > 0), name,
@@ -101,6 +122,7 @@ class TrainConfig:
             _check(number(getattr(self, name)) and getattr(self, name) >= 0, name, getattr(self, name), "a finite number >= 0")
         for name in ("beta1", "beta2"):
             _check(number(getattr(self, name)) and 0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
+        _check(number(self.adam_eps) and self.adam_eps > 0, "adam_eps", self.adam_eps, "a finite number > 0")
         _check(number(self.min_lr_frac) and 0 <= self.min_lr_frac <= 1, "min_lr_frac", self.min_lr_frac, "a number in [0, 1]")
         _check(number(self.warmdown_frac) and 0 < self.warmdown_frac <= 1, "warmdown_frac", self.warmdown_frac, "a number in (0, 1]")
         _check(self.budget is None or (number(self.budget) and self.budget > 0), "budget", self.budget,
@@ -130,8 +152,12 @@ def resolve_configs(config: dict, vocab_size: int) -> tuple[GPTConfig, TrainConf
         for k in ("n_layer", "n_embd", "n_head"):
             model_keys.pop(k, None)
         kv_ratio = model_keys.pop("n_kv_head", None)  # with a budget, n_kv_head is read as a ratio n_head/n_kv_head
-        best = solve_architecture(tc.budget, vocab_size, tc.head_dim, aspect_ratio=tc.aspect_ratio,
-                                  **{k: v for k, v in model_keys.items() if k != "vocab_size"})[0]
+        kw = dict(aspect_ratio=tc.aspect_ratio, **{k: v for k, v in model_keys.items() if k != "vocab_size"})
+        if tc.shape_rule == "nanochat":
+            from trainables.model.params import nanochat_depth
+            best = nanochat_depth(tc.budget, vocab_size, tc.head_dim, **kw)
+        else:
+            best = solve_architecture(tc.budget, vocab_size, tc.head_dim, **kw)[0]
         model_keys.update(n_layer=best.n_layer, n_embd=best.n_embd, n_head=best.n_head)
         if kv_ratio:
             model_keys["n_kv_head"] = max(1, best.n_head // kv_ratio)
@@ -174,26 +200,53 @@ def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
 # ----------------------------------------------------------------------------- optimizer and schedule
 
 def build_optimizers(model: GPT, tc: TrainConfig) -> list[torch.optim.Optimizer]:
-    """nanochat-style groups: the embedding, the lm_head, the blocks' matrices, the blocks' other params
-    (Toeplitz filters). With Muon, the blocks' matrices go to Muon and the rest to AdamW."""
-    wte = model.transformer.wte.weight
+    """nanochat-style groups: the embedding (and nanoGPT's position table), the lm_head, the blocks' matrices,
+    every other param (Toeplitz filters; nanoGPT's LayerNorms and biases). With Muon, the blocks' matrices go
+    to Muon and the rest to AdamW. arch="nanogpt" decays the embeddings and the lm_head at weight_decay too,
+    as nanoGPT's configure_optimizers decays every 2-D tensor; nanochat decays none of them."""
+    tables = [m.weight for m in model.transformer.values() if isinstance(m, torch.nn.Embedding)]  # wte (, wpe)
     head = model.lm_head.weight
     matrices, others = [], []
-    for module in model.transformer.h.modules():  # Linear weights are the matrices; the rest (Toeplitz filters) are not
-        params = list(module.parameters(recurse=False))
-        (matrices if isinstance(module, torch.nn.Linear) else others).extend(params)
-    groups = [dict(params=[wte], lr=tc.embedding_lr or 10 * tc.lr, weight_decay=0.0)]
-    if head is not wte:
-        groups.append(dict(params=[head], lr=tc.lm_head_lr or tc.lr, weight_decay=0.0))
+    for module in model.transformer.h.modules():  # Linear weights are the matrices; the rest (biases, norms, Toeplitz filters) are not
+        for name, p in module.named_parameters(recurse=False):
+            (matrices if isinstance(module, torch.nn.Linear) and name == "weight" else others).append(p)
+    grouped = {id(p) for p in [*tables, head, *matrices, *others]}
+    others += [p for p in model.parameters() if id(p) not in grouped]  # nanoGPT's final LayerNorm
+    table_decay = tc.weight_decay if model.cfg.arch == "nanogpt" else 0.0
+    embedding_lr, lm_head_lr = table_lrs(tc)
+    inputs = [t for t in tables if t is not head]  # a tied wte is the lm_head, at the lm_head's lr (table_lrs)
+    groups = [dict(params=inputs, lr=embedding_lr, weight_decay=table_decay)] if inputs else []
+    groups.append(dict(params=[head], lr=lm_head_lr, weight_decay=table_decay))
     if others:
         groups.append(dict(params=others, lr=tc.lr, weight_decay=0.0))
-    adam_kw = dict(betas=(tc.beta1, tc.beta2), eps=1e-8)
+    adam_kw = dict(betas=(tc.beta1, tc.beta2), eps=tc.adam_eps)
     if tc.optimizer == "muon":
         muon = torch.optim.Muon([dict(params=matrices, lr=tc.lr, weight_decay=tc.weight_decay)],
-                                adjust_lr_fn="match_rms_adamw")
+                                adjust_lr_fn=tc.muon_adjust_lr, momentum=muon_momentum(0, tc))
         return [torch.optim.AdamW(groups, **adam_kw), muon]
     groups.append(dict(params=matrices, lr=tc.lr, weight_decay=tc.weight_decay))
     return [torch.optim.AdamW(groups, **adam_kw)]
+
+
+def table_lrs(tc: TrainConfig) -> tuple[float, float]:
+    """The embedding's and the lm_head's lrs: as given, else 10 x lr (the embedding is normalised right after
+    lookup) and lr. A tied table trains at the lm_head's lr: it makes the logits, whose gradient reaches every row
+    at every step through the softmax (the embedding's, only the rows of the tokens seen), and that is the role
+    nanochat keeps 50x slower (unembedding 0.004, embedding 0.2)."""
+    return tc.embedding_lr or 10 * tc.lr, tc.lm_head_lr or tc.lr
+
+
+def lrs_by_role(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> dict:
+    """The lr (before the schedule) each part of the model trains at, as config.json records it: embedding (wte),
+    lm_head, positions (nanoGPT's wpe), matrices (the blocks' Linear weights), other (norms, biases, filters).
+    A tied table's embedding and lm_head lrs are its one lr."""
+    lr = {id(p): g.get("initial_lr", g["lr"]) for opt in optimizers for g in opt.param_groups for p in g["params"]}
+    t = model.transformer
+    roles = dict(embedding=[t.wte.weight], lm_head=[model.lm_head.weight], positions=[t.wpe.weight] if "wpe" in t else [],
+                 matrices=[m.weight for m in t.h.modules() if isinstance(m, torch.nn.Linear)])
+    named = {id(p) for params in roles.values() for p in params}
+    roles["other"] = [p for p in model.parameters() if id(p) not in named]
+    return {role: lr[id(params[0])] for role, params in roles.items() if params}
 
 
 def lr_multiplier(step: int, tc: TrainConfig, max_steps: int) -> float:
@@ -208,6 +261,19 @@ def lr_multiplier(step: int, tc: TrainConfig, max_steps: int) -> float:
         return 1.0
     progress = (step - (max_steps - warmdown)) / warmdown
     return 1.0 - (1 - tc.min_lr_frac) * min(progress, 1.0)
+
+
+def muon_momentum(step: int, tc: TrainConfig) -> float:
+    """Muon's momentum: 0.95, or nanochat's ramp from 0.85 to 0.95 over the first muon_momentum_warmup steps."""
+    if not tc.muon_momentum_warmup:
+        return 0.95
+    frac = min(step / tc.muon_momentum_warmup, 1.0)
+    return (1 - frac) * 0.85 + frac * 0.95
+
+
+def weight_decay_multiplier(step: int, tc: TrainConfig, max_steps: int) -> float:
+    """1, or (linear) 1 - step / max_steps: nanochat's Muon decay, which reaches 0 at the end of training."""
+    return 1.0 - step / max_steps if tc.wd_schedule == "linear" else 1.0
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -305,17 +371,18 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     np.random.seed(tc.seed)
-    model = GPT(cfg).to(device)
+    model = build_model(cfg).to(device)
     optimizers = build_optimizers(model, tc)
     for opt in optimizers:
         for group in opt.param_groups:
-            group["initial_lr"] = group["lr"]
+            group["initial_lr"], group["initial_weight_decay"] = group["lr"], group["weight_decay"]
     loader = TokenLoader(data, tc.batch_size, cfg.seq_len, rank=rank, world_size=world, seed=tc.seed)
     params = count_params(cfg)
     fpt = flops_per_token(cfg)
     peak = peak_flops(device) * world
 
     step, tokens, wall_before, best_bpb = 0, 0, 0.0, math.inf
+    best_loss = math.inf  # the best eval's loss (the Toeplitz note reports its best checkpoint's eval loss)
     stability = Stability()
     if restore:
         # weights_only: a checkpoint comes from shared storage; a full unpickle would run any code placed in it
@@ -323,8 +390,11 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
         model.load_state_dict(state["model"])
         for opt, s in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(s)
+            for group in opt.param_groups:  # a checkpoint from before the decay schedule: its decay was constant
+                group.setdefault("initial_weight_decay", group["weight_decay"])
         loader.load_state_dict(state["loader"][rank] if isinstance(state["loader"], list) else state["loader"])
         step, tokens, wall_before, best_bpb = state["step"], state["tokens"], state["wall_s"], state["best_val_bpb"]
+        best_loss = state.get("best_val_loss", math.inf)  # checkpoints written before it was kept lack it
         stability.load_state_dict(state["stability"])
         set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
         log(f"resumed from step {step} ({tokens:,} tokens)")
@@ -335,8 +405,10 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     metrics_file = None
     if out_dir and rank == 0:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(out_dir) / "config.json", json.dumps(dict(trial=config, model=cfg.to_dict(), train=asdict(tc),
+        built = {**cfg.to_dict(), "nanohead_share_achieved": nanohead_share(cfg)}  # what was built, as rounded
+        write_atomic(Path(out_dir) / "config.json", json.dumps(dict(trial=config, model=built, train=asdict(tc),
                                                                     params=params, flops_per_token=fpt,
+                                                                    lrs=lrs_by_role(model, optimizers),
                                                                     planned_steps=max_steps), indent=2))
         metrics_path = Path(out_dir) / "metrics.jsonl"
         if metrics_path.exists():  # after a restore, drop evals past the checkpoint: they are about to be redone
@@ -347,7 +419,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
         metrics_file = open(metrics_path, "a")
 
     log(f"model: {params['total']:,} params ({params['non_embedding']:,} non-embedding), {cfg.n_layer} layers x {cfg.n_embd} wide, "
-        f"mixer={cfg.mixer}{' softmax1' if cfg.softmax1 else ''}{f' nano p={cfg.nanohead_proportion}' if cfg.nanohead_proportion else ''}; "
+        f"{cfg.arch} mixer={cfg.mixer}{' softmax1' if cfg.softmax1 else ''}{f' nano p={cfg.nanohead_proportion}' if cfg.nanohead_proportion else ''}; "
         f"{max_steps} steps x {total_batch:,} tokens on {world} x {device.type}{' bf16' if amp_dtype else ''}")
 
     def autocast():
@@ -365,7 +437,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
         checkpoint_dir = None
         if tc.checkpoint and report is not None:
             checkpoint_dir = save_checkpoint(model, optimizers, loader, stability, step, tokens, best_bpb,
-                                             time.time() - t_start + wall_before, ddp, rank)
+                                             time.time() - t_start + wall_before, ddp, rank, best_val_loss=best_loss)
         if metrics_file:
             metrics_file.write(json.dumps(metrics) + "\n")
             metrics_file.flush()
@@ -376,10 +448,13 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     train_losses, grad_norms, t_window, tokens_window = [], [], time.time(), 0
     last = {}
     while step < max_steps:
-        lrm = lr_multiplier(step, tc, max_steps)
+        lrm, wdm = lr_multiplier(step, tc, max_steps), weight_decay_multiplier(step, tc, max_steps)
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * lrm
+                group["weight_decay"] = group["initial_weight_decay"] * wdm
+                if "momentum" in group:  # Muon
+                    group["momentum"] = muon_momentum(step, tc)
         loss_sum = 0.0
         for micro in range(grad_accum):
             x, y = next(loader)
@@ -411,7 +486,8 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
             tok_s = tokens_window / dt
             val = evaluate()
             best_bpb = min(best_bpb, val["val_bpb"])
-            last = dict(step=step, tokens=tokens, train_loss=float(np.mean(train_losses)), **val, best_val_bpb=best_bpb,
+            best_loss = min(best_loss, val["val_loss"])  # the same eval as best_bpb: one val set, bpb a fixed multiple of loss
+            last = dict(step=step, tokens=tokens, train_loss=float(np.mean(train_losses)), **val, best_val_bpb=best_bpb, best_val_loss=best_loss,
                         lr=optimizers[-1].param_groups[-1]["lr"], tokens_per_s=tok_s, mfu=tok_s * fpt / peak,
                         params_total=params["total"], params_non_embedding=params["non_embedding"],
                         flops_per_token=fpt, flops=fpt * tokens, wall_s=time.time() - t_start + wall_before)
@@ -435,6 +511,13 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     return last
 
 
+def nanohead_share(cfg: GPTConfig) -> float:
+    """The share of the query width, and so of the q/k/v parameters, that the split rule gave nano heads: the
+    requested proportion rounded to whole heads (p=0.2 at 512 wide, 4 heads: 32 heads of 3, 0.1875)."""
+    from trainables.model import nanohead_split
+    return nanohead_split(cfg).nano_fraction if cfg.mixer == "attention" else 0.0
+
+
 def param_sync_error(model: torch.nn.Module) -> float:
     """DDP keeps every rank's parameters identical; the spread of a per-rank checksum proves it (0.0)."""
     checksum = torch.stack([p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters())]).sum()
@@ -443,7 +526,8 @@ def param_sync_error(model: torch.nn.Module) -> float:
     return float(torch.stack(gathered).max() - torch.stack(gathered).min())
 
 
-def save_checkpoint(model, optimizers, loader, stability, step, tokens, best_val_bpb, wall_s, ddp, rank) -> str | None:
+def save_checkpoint(model, optimizers, loader, stability, step, tokens, best_val_bpb, wall_s, ddp, rank,
+                    best_val_loss=math.inf) -> str | None:
     """Every rank contributes its loader and RNG state (their data positions differ); rank 0 writes."""
     import tempfile
     local = dict(loader=loader.state_dict(), rng=rng_state())
@@ -456,7 +540,7 @@ def save_checkpoint(model, optimizers, loader, stability, step, tokens, best_val
         return None
     d = tempfile.mkdtemp(prefix="ckpt_")
     torch.save(dict(model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers], step=step, tokens=tokens,
-                    stability=stability.state_dict(), best_val_bpb=best_val_bpb,
+                    stability=stability.state_dict(), best_val_bpb=best_val_bpb, best_val_loss=best_val_loss,
                     wall_s=wall_s, loader=[g["loader"] for g in gathered], rng=[g["rng"] for g in gathered]),
                os.path.join(d, CHECKPOINT_FILE))
     return d
@@ -474,22 +558,43 @@ def probe(model: GPT, data, cfg: GPTConfig, tc: TrainConfig, device, out_dir: st
 
 @torch.no_grad()
 def generation_benchmark(model: GPT, data, tc: TrainConfig, device) -> dict:
-    """Greedy generation speed with the mixer's heads processed at once vs one at a time (the Toeplitz
-    seed's benchmark; attention ignores the path). One warm-up run, then the mean over gen_benchmark_runs."""
-    prompt = torch.from_numpy(np.asarray(data.val_tokens()[: 16 * tc.gen_benchmark_batch], dtype=np.int64))
-    prompt = prompt.view(tc.gen_benchmark_batch, 16).to(device)
+    """Greedy generation speed, as the Toeplitz seed's benchmark: the mixer's heads at once vs one at a time
+    (attention ignores the path), with the cache (each new token one position) and without (the whole context
+    rerun every step). A one-token prompt per row, two warm-up runs, then the mean over gen_benchmark_runs, in
+    the training's autocast dtype; on a GPU the timer waits for the queued kernels (torch.cuda.synchronize).
+
+    Keys: gen_{tokens_per_s,mean_time}_{parallel,sequential} (cached) and ..._uncached_{parallel,sequential};
+    gen_speedup / gen_speedup_uncached (parallel over sequential), gen_cache_speedup_{parallel,sequential}
+    (cached over uncached)."""
+    prompt = torch.from_numpy(np.asarray(data.val_tokens()[:1], dtype=np.int64)).expand(tc.gen_benchmark_batch, 1).to(device)
+    amp_dtype = autocast_dtype(tc, device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def generate(path: str, use_cache: bool):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            model.generate(prompt, tc.gen_benchmark_tokens, temperature=0, mixer_path=path, use_cache=use_cache)
+
     model.eval()
     out = {}
+    for cached in ("", "uncached_"):
+        for path in ("parallel", "sequential"):
+            for _ in range(2):
+                generate(path, not cached)
+            times = []
+            for _ in range(tc.gen_benchmark_runs):
+                sync()
+                t0 = time.perf_counter()
+                generate(path, not cached)
+                sync()
+                times.append(time.perf_counter() - t0)
+            out[f"gen_mean_time_{cached}{path}"] = float(np.mean(times))
+            out[f"gen_tokens_per_s_{cached}{path}"] = tc.gen_benchmark_batch * tc.gen_benchmark_tokens / float(np.mean(times))
+        out[f"gen_speedup{'_uncached' if cached else ''}"] = out[f"gen_tokens_per_s_{cached}parallel"] / out[f"gen_tokens_per_s_{cached}sequential"]
     for path in ("parallel", "sequential"):
-        model.generate(prompt, tc.gen_benchmark_tokens, temperature=0, mixer_path=path)
-        times = []
-        for _ in range(tc.gen_benchmark_runs):
-            t0 = time.perf_counter()
-            model.generate(prompt, tc.gen_benchmark_tokens, temperature=0, mixer_path=path)
-            times.append(time.perf_counter() - t0)
-        out[f"gen_mean_time_{path}"] = float(np.mean(times))
-        out[f"gen_tokens_per_s_{path}"] = tc.gen_benchmark_batch * tc.gen_benchmark_tokens / float(np.mean(times))
-    out["gen_speedup"] = out["gen_tokens_per_s_parallel"] / out["gen_tokens_per_s_sequential"]
+        out[f"gen_cache_speedup_{path}"] = out[f"gen_tokens_per_s_{path}"] / out[f"gen_tokens_per_s_uncached_{path}"]
     model.train()
     return out
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trainables.model import GPT, GPTConfig
+from trainables.model import GPT, GPTConfig, build_model
 
 BASE = dict(vocab_size=96, n_layer=2, n_embd=64, n_head=4, seq_len=32)
 
@@ -30,6 +30,13 @@ ATTENTION = {
     "no_qknorm": dict(qk_norm=False),
     "tied_nocap": dict(tie_embeddings=True, logit_softcap=None),
     "mlp_ratio": dict(mlp_ratio=2.5, rope_base=100.0),
+}
+
+# nanoGPT's own architecture (arch="nanogpt"): with biases and tied, or without and untied, softmax1.
+NANOGPT = dict(arch="nanogpt", qk_norm=False, logit_softcap=None)
+NANOGPT_VARIANTS = {
+    "nanogpt": dict(NANOGPT, bias=True, tie_embeddings=True),
+    "nanogpt_softmax1_untied": dict(NANOGPT, softmax1=True),
 }
 
 TOEPLITZ = {
@@ -54,7 +61,7 @@ class Variant:
 
 def _variants() -> list[Variant]:
     out = []
-    for name, ov in ATTENTION.items():
+    for name, ov in {**ATTENTION, **NANOGPT_VARIANTS}.items():
         for backend in ("sdpa", "manual"):
             out.append(Variant(f"{name}-{backend}", {**ov, "attn_backend": backend}))
     for name, ov in TOEPLITZ.items():
@@ -83,7 +90,7 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def build(cfg: GPTConfig, *, seed: int = 0, dtype=torch.float64, random_weights: bool = True) -> GPT:
     torch.manual_seed(seed)
-    model = GPT(cfg)
+    model = build_model(cfg)
     model = model.to(dtype)
     if random_weights:
         randomize_(model, seed)

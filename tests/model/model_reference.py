@@ -254,7 +254,8 @@ def toeplitz_ref(mixer, cfg, x) -> torch.Tensor:
     inp, out = toeplitz_projections(mixer)
     if cfg.toep_proj:
         assert inp is not None, "toep_proj=True but the mixer has no projections"
-        x = x @ d64(inp.weight).T
+        assert (inp.bias is not None) == (out.bias is not None) == cfg.toep_proj_bias, "projection biases != toep_proj_bias"
+        x = x @ d64(inp.weight).T + (d64(inp.bias) if cfg.toep_proj_bias else 0)
     else:
         assert inp is None, "toep_proj=False but the mixer has Linear projections"
     w = d64(mixer.filters())
@@ -262,7 +263,7 @@ def toeplitz_ref(mixer, cfg, x) -> torch.Tensor:
     T = x.shape[1]
     y = toeplitz_loop(x, w, cfg.toep_mean) if T <= 24 else toeplitz_matrix(x, w, cfg.toep_mean)
     if cfg.toep_proj:
-        y = y @ d64(out.weight).T
+        y = y @ d64(out.weight).T + (d64(out.bias) if cfg.toep_proj_bias else 0)
     return y
 
 
@@ -270,6 +271,9 @@ def reference_logits(model, cfg, idx, *, kind=None, rope_on_nano=False, attend=a
     """Full forward in float64 from the model's weights. kind overrides softmax/softmax1."""
     if kind is None:
         kind = "softmax1" if cfg.softmax1 else "softmax"
+    if cfg.arch == "nanogpt":  # another architecture: nanoGPT's model.py, written out in its own file
+        from nanogpt_reference import nanogpt_logits
+        return nanogpt_logits(model.state_dict(), cfg.n_head, idx, softmax1=kind == "softmax1")
     with torch.no_grad():
         x = d64(model.transformer.wte.weight)[idx]
         x = rms(x)
@@ -307,17 +311,18 @@ def ref_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 # Parameter accounting by hand
 
 def ref_param_counts(vocab: int, n_layer: int, n_embd: int, n_head: int, *, n_kv_head=None, mlp_ratio=4.0,
-                     mixer="attention", toep_proj=False, seq_len=256, tie=False) -> dict:
+                     mixer="attention", toep_proj=False, toep_proj_bias=False, seq_len=256, tie=False) -> dict:
     """Hand count: no biases, no norm gains. Attention: q and proj n_embd x n_embd, k and v n_embd x n_embd/g
     (independent of the nano split, because normal and nano kv widths both shrink by g).
-    Toeplitz: one filter of seq_len lags per head, plus 2 n_embd x n_embd projections with toep_proj."""
+    Toeplitz: one filter of seq_len lags per head, plus 2 n_embd x n_embd projections with toep_proj
+    (and their 2 biases of n_embd with toep_proj_bias)."""
     n_kv_head = n_head if n_kv_head is None else n_kv_head
     g = n_head // n_kv_head
     C = n_embd
     if mixer == "attention":
         mix = C * C + 2 * C * (C // g) + C * C
     else:
-        mix = n_head * seq_len + (2 * C * C if toep_proj else 0)
+        mix = n_head * seq_len + (2 * C * C + (2 * C if toep_proj_bias else 0) if toep_proj else 0)
     mlp = 2 * C * int(mlp_ratio * C)
     blocks = n_layer * (mix + mlp)
     emb = vocab * C

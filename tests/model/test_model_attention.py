@@ -240,7 +240,9 @@ def test_tied_embeddings_share_one_tensor():
 
 
 def test_no_biases_anywhere():
-    for ov in (dict(), dict(nanohead_proportion=0.25), dict(mixer="toeplitz", toep_proj=True, toep_mean=True)):
+    # nanochat's GPT has none; the Toeplitz note's projections are nn.Linear with bias (toep_proj_bias) unless turned off
+    for ov in (dict(), dict(nanohead_proportion=0.25),
+               dict(mixer="toeplitz", toep_proj=True, toep_mean=True, toep_proj_bias=False)):
         model = GPT(GPTConfig(**BASE, **ov))
         biases = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.bias is not None]
         assert not biases, biases

@@ -33,7 +33,10 @@ TRAIN_RANGES = {
     "weight_decay": ([0, 0.1, 10.0], [-3, -1e-9, INF, NAN], ">= 0"),
     "beta1": ([0, 0.9, 0.999], [5, 1, 1.0, -0.1, INF, NAN], "[0, 1)"),
     "beta2": ([0.0, 0.95], [1, -0.5, NAN], "[0, 1)"),
+    "adam_eps": ([1e-10, 1e-8, 1], [0, -1e-8, INF, NAN], "> 0"),
+    "muon_momentum_warmup": ([0, 300], [-1, 2.5], ">= 0"),    # 0: a constant 0.95
     "grad_clip": ([0, 1.0, 100], [-1, INF, NAN], ">= 0"),
+    "max_epochs": ([0.5, 4, 2000.0], [0, -1, INF, NAN], "> 0"),
     "min_lr_frac": ([0, 0.1, 1], [-0.1, 1.1, NAN], "[0, 1]"),
     "warmdown_frac": ([0.01, 1], [0, 1.5, NAN], "(0, 1]"),
     "budget": ([None, 1e5, 50_000_000], [0, -1.0, INF, NAN], "positive"),

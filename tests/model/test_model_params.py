@@ -42,7 +42,7 @@ def test_count_params_equals_module_numel(ov):
     assert got["non_embedding"] == got["total"] - got["embedding"]
     hand = ref_param_counts(cfg.vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, n_kv_head=cfg.n_kv_head,
                             mlp_ratio=cfg.mlp_ratio, mixer=cfg.mixer, toep_proj=cfg.toep_proj,
-                            seq_len=cfg.seq_len, tie=cfg.tie_embeddings)
+                            toep_proj_bias=cfg.toep_proj_bias, seq_len=cfg.seq_len, tie=cfg.tie_embeddings)
     for key, value in hand.items():
         assert got[key] == value, (key, got[key], value)
 

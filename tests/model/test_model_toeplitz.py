@@ -12,9 +12,9 @@ LONG = 600  # the contract's example of a long sequence (> the lead's FFT switch
 VERY_LONG = 1100  # past 1024 as well, in case the switch moves
 
 
-def _mixer(mean: bool, proj: bool, seq_len: int, dtype=F64, seed: int = 0):
+def _mixer(mean: bool, proj: bool, seq_len: int, dtype=F64, seed: int = 0, **more):
     cfg = GPTConfig(vocab_size=64, n_layer=1, n_embd=16, n_head=4, seq_len=seq_len, mixer="toeplitz",
-                    toep_mean=mean, toep_proj=proj)
+                    toep_mean=mean, toep_proj=proj, **more)
     model = build(cfg, seed=seed, dtype=dtype)
     return cfg, model.transformer.h[0].attn
 
@@ -23,11 +23,11 @@ def _naive(mixer, cfg, x):
     inp, out = toeplitz_projections(mixer)
     x = x.to(F64)
     if cfg.toep_proj:
-        x = x @ inp.weight.detach().to(F64).T
+        x = x @ inp.weight.detach().to(F64).T + (inp.bias.detach().to(F64) if cfg.toep_proj_bias else 0)
     w = mixer.filters().detach().to(F64)
     y = toeplitz_loop(x, w, cfg.toep_mean) if x.shape[1] <= 24 else toeplitz_matrix(x, w, cfg.toep_mean)
     if cfg.toep_proj:
-        y = y @ out.weight.detach().to(F64).T
+        y = y @ out.weight.detach().to(F64).T + (out.bias.detach().to(F64) if cfg.toep_proj_bias else 0)
     return y
 
 
@@ -80,8 +80,8 @@ def test_long_sequence_is_causal(mean):
 
 
 def test_mean_weights_positive_by_construction():
-    """However the raw parameters move, the mean's weights stay > 0 and outputs stay finite."""
-    cfg, mixer = _mixer(True, False, seq_len=64, seed=5)
+    """With toep_filter="exp", however the raw parameters move, the mean's weights stay > 0 and outputs stay finite."""
+    cfg, mixer = _mixer(True, False, seq_len=64, seed=5, toep_filter="exp")
     with torch.no_grad():
         for p in mixer.parameters():  # the filter parameters (no projections here)
             p.fill_(-5.0)

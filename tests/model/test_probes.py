@@ -311,7 +311,7 @@ class _Int8Linear(torch.nn.Linear):
         return torch.clamp(torch.round(x / s), -127, 127).to(torch.int8).to(x.dtype) * s
 
     def forward(self, x):
-        return torch.nn.functional.linear(self._q(x), self._q(self.weight))
+        return torch.nn.functional.linear(self._q(x), self._q(self.weight), self.bias)  # a bias (Toeplitz projections) stays float
 
 
 def _swap_linears(module):

@@ -130,5 +130,18 @@ def test_perplexity_ratio_and_the_pre_registered_line():
     assert perplexity_ratio(t2, "softmax", "softmax1")["verdict"].startswith("does not meet")
 
 
+def test_perplexity_ratio_is_e_to_the_loss_difference_in_nats():
+    # softmax1 0.06 nats lower: perplexity ratio e^-0.06 = 0.941765, past the 5% line. The note's 2^loss read on nats
+    # would say 2^-0.06 = 0.959264: not past it. In bits (loss / ln 2) 2^loss gives e^-0.06 again.
+    t = _trials({"softmax": [3.000, 3.002, 2.998], "softmax1": [2.940, 2.942, 2.938]})
+    r = perplexity_ratio(t, "softmax", "softmax1")
+    assert r["ratio"] == pytest.approx(0.941765, abs=1e-6)
+    assert 2 ** (2.940 / math.log(2) - 3.000 / math.log(2)) == pytest.approx(0.941765, abs=1e-6)
+    assert 2 ** -0.06 == pytest.approx(0.959264, abs=1e-6) and 2 ** -0.06 > 0.95
+    # se = sqrt(2 x 0.002^2 / 3) = 0.0016330, t(0.975, 4) = 2.776445: upper end e^(-0.06 + 0.0045339) = 0.946044
+    assert r["ci_high"] == pytest.approx(0.946044, abs=1e-6)
+    assert r["verdict"].startswith("meets the 5% criterion")
+
+
 def test_natural_order():
     assert sorted(["p100", "p20", "p0"], key=natural_key) == ["p0", "p20", "p100"]

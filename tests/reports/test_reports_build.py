@@ -125,6 +125,33 @@ def test_softmax1_report(tmp_path):
     assert page.index("plain softmax says hi") < page.index("quiet attention says hi")  # baseline left
 
 
+def test_softmax1_report_explains_the_ratio(tmp_path):
+    d = write_study(tmp_path, "softmax1_ab", softmax1_rows(), family="softmax1", baseline="softmax")
+    page, _ = _build(d)
+    # the note's 2^loss on a loss in nats: 2^-0.06 = 0.9593 where e^-0.06 = 0.9418
+    assert "The note's 2<sup>loss</sup> gives the same ratio only for a loss in bits" in page
+    assert f"{2 ** -0.06:.3f}" == "0.959" and f"{math.exp(-0.06):.3f}" == "0.942"
+    assert "= 0.959, where the perplexities' ratio is e<sup>-0.06</sup> = 0.942" in page
+
+
+def test_note_vs_run_table_from_study_json(tmp_path):
+    """study.run writes the table into study.json; the report shows it near the top, every cell as text."""
+    fidelity = {"note": f"004{EVIL}.txt", "text": f"a line {EVIL}",
+                "rows": [{"aspect": "steps", "note": "max_iters 100,000", "this_run": "100,000 steps", "reason": ""},
+                         {"aspect": f"data{EVIL}", "note": EVIL, "this_run": f"hf:x {EVIL}", "reason": f"private {EVIL}"}]}
+    d = write_study(tmp_path, "softmax1_ab", softmax1_rows(), family="softmax1", baseline="softmax",
+                    meta_extra={"fidelity": fidelity})
+    page, _ = _build(d)
+    assert EVIL not in page and page.count(html.escape(EVIL)) >= 5
+    section = page[page.index("<section id='fidelity'>"):]
+    section = section[:section.index("</section>")]
+    assert "2 aspects, 1 differ" in section and "same as the note" in section
+    assert f"<td>private {html.escape(EVIL)}</td>" in section
+    assert page.index("<section id='summary'>") < page.index("<section id='fidelity'>") < page.index("<section id='stats'>")
+    plain = write_study(tmp_path / "plain", "softmax1_ab", softmax1_rows(), family="softmax1", baseline="softmax")
+    assert "<section id='fidelity'>" not in _build(plain)[0]  # a study.json without the table: no section
+
+
 def test_toeplitz_report(tmp_path):
     d = write_study(tmp_path, "toeplitz_flags", toeplitz_rows(), family="toeplitz", baseline="mean_proj")
     page, res = _build(d)

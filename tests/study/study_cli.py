@@ -95,9 +95,10 @@ def _number(text: str):
 
 
 def numel(**config) -> dict:
-    """Parameters of a real GPT, counted from its modules (the reference for count_params and the table)."""
-    from trainables.model import GPT, GPTConfig
-    model = GPT(GPTConfig(**config))
+    """Parameters of a real model (GPT, or NanoGPT for arch="nanogpt"), counted from its modules (the reference for
+    count_params and the table)."""
+    from trainables.model import GPTConfig, build_model
+    model = build_model(GPTConfig(**config))
     total = sum(p.numel() for p in model.parameters())
     return dict(total=total)
 

@@ -90,15 +90,17 @@ def test_help_of_every_study_states_its_hypothesis(name, capsys):
 @pytest.mark.parametrize("profile", ["smoke", "cpu"])
 @pytest.mark.parametrize("study", GRID_STUDIES)
 def test_dry_run_table_is_consistent_arithmetic(dry_runs, study, profile):
-    """Every row: params = embedding + lm_head + blocks, embedding = vocab x width, tokens = the profile's
-    steps x batch x seq, FLOPs = tokens x (6 x matmul params + the mixing term), names unique."""
+    """Every row: params = embedding + lm_head + blocks, embedding = vocab x width (softmax1_ab, nanoGPT's model:
+    + its position table, seq x width), tokens = the profile's steps x batch x seq, FLOPs = tokens x (6 x matmul
+    params + the mixing term), names unique."""
     rows = table(dry_runs(study, profile))
     assert rows
     p = PROFILES[profile]
     assert len({r["trial"] for r in rows}) == len(rows)
     for r in rows:
         assert r["params"] == r["embed"] + r["lm_head"] + r["blocks"], r
-        assert r["embed"] == r["vocab"] * r["width"], r
+        positions = p["seq_len"] * r["width"] if study == "softmax1_ab" else 0
+        assert r["embed"] == r["vocab"] * r["width"] + positions, r
         assert r["lm_head"] in (0, r["vocab"] * r["width"]), r
         assert r["tokens"] == p["max_steps"] * p["batch_size"] * p["seq_len"], r
         matmul = r["params"] - r["embed"] + r["vocab"] * r["width"] * (r["lm_head"] == 0)  # a tied head still multiplies
@@ -139,9 +141,10 @@ def test_other_studies_params_equal_real_modules(dry_runs):
     """One row per architecture family, rebuilt by hand from what the study promises."""
     soft = {r["variant"]: r for r in table(dry_runs("softmax1_ab", "smoke"))}
     assert set(soft) == {"softmax", "softmax1"}
-    for variant, r in soft.items():  # the baby GPT ties its embeddings (nanoGPT)
-        assert r["lm_head"] == 0
-        assert numel(vocab_size=r["vocab"], n_layer=r["L"], n_embd=r["width"], n_head=r["heads"], tie_embeddings=True,
+    for variant, r in soft.items():  # the baby GPT is nanoGPT's model: tied embeddings, a position table, no biases
+        assert r["lm_head"] == 0 and r["embed"] == (r["vocab"] + SMOKE["seq_len"]) * r["width"]
+        assert numel(arch="nanogpt", qk_norm=False, logit_softcap=None, bias=False, vocab_size=r["vocab"], n_layer=r["L"],
+                     n_embd=r["width"], n_head=r["heads"], seq_len=SMOKE["seq_len"], tie_embeddings=True,
                      softmax1=variant == "softmax1")["total"] == r["params"]
     assert soft["softmax"]["params"] == soft["softmax1"]["params"]  # softmax1 adds no parameters
 
@@ -152,9 +155,10 @@ def test_other_studies_params_equal_real_modules(dry_runs):
         real = numel(vocab_size=r["vocab"], n_layer=r["L"], n_embd=r["width"], n_head=r["heads"], seq_len=SMOKE["seq_len"],
                      mixer="toeplitz", toep_mean=variant.startswith("mean"), toep_proj=proj, mlp_ratio=1.0)
         assert real["total"] == r["params"], r
-        # per block: one filter per head and lag, in/out projections when on, a 1x MLP (the note's MLP 512 = width)
+        # per block: one filter per head and lag, in/out projections with biases when on (the note's nn.Linear),
+        # a 1x MLP (the note's MLP 512 = width)
         C, L = r["width"], r["L"]
-        assert r["blocks"] == L * (r["heads"] * SMOKE["seq_len"] + (2 * C * C if proj else 0) + 2 * C * C)
+        assert r["blocks"] == L * (r["heads"] * SMOKE["seq_len"] + (2 * C * C + 2 * C if proj else 0) + 2 * C * C)
 
     vocab = table(dry_runs("vocab_depth", "smoke"))
     for r in vocab:
@@ -166,7 +170,8 @@ def test_other_studies_params_equal_real_modules(dry_runs):
 
 
 def test_vocab_depth_rows(dry_runs):
-    for profile, vocabs in (("smoke", {512, 1024}), ("cpu", {2048, 4096, 8192})):
+    # the note's three vocabs (65,536, 24,576, 32,768) / 16 and / 4 (tests/study/test_vocab_depth_design.py)
+    for profile, vocabs in (("smoke", {4096, 1536, 2048}), ("cpu", {16384, 6144, 8192})):
         rows = table(dry_runs("vocab_depth", profile))
         assert len(rows) == 2 * len(vocabs)  # x tied / untied
         assert {r["vocab"] for r in rows} == vocabs

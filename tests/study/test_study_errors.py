@@ -58,6 +58,11 @@ IN_PROCESS = {
     "storage_postgres_unusable": (["nanohead_search", *SMOKE, "--storage", "postgresql://u:hunter2@127.0.0.1:1/db"], ["--storage", "u:***@127.0.0.1:1"]),
     "address_ray_client_nothing_listens": (["nanohead_grid", *SMOKE, "--address", "ray://127.0.0.1:1"], ["--address", "cannot connect"]),
     "address_malformed": (["nanohead_grid", *SMOKE, "--address", "somewhere"], ["--address", "host:port", "auto"]),
+    # the note's plan (100,000 steps x 64 x 256 tokens) over the 5 MB corpus: it would measure memorisation
+    "paper_plan_loops_the_corpus": (["softmax1_ab", "--profile", "paper", "--set", "corpus=wiki"],
+                                    ["softmax1_ab_softmax", "1,638,400,000 tokens", "epochs of corpus 'wiki'",
+                                     "max_epochs=4", "--set max_epochs="]),
+    "max_epochs_zero": (["nanohead_grid", *SMOKE, "--set", "max_epochs=0"], ["max_epochs=0", "> 0"]),
     # a dry run reads the corpus too (a folder without documents once passed it and failed every trial)
     "corpus_without_documents_dry_run": (["nanohead_grid", *SMOKE, "--set", f"corpus={ROOT / 'docker'}", "--dry-run"],
                                          ["docker", "no .txt/.jsonl/.parquet"]),

@@ -186,21 +186,27 @@ def test_the_count_is_the_plan_length(seeds):
 NOT_VARIED = {
     ("nanohead_search", "objective"): "steers the sampler (TPE or NSGA-II), not a trial: test_study_dry_run checks "
                                       "the dry run names NSGA-II for objective=multi",
+    **dict.fromkeys([("nanohead_grid", "shape_rule"), ("nanohead_search", "shape_rule")],
+                    "at smoke's budget both rules size 2 layers x 64 (the solver's pick is nanochat's d2); "
+                    "test_nanohead_paper checks the nanochat rule where they differ (paper: 7 x 512)"),
 }
 # They size a model from a budget: what they change must show in its dims, not in themselves.
 SOLVER_INPUTS = ("budget", "head_dim", "aspect_ratio")
 # Fields whose value is None in a plan: a typical value of theirs (smoke: 8 x 64 tokens a micro-step).
 WHEN_NONE = {"total_batch_tokens": [1024], "max_tokens": [100_000], "embedding_lr": [0.01], "lm_head_lr": [0.01],
-             "budget": [1.6e5], "max_tokens_per_param": [20]}
+             "budget": [1.6e5], "max_tokens_per_param": [20], "logit_softcap": [15.0]}
 
 
 def _choices() -> dict:
     from search_spaces.scaling import VARIANTS
-    from trainables.model.config import ATTN_BACKENDS, MIXERS
-    from trainables.train import DTYPES, OPTIMIZERS, SCHEDULES
-    return dict(schedule=SCHEDULES, optimizer=OPTIMIZERS, dtype=DTYPES, mixer=MIXERS, attn_backend=ATTN_BACKENDS,
+    from trainables.model.config import ARCHS, ATTN_BACKENDS, MIXERS
+    from trainables.train import DTYPES, MUON_ADJUST_LR, OPTIMIZERS, SCHEDULES, SHAPE_RULES, WD_SCHEDULES
+    from trainables.model.config import INITS
+    from trainables.model.config import TOEP_FILTERS, TOEP_INITS
+    return dict(schedule=SCHEDULES, optimizer=OPTIMIZERS, dtype=DTYPES, mixer=MIXERS, attn_backend=ATTN_BACKENDS, arch=ARCHS,
                 device=("auto", "cpu"), tokenizer=("bpe:512", "bpe:1024"), scaling_variant=tuple(VARIANTS),
-                objective=("single", "multi"), arm=("baseline", "variant"))
+                objective=("single", "multi"), arm=("baseline", "variant"), toep_filter=TOEP_FILTERS, toep_init=TOEP_INITS,
+                shape_rule=SHAPE_RULES, wd_schedule=WD_SCHEDULES, muon_adjust_lr=MUON_ADJUST_LR, init=INITS)
 
 
 def changed_values(key: str, value, corpus: str) -> list:

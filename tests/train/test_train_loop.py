@@ -46,11 +46,13 @@ def test_restore_continues_the_same_loss_curve(token_cache, tmp_path):
     import torch
     from trainables.train import CHECKPOINT_FILE
     state = torch.load(saved[20] / CHECKPOINT_FILE, weights_only=False)
-    state["best_val_bpb"] = 0.5
+    state["best_val_bpb"], state["best_val_loss"] = 0.5, 0.25
     torch.save(state, saved[20] / CHECKPOINT_FILE)
     planted = []
     train({**TINY, "max_steps": 30}, report=lambda m, c: planted.append(m), restore=str(saved[20]), log=lambda m: None)
-    assert planted[0]["best_val_bpb"] == 0.5
+    assert (planted[0]["best_val_bpb"], planted[0]["best_val_loss"]) == (0.5, 0.25)
+    assert [m["best_val_loss"] for m in uninterrupted] == [min(m["val_loss"] for m in uninterrupted[:i + 1])
+                                                            for i in range(len(uninterrupted))]
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])

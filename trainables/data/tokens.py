@@ -26,12 +26,13 @@ import torch
 
 from ..storage import write_atomic
 from ._cache import cache_root, file_lock, stable_hash
-from .corpus import SPLIT_SALT, DataError, load_corpus, split_documents
-from .tokenizers import bos_token_id, get_tokenizer
+from .corpus import SPLIT_SALT, Corpus, DataError, hub_corpus_info, load_corpus, split_documents
+from .tokenizers import bos_token_id, bpe_cache_path, get_tokenizer, parse_bpe_name
 
 TOKENS_FORMAT = 1  # bump to invalidate cached shards when the layout changes
 ENCODE_BATCH_DOCS = 16384  # documents encoded before writing: bounds memory
 ENCODE_GROUP_DOCS = 256  # documents per thread task: amortises the task overhead
+ESTIMATE_SAMPLE_BYTES = 1 << 20  # text a plan's token estimate encodes: a fraction of a second
 
 
 @dataclass(frozen=True)
@@ -94,18 +95,17 @@ def prepare_tokens(
     """Load, split, tokenize (training bpe:N if needed) and cache; a cache hit does no encoding.
 
     Idempotent and safe to call from many processes at once: one does the work under a file
-    lock, the others wait and then read its result.
+    lock, the others wait and then read its result. A hub corpus fetched before is known by the
+    fingerprint its cached copy records, so a trial whose shards exist reads none of its documents.
     """
-    corpus = load_corpus(corpus_source)
+    if corpus_source.startswith("hf:") and (data := cached_tokens(corpus_source, tokenizer, cache_dir, val_fraction)):
+        return data
+    corpus = load_corpus(corpus_source, cache_dir=cache_dir)
     train_docs, val_docs = split_documents(corpus.documents, val_fraction)
     enc = get_tokenizer(tokenizer, corpus, cache_dir, val_fraction=val_fraction)
     token_bytes = token_byte_lengths(enc)
-    key = stable_hash(
-        TOKENS_FORMAT, corpus.fingerprint, tokenizer, tokenizer_fingerprint(enc, token_bytes),
-        val_fraction, SPLIT_SALT,
-    )
     root = cache_root(cache_dir) / "tokens"
-    final = root / f"{corpus.fingerprint[:12]}-{tokenizer.replace(':', '')}-{key[:12]}"
+    final = _shard_dir(corpus.fingerprint, tokenizer, enc, token_bytes, val_fraction, cache_dir)
     meta_path = final / "meta.json"
     if (data := _load_valid(meta_path)) is not None:
         return data
@@ -125,6 +125,61 @@ def prepare_tokens(
     data = _load_valid(meta_path)
     assert data is not None, f"{final} was written but does not validate: {meta}"
     return data
+
+
+def _shard_dir(corpus_fp: str, tokenizer: str, enc, token_bytes, val_fraction: float, cache_dir) -> Path:
+    # The key covers the corpus, what the tokenizer does and the split, so a change gets a new directory.
+    key = stable_hash(
+        TOKENS_FORMAT, corpus_fp, tokenizer, tokenizer_fingerprint(enc, token_bytes), val_fraction, SPLIT_SALT,
+    )
+    return cache_root(cache_dir) / "tokens" / f"{corpus_fp[:12]}-{tokenizer.replace(':', '')}-{key[:12]}"
+
+
+def cached_tokens(
+    corpus_source: str, tokenizer: str, cache_dir: str | os.PathLike | None = None, val_fraction: float = 0.05,
+    corpus: Corpus | None = None,
+) -> TokenData | None:
+    """The shards of (corpus, tokenizer) if they are prepared, else None; prepares and fetches nothing.
+    A local corpus is read for its fingerprint (or pass it as `corpus`); a hub corpus' comes from its cached copy."""
+    if corpus is not None:
+        fp = corpus.fingerprint
+    elif corpus_source.startswith("hf:"):
+        if (info := hub_corpus_info(corpus_source, cache_dir)) is None:
+            return None
+        fp = info["fingerprint"]
+    else:
+        fp = load_corpus(corpus_source).fingerprint
+    if tokenizer.startswith("bpe:"):  # a trained BPE is found by the corpus' fingerprint alone
+        known = Corpus(corpus_source, [], fp)
+        if not bpe_cache_path(parse_bpe_name(tokenizer), known, cache_dir, val_fraction).is_file():
+            return None
+        enc = get_tokenizer(tokenizer, known, cache_dir, val_fraction=val_fraction)
+    else:
+        enc = get_tokenizer(tokenizer)
+    return _load_valid(_shard_dir(fp, tokenizer, enc, token_byte_lengths(enc), val_fraction, cache_dir) / "meta.json")
+
+
+def train_tokens(
+    corpus_source: str, tokenizer: str, cache_dir: str | os.PathLike | None = None, val_fraction: float = 0.05
+) -> tuple[int, bool] | None:
+    """Train tokens of (corpus, tokenizer) without tokenizing the corpus, for a plan: (count, True) from
+    prepared shards; else (estimate, False): the train split's bytes over the bytes per token of a ~1 MB
+    sample (through gpt2 for a bpe:N not trained yet), plus one BOS per document; None for a hub corpus
+    not fetched yet."""
+    hub = corpus_source.startswith("hf:")
+    if hub and hub_corpus_info(corpus_source, cache_dir) is None:
+        return None
+    corpus = None if hub else load_corpus(corpus_source)  # a hub corpus' fingerprint is in its cached copy's meta
+    if (data := cached_tokens(corpus_source, tokenizer, cache_dir, val_fraction, corpus=corpus)) is not None:
+        return data.n_train_tokens, True
+    corpus = corpus or load_corpus(corpus_source, cache_dir=cache_dir)
+    train_docs, _ = split_documents(corpus.documents, val_fraction)
+    trained = not tokenizer.startswith("bpe:") or bpe_cache_path(parse_bpe_name(tokenizer), corpus, cache_dir, val_fraction).is_file()
+    enc = get_tokenizer(tokenizer, corpus, cache_dir, val_fraction=val_fraction) if trained else get_tokenizer("gpt2")
+    n_bytes = sum(len(d.encode("utf-8")) for d in train_docs)
+    sample = train_docs[:: max(1, n_bytes // ESTIMATE_SAMPLE_BYTES)]  # every k-th document: spread over the split
+    bytes_per_token = sum(len(d.encode("utf-8")) for d in sample) / max(1, sum(len(enc.encode_ordinary(d)) for d in sample))
+    return round(n_bytes / bytes_per_token) + len(train_docs), False
 
 
 def token_byte_lengths(enc: tiktoken.Encoding) -> np.ndarray:

@@ -1,8 +1,16 @@
-"""The model core: one GPT that carries every architecture the studies compare. Imports no Ray."""
+"""The model core: one GPT that carries every architecture the studies compare, and nanoGPT's own
+(arch="nanogpt"); build_model(cfg) builds either. Imports no Ray."""
 from .attention import softmax1
 from .config import GPTConfig, HeadSplit, nanohead_split
 from .gpt import GPT
+from .nanogpt import NanoGPT
 from .params import Candidate, count_params, flops_per_token, solve_architecture
 
-__all__ = ["GPT", "GPTConfig", "HeadSplit", "Candidate", "count_params", "flops_per_token", "nanohead_split",
-           "softmax1", "solve_architecture"]
+
+def build_model(cfg: GPTConfig) -> GPT | NanoGPT:
+    """The model a config describes: nanoGPT's architecture for arch="nanogpt", else the nanochat-style GPT."""
+    return NanoGPT(cfg) if cfg.arch == "nanogpt" else GPT(cfg)
+
+
+__all__ = ["GPT", "NanoGPT", "build_model", "GPTConfig", "HeadSplit", "Candidate", "count_params", "flops_per_token",
+           "nanohead_split", "softmax1", "solve_architecture"]

@@ -70,9 +70,17 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.addcmul(x * cos, swapped, sin)
 
 
-def attend(q, k, v, *, softmax1_: bool, backend: str, dropout_p: float = 0.0) -> torch.Tensor:
+# SDPA's fused CUDA kernels (flash, memory-efficient) take head dims that are multiples of 8 (bf16/fp16); any
+# other dim runs its math kernel, which stores the B x H x T x T probabilities of every layer for backward.
+SDPA_HEAD_DIM_MULTIPLE = 8
+
+
+def attend(q, k, v, *, softmax1_: bool, backend: str, dropout_p: float = 0.0,
+           pad_head_dim: bool | None = None) -> torch.Tensor:
     """Causal attention. q: [B, H, Tq, D]; k, v: [B, Hkv, Tk, D] with H a multiple of Hkv (GQA).
-    The Tq queries are the last Tq positions of the Tk keys (Tq < Tk when decoding with a KV cache)."""
+    The Tq queries are the last Tq positions of the Tk keys (Tq < Tk when decoding with a KV cache).
+    pad_head_dim (sdpa): zero-pad D to a multiple of 8 so a fused kernel runs; None pads on CUDA only (a CPU's
+    fused kernel takes any D, and padding would only add work there)."""
     if backend == "manual":
         return _attend_manual(q, k, v, softmax1_, dropout_p)
     if softmax1_:
@@ -82,15 +90,22 @@ def attend(q, k, v, *, softmax1_: bool, backend: str, dropout_p: float = 0.0) ->
         # (top-left aligned in SDPA for Tq == Tk) would shift every row by one and leak the next token.
         # With both padded, query i+1 sees keys 0..i+1 = the null key + the original 0..i. Row 0 is dropped.
         pad = lambda t: F.pad(t, (0, 0, 1, 0))
-        return attend(pad(q), pad(k), pad(v), softmax1_=False, backend=backend, dropout_p=dropout_p)[:, :, 1:]
+        return attend(pad(q), pad(k), pad(v), softmax1_=False, backend=backend, dropout_p=dropout_p,
+                      pad_head_dim=pad_head_dim)[:, :, 1:]
     if backend == "flash":
         return _attend_flash(q, k, v, dropout_p)
+    d = q.size(-1)
+    d_pad = (-d) % SDPA_HEAD_DIM_MULTIPLE if (q.is_cuda if pad_head_dim is None else pad_head_dim) else 0
+    if d_pad:  # zero columns change no q.k and add output columns of zeros (sliced off); the scale stays 1/sqrt(d)
+        q, k, v = (F.pad(t, (0, d_pad)) for t in (q, k, v))
     Tq, Tk = q.size(2), k.size(2)
-    gqa = q.size(1) != k.size(1)
+    kw = dict(dropout_p=dropout_p, enable_gqa=q.size(1) != k.size(1), scale=1.0 / math.sqrt(d))
     if Tq == Tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=gqa)
-    mask = None if Tq == 1 else torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **kw)
+    else:
+        mask = None if Tq == 1 else torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kw)
+    return y[..., :d] if d_pad else y
 
 
 def causal_probs(q, k, softmax1_: bool) -> torch.Tensor:

@@ -63,6 +63,9 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        if cfg.arch != "nanochat":  # a nanogpt config built here would silently train another architecture
+            raise ValueError(f"GPTConfig.arch={cfg.arch!r}: GPT builds arch='nanochat'; build any config with "
+                             f"trainables.model.build_model")
         if cfg.attn_backend == "flash" and cfg.mixer == "attention" and not flash_attn_available():
             raise ValueError("GPTConfig.attn_backend='flash' needs a CUDA GPU and the flash-attn package "
                              "(pip install -e .[gpu]); use attn_backend='sdpa' (default) or 'manual'")
@@ -82,6 +85,21 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # residual projections: scaled so the stream's variance holds with depth (GPT-2)
                 nn.init.normal_(p, mean=0.0, std=0.02 / (2 * cfg.n_layer) ** 0.5)
+        if cfg.init == "nanochat":
+            self._init_nanochat()
+
+    @torch.no_grad()
+    def _init_nanochat(self):
+        """nanochat's init_weights (its learning rates assume it): embedding N(0, 1), lm_head N(0, 0.001), the
+        blocks' input matrices uniform with std 1/sqrt(n_embd), both residual projections zero."""
+        nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
+        s = 3 ** 0.5 * self.cfg.n_embd ** -0.5  # a uniform of this bound has std 1/sqrt(n_embd)
+        for name, p in self.transformer.h.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.uniform_(p, -s, s)
 
     @staticmethod
     def _init_weights(module):
@@ -110,12 +128,13 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 *, mixer_path: str = "parallel", generator: torch.Generator | None = None) -> torch.Tensor:
+                 *, mixer_path: str = "parallel", generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
         """Samples max_new_tokens after idx [B, T] -> [B, T + max_new_tokens]. temperature=0 is greedy.
 
         Keys/values (attention) or mixer inputs (Toeplitz) are cached so each new token costs one
-        position. Once the context outgrows seq_len, each step reruns the last seq_len tokens (nanoGPT)."""
-        cache = [dict() for _ in self.transformer.h]
+        position. Once the context outgrows seq_len, each step reruns the last seq_len tokens (nanoGPT).
+        use_cache=False reruns the whole context every step (the Toeplitz note's uncached baseline)."""
+        cache = [dict() for _ in self.transformer.h] if use_cache else None
         logits = self(idx[:, -self.cfg.seq_len:], mixer_path=mixer_path, cache=cache)
         for _ in range(max_new_tokens):
             next_token = sample(logits[:, -1, :], temperature, top_k, generator)

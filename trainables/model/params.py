@@ -1,6 +1,6 @@
 """Parameter and FLOP accounting from a config alone, and the architecture solver.
 
-count_params(cfg) equals the numel of GPT(cfg) for every variant (tested over a grid), so studies
+count_params(cfg) equals the numel of build_model(cfg) for every variant (tested over a grid), so studies
 can plan and param-match without building models.
 """
 import math
@@ -11,6 +11,8 @@ from .config import GPTConfig, nanohead_split
 
 def count_params(cfg: GPTConfig) -> dict:
     """Parameters by component. Tied embeddings are counted once, under `embedding` (lm_head = 0)."""
+    if cfg.arch == "nanogpt":
+        return _count_nanogpt(cfg)
     C, L = cfg.n_embd, cfg.n_layer
     embedding = cfg.vocab_size * C
     lm_head = 0 if cfg.tie_embeddings else cfg.vocab_size * C
@@ -19,9 +21,24 @@ def count_params(cfg: GPTConfig) -> dict:
         kv_width = s.n_kv_normal * s.normal_dim + s.n_kv_nano * s.nano_dim
         mixer = 2 * C * C + 2 * C * kv_width                      # c_q, c_proj; c_k, c_v
     else:
-        mixer = cfg.n_head * cfg.seq_len + (2 * C * C if cfg.toep_proj else 0)  # filters; in/out proj
+        mixer = cfg.n_head * cfg.seq_len + (2 * C * (C + cfg.toep_proj_bias) if cfg.toep_proj else 0)  # filters; in/out proj (+ biases)
     mlp = 2 * C * cfg.mlp_hidden
     blocks = L * (mixer + mlp)
+    total = embedding + lm_head + blocks
+    return dict(embedding=embedding, lm_head=lm_head, blocks=blocks, mixer=L * mixer, mlp=L * mlp,
+                total=total, non_embedding=total - embedding)
+
+
+def _count_nanogpt(cfg: GPTConfig) -> dict:
+    """nanoGPT's model: `embedding` holds the token and the position tables; `blocks` holds every block (its two
+    LayerNorms included) and the final LayerNorm ln_f, so it is more than mixer + mlp; biases where cfg.bias."""
+    C, L, H, b = cfg.n_embd, cfg.n_layer, cfg.mlp_hidden, int(cfg.bias)
+    embedding = cfg.vocab_size * C + cfg.seq_len * C          # wte, wpe
+    lm_head = 0 if cfg.tie_embeddings else cfg.vocab_size * C
+    mixer = 3 * C * C + 3 * C * b + C * C + C * b             # c_attn, c_proj
+    mlp = 2 * C * H + (H + C) * b                             # c_fc, c_proj
+    norm = C * (1 + b)                                        # one LayerNorm: weight (and bias)
+    blocks = L * (mixer + mlp + 2 * norm) + norm
     total = embedding + lm_head + blocks
     return dict(embedding=embedding, lm_head=lm_head, blocks=blocks, mixer=L * mixer, mlp=L * mlp,
                 total=total, non_embedding=total - embedding)
@@ -37,6 +54,8 @@ def flops_per_token(cfg: GPTConfig) -> float:
                                                                       lag, forward 2*C*T, x3; its filters
                                                                       are counted here, not in the 6N term)
     Both mixing terms count the full seq_len window, not the causal half, as nanochat does.
+    arch="nanogpt": the position table is an input table too, so with tied embeddings this is nanoGPT's own
+    estimate_mfu count, 6 N + 12 L H Q T with N = get_num_params() (every parameter but wpe).
     """
     p = count_params(cfg)
     matmul = p["total"] - p["embedding"] + cfg.vocab_size * cfg.n_embd * cfg.tie_embeddings
@@ -105,3 +124,37 @@ def solve_architecture(target_params: float, vocab_size: int, head_dim: int = 64
     if aspect_ratio is not None:
         candidates.sort(key=lambda c: (abs(math.log(c.aspect_ratio / aspect_ratio)), abs(c.rel_error)))
     return candidates
+
+
+def nanochat_shape(depth: int, aspect_ratio: float = 64, head_dim: int = 128) -> tuple[int, int, int]:
+    """(n_layer, n_embd, n_head) for a depth, as nanochat's scripts/base_train.py derives them: the width
+    depth x aspect_ratio is nudged up to a multiple of head_dim, so every head is exactly head_dim wide."""
+    n_embd = math.ceil(depth * aspect_ratio / head_dim) * head_dim
+    return depth, n_embd, n_embd // head_dim
+
+
+def nanochat_depth(target_params: float, vocab_size: int, head_dim: int = 128, *, aspect_ratio: float = 64,
+                   max_layers: int = 64, **overrides) -> Candidate:
+    """The depth whose nanochat shape (nanochat_shape) has the total parameter count nearest the target: how the
+    nanohead note sized its "~50M" model (runs/nanohead_experiment.py searched the depth, then base_train built
+    it). No tolerance: the widths a depth allows are far apart (at vocab 32768 and 50M, d7 is 512 wide: +11%).
+    `overrides` are other GPTConfig fields, as in solve_architecture. Ties go to the shallower depth."""
+    if target_params <= 0:
+        raise ValueError(f"target_params={target_params!r}: must be a positive number of parameters")
+    best = None
+    for depth in range(1, max_layers + 1):
+        n_layer, n_embd, n_head = nanochat_shape(depth, aspect_ratio, head_dim)
+        try:
+            cfg = GPTConfig(vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, **overrides)
+        except ValueError:
+            continue  # e.g. an odd head_dim (RoPE rotates pairs)
+        p = count_params(cfg)
+        err = (p["total"] - target_params) / target_params
+        if best is None or abs(err) < abs(best.rel_error):
+            best = Candidate(n_layer, n_embd, n_head, vocab_size, p, err)
+        if err > 0:
+            break  # deeper only grows further past the target
+    if best is None:
+        raise ValueError(f"target_params={target_params:.4g}: no nanochat shape (width = depth x {aspect_ratio:g} rounded "
+                         f"up to a multiple of head_dim={head_dim}) builds with vocab_size={vocab_size}")
+    return best
