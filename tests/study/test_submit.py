@@ -313,7 +313,7 @@ def test_stop_ends_a_running_job(head, tmp_path):
     # still training minutes later, holding the head's CPUs until the fixture ended it, which starved the study run
     # on the head after it.
     proc = head.submit("nanohead_grid", "--profile", "smoke", "--wandb", "disabled", "--no-report", "--set",
-                       "max_steps=100000", "--output", str(tmp_path), "--address", head.url)
+                       "max_steps=100000", "--set", "max_epochs=1000", "--output", str(tmp_path), "--address", head.url)
     assert proc.returncode == 0, proc.stderr
     job_id = re.search(r"submitted job (\S+)", proc.stdout).group(1)
     stopped = head.submit("--stop", job_id, "--address", head.url)
