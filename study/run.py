@@ -422,6 +422,24 @@ def check_storage_reachable(url: str | None):
         engine.dispose()
 
 
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command line as it may be printed or recorded (study.submit, the resume hint, driver.log): a
+    database password in --storage shows as ***."""
+    out, after_storage = [], False
+    for a in argv:
+        value = a.split("=", 1)[1] if a.startswith("--storage=") else a if after_storage else None
+        if value is not None and "@" in value and "://" in value:
+            from sqlalchemy.engine import make_url
+            try:
+                safe = make_url(value).render_as_string(hide_password=True)
+            except Exception:
+                safe = "<storage URL>"
+            a = f"--storage={safe}" if a.startswith("--storage=") else safe
+        out.append(a)
+        after_storage = a == "--storage"
+    return out
+
+
 OUTPUT_URI_HELP = "a folder, or a storage URI such as s3://BUCKET/PATH, gs://BUCKET/PATH, abfs://CONTAINER/PATH"
 OUTPUT_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")  # pyarrow.fs.FileSystem.from_uri's
 # The query options of pyarrow's S3, GCS, Azure and HDFS from_uri that never hold a secret; anything else

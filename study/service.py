@@ -18,6 +18,7 @@ from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.search import ConcurrencyLimiter
 
 from study.results import StudyStorage, collect, experiment_dirs, write_family_outputs, write_trials
+from study.run import redacted_argv
 from trainables.storage import join, write_atomic
 from trainables.tune import TrialResources, environment, make_trainable, tune_run_settings
 
@@ -304,19 +305,6 @@ class Console:
                 os.dup2(saved, fd)
                 os.close(saved)
         self.log.close()
-
-
-def redacted_argv(argv: list[str]) -> list[str]:
-    """The command line as it may be printed or recorded: a database password in --storage shows as ***."""
-    out, after_storage = [], False
-    for a in argv:
-        if after_storage:
-            a = _redact_url(a)
-        elif a.startswith("--storage="):
-            a = "--storage=" + _redact_url(a.split("=", 1)[1])
-        out.append(a)
-        after_storage = a == "--storage"
-    return out
 
 
 def execute(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus: int, resuming: bool,

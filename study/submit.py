@@ -35,7 +35,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from study.catalog import STUDIES
-from study.run import UsageError, build_parser as build_run_parser, check_folder, check_output as check_run_output
+from study.run import (UsageError, build_parser as build_run_parser, check_folder, check_output as check_run_output,
+                       redacted_argv)
 from trainables.storage import is_uri, join, open_location
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -239,23 +240,6 @@ def entrypoint(run_argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in ["python", "-m", "study.run", *run_argv, "--address", "auto"])
 
 
-def _redacted(run_argv: list[str]) -> list[str]:
-    """The options as printed: a database password in --storage shows as ***."""
-    out, after_storage = [], False
-    for a in run_argv:
-        value = a.split("=", 1)[1] if a.startswith("--storage=") else a if after_storage else None
-        if value is not None and "@" in value and "://" in value:
-            from sqlalchemy.engine import make_url
-            try:
-                safe = make_url(value).render_as_string(hide_password=True)
-            except Exception:
-                safe = "<storage URL>"
-            a = f"--storage={safe}" if a.startswith("--storage=") else safe
-        out.append(a)
-        after_storage = a == "--storage"
-    return out
-
-
 def submit(sargs, run_argv: list[str]) -> int:
     run_args = build_run_parser()
     run_args.error = _raise_usage
@@ -292,7 +276,7 @@ def submit(sargs, run_argv: list[str]) -> int:
         raise UsageError(auth_message(client.get_address(), e)) from None
     trials = plan.splitlines()[0] if plan.strip() else args.study
     print(f"submitted job {job_id} to {client.get_address()}: {trials}", flush=True)
-    print(f"  python -m study.run {' '.join(shlex.quote(a) for a in _redacted(run_argv))} --address auto")
+    print(f"  python -m study.run {' '.join(shlex.quote(a) for a in redacted_argv(run_argv))} --address auto")
     print(f"  code: {size / 2**20:.1f} MiB from {PROJECT}; results: {join(args.output, args.study)}")
     if not sargs.follow:
         print(f"  then: python -m study.submit --status {job_id}  (or --stop, --fetch)")
