@@ -110,13 +110,23 @@ class PushStudyFiles(tune.Callback):
     It pushes the study this driver runs (`_ACTIVE`), never a staging folder named in a restored Tuner's pickle."""
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        _ACTIVE.files.push()
+        self.push()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        _ACTIVE.files.push()
+        self.push()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        _ACTIVE.files.push()
+        self.push()
+
+    @staticmethod
+    def push():
+        # An exception here would reach Tune's event loop and stop the study; the next event (and the
+        # final push, which does fail loudly) sends whatever this one could not.
+        try:
+            _ACTIVE.files.push()
+        except OSError as e:
+            say(f"warning: could not push the study's files to {_ACTIVE.uri} ({str(e).strip().splitlines()[0]}); "
+                f"trying again at the next trial event", err=True)
 
 
 class StudyWandb(WandbLoggerCallback):

@@ -132,7 +132,10 @@ class Mirror:
         fs, root = open_location(self.uri)
         for rel, sig in self._local_files().items():
             if self._sent.get(rel) != sig:
-                _copy(pafs.LocalFileSystem(), str(self.local / rel), fs, f"{root}/{rel}")
+                try:
+                    _copy(pafs.LocalFileSystem(), str(self.local / rel), fs, f"{root}/{rel}")
+                except FileNotFoundError:  # removed since it was listed: nothing left to send
+                    continue
                 self._sent[rel] = sig
 
     def close(self):
@@ -149,6 +152,9 @@ class Mirror:
                 rel = path.relative_to(self.local).as_posix()
                 if self.skip(rel) or name.startswith("."):  # .tmp files are still being written
                     continue
-                st = path.stat()
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # removed between the listing and now
+                    continue
                 out[rel] = (st.st_size, st.st_mtime_ns)
         return out

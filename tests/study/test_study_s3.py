@@ -47,6 +47,14 @@ def read(client, key: str) -> bytes:
     return client.get_object(Bucket="lab", Key=key)["Body"].read()
 
 
+def driver_log(client, prefix: str) -> str:
+    """The tail of the study's driver.log in the bucket (Tune's tracebacks), for a failure message."""
+    try:
+        return "\ndriver.log:\n" + read(client, prefix + "driver.log").decode(errors="replace")[-6000:]
+    except Exception as e:  # the log is what we want to see; its absence is itself worth saying
+        return f"\n(no driver.log: {e})"
+
+
 def metrics(client, key: str) -> list[dict]:
     return [json.loads(l) for l in read(client, key).decode().splitlines() if l.strip()]
 
@@ -199,7 +207,7 @@ def test_crash_then_resume_from_the_bucket(s3, token_cache, tmp_path):
     print(f"crashed with {done} finished and {running} running (Tune's saved state)")
 
     resumed = run_cli(token_cache, *args, "--resume", env=env, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:] + driver_log(client, prefix)
     assert "resuming s3://lab/crash/nanohead_grid/tune" in resumed.stdout
     df = pd.read_parquet(io.BytesIO(read(client, prefix + "trials.parquet")))
     assert sorted(df["trial"]) == names and list(df["status"]) == ["done"] * 3, df[["trial", "status", "error"]]

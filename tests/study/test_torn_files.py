@@ -63,6 +63,24 @@ def test_mirror_never_uploads_a_file_still_being_written(tmp_path):
     assert (remote / "config.json").read_text() == '{"a": '
 
 
+def test_mirror_push_skips_a_file_removed_while_it_runs(tmp_path):
+    """Other writers remove files while the driver pushes (a wandb run's temp files, a rotated log): the push
+    sends what is still there instead of raising, since an exception in a Tune callback stops the study."""
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+    for name in ("a.json", "b.json", "c.json"):
+        (local / name).write_text(name)
+
+    def remove_the_others(rel):  # runs for each file as it is listed, before its size is read
+        for other in ("a.json", "b.json", "c.json"):
+            if other != rel and rel == "b.json":
+                (local / other).unlink(missing_ok=True)
+        return False
+
+    Mirror(local, f"file://{remote}", skip=remove_the_others).push()
+    assert sorted(p.name for p in remote.iterdir()) == ["b.json"]
+
+
 def test_write_atomic_takes_data_or_writer():
     with pytest.raises(TypeError):
         write_atomic("x.json")
