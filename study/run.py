@@ -18,6 +18,7 @@ from pathlib import Path
 
 from study.catalog import STUDIES, StudySpec, get_profile, get_study, grid_configs
 from study.profiles import DEFAULT_PROFILE, PROFILES
+from trainables.timeline import mark, span
 
 
 class UsageError(ValueError):
@@ -656,6 +657,7 @@ def check_resume_matches(study, args, overrides: dict):
 
 
 def main(argv=None):
+    mark("cli_start")
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
     spec_for_help = STUDIES.get(first) if first else None
@@ -760,8 +762,10 @@ def run(args) -> int:
             raise UsageError(f"--resume: {study.shown} holds no run of {spec.name} to resume")
         if existing:
             check_resume_matches(study, args, overrides)
-        prepare_data(data_configs)
-        from study.service import execute  # Ray and friends load only now, after every check passed
+        with span("prepare_data"):
+            prepare_data(data_configs)
+        with span("import_service"):
+            from study.service import execute  # Ray and friends load only now, after every check passed
     except BaseException:
         if study:
             study.discard()

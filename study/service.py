@@ -20,7 +20,8 @@ from ray.tune.search import ConcurrencyLimiter
 from study.results import StudyStorage, collect, experiment_dirs, write_family_outputs, write_trials
 from study.run import redacted_argv
 from trainables.storage import join, write_atomic
-from trainables.tune import TrialResources, environment, make_trainable, tune_run_settings
+from trainables.timeline import TIMELINE_ENV, mark
+from trainables.tune import TRAIN_ENV, TrialResources, environment, make_trainable, tune_run_settings
 
 
 def start_ray(address: str | None, resources: TrialResources) -> tuple[int, TrialResources]:
@@ -44,10 +45,13 @@ def start_ray(address: str | None, resources: TrialResources) -> tuple[int, Tria
     # address="local": always a Ray of our own, never the cluster a `ray start` (or a crashed run) left behind.
     # The dashboard binds to 127.0.0.1 only; it is also what frees the placement groups of trials that
     # ASHA stops early (ray#54305).
+    mark("ray_init_start")
     ray.init(address="local", num_cpus=cpus, num_gpus=_local_gpus(), resources={"train_driver": concurrent},
              include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True,
              logging_level="ERROR",
-             runtime_env={"env_vars": {k: os.environ[k] for k in ("NANOSTUDIES_CACHE",) if k in os.environ}})
+             runtime_env={"env_vars": {**TRAIN_ENV, **{k: os.environ[k] for k in ("NANOSTUDIES_CACHE", TIMELINE_ENV, *TRAIN_ENV)
+                                                       if k in os.environ}}})
+    mark("ray_init_end")
     return concurrent, resources
 
 
@@ -86,6 +90,7 @@ class Progress(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.time()
+        mark("trial_start", trial=str(trial))
         self._line(trials, f"start {trial}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -97,6 +102,7 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.durations.append(time.time() - self.started.get(trial.trial_id, self.t0))
+        mark("trial_end", trial=str(trial))
         self._line(trials, f"done {trial}", ending=trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -372,7 +378,9 @@ def _run(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)
     else:
         tuner, _, _ = build_tuner(spec, profile, args, overrides, study, resources, concurrent, "tune", num_samples)
+    mark("fit_start")
     results = tuner.fit()
+    mark("fit_end")
     study.refresh()
     interrupted = any(r.metrics is None and r.error is None for r in results) or not _finished(experiment_dirs(study_dir)[-1])
     df = collect(study_dir, spec)
@@ -384,6 +392,7 @@ def _run(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus
     say(f"{len(df)} trials: {done} done, {failed} failed; {join(study.shown, 'trials.parquet')}")
     if not interrupted and not args.no_report:
         build_report(study_dir, study.shown)
+    mark("results_end")
     if interrupted:
         # the same command (profile, --set, ...) plus --resume: the study is re-planned from what is typed
         again = ([a for a in sys.argv[1:] if a != "--resume"] if spec.name in sys.argv[1:]

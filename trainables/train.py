@@ -29,6 +29,7 @@ import torch.distributed as dist
 from trainables.data import DataError, TokenLoader, evaluate_bpb, prepare_tokens
 from trainables.model import GPT, GPTConfig, build_model, count_params, flops_per_token, solve_architecture
 from trainables.storage import read_jsonl, write_atomic
+from trainables.timeline import mark, span
 
 SCHEDULES = ("cosine", "linear")
 OPTIMIZERS = ("adamw", "muon")
@@ -352,6 +353,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     out_dir: where metrics.jsonl / config.json / samples.json go (rank 0 only); None writes nothing.
     """
     t_start = time.time()
+    mark("train_start")
     ddp = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     tc = TrainConfig.from_dict(config)
@@ -436,13 +438,15 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     def emit(metrics: dict):
         checkpoint_dir = None
         if tc.checkpoint and report is not None:
-            checkpoint_dir = save_checkpoint(model, optimizers, loader, stability, step, tokens, best_bpb,
-                                             time.time() - t_start + wall_before, ddp, rank, best_val_loss=best_loss)
+            with span("checkpoint"):
+                checkpoint_dir = save_checkpoint(model, optimizers, loader, stability, step, tokens, best_bpb,
+                                                 time.time() - t_start + wall_before, ddp, rank, best_val_loss=best_loss)
         if metrics_file:
             metrics_file.write(json.dumps(metrics) + "\n")
             metrics_file.flush()
         if report is not None:
-            report(metrics, checkpoint_dir)
+            with span("report", checkpoint=checkpoint_dir is not None):
+                report(metrics, checkpoint_dir)
 
     model.train()
     train_losses, grad_norms, t_window, tokens_window = [], [], time.time(), 0
@@ -478,6 +482,8 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
             opt.step()
         model.zero_grad(set_to_none=True)
         step += 1
+        if step == 1:
+            mark("first_step")
         tokens += total_batch
         tokens_window += total_batch
         train_losses.append(loss_value)
@@ -508,6 +514,7 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
         write_samples(model, data, tc, cfg, device, Path(out_dir) / "samples.json")
     if metrics_file:
         metrics_file.close()
+    mark("train_end")
     return last
 
 

@@ -34,11 +34,17 @@ from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.trainable.function_trainable import wrap_function
 
 from trainables.storage import Mirror, is_uri, join, open_location, write_atomic
+from trainables.timeline import mark, span
 from trainables.train import CHECKPOINT_FILE, TrainingDiverged, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Train's controller polls its workers every 2 s by default, and a worker's report waits for the poll (its
+# result queue holds one): an eval every second then costs 2 s of waiting, and a finished run up to 2 s more.
+# Train passes the variable from the process that calls fit() to its controller and workers.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 SNAPSHOT_FILES = ["trainables/train.py", "trainables/probes.py", "trainables/model", "trainables/data"]  # code kept with each trial
 
 
@@ -109,6 +115,7 @@ def train_worker(config: dict):
     import torch
     torch.set_num_threads(int(config["_threads_per_worker"]))
     rank = ray.train.get_context().get_world_rank()
+    mark("worker_start", trial=config["_trial_name"], rank=rank)
     files = None
     if rank == 0:  # this worker may run on another node than the trial driver: its own copy of the trial's files
         files = trial_files(config["_study_root"], config["_trial_name"])
@@ -151,6 +158,7 @@ def make_trainable(study_root: str | os.PathLike, resources: TrialResources, res
     def run_trial(config: dict):
         config = resolve(config) if resolve else config
         name = tune.get_context().get_trial_name()
+        mark("trial_fn_start", trial=name)
         files = trial_files(study_root, name)
         files.pull()
         write_trial_files(files.local, config, resources)
@@ -164,6 +172,8 @@ def make_trainable(study_root: str | os.PathLike, resources: TrialResources, res
                 raise TrialFailed(error)
             return
         files.close()  # the workers' rank 0 makes its own copy, on whichever node it runs
+        for key, value in TRAIN_ENV.items():
+            os.environ.setdefault(key, value)
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={**config, "_study_root": study_root, "_trial_name": name, "_threads_per_worker": threads},
@@ -176,11 +186,30 @@ def make_trainable(study_root: str | os.PathLike, resources: TrialResources, res
                 failure_config=FailureConfig(max_failures=resources.max_failures),
             ),
         )
-        result = trainer.fit()  # same name + storage: Train resumes from the run's latest checkpoint
+        with span("trainer_fit", trial=name):
+            result = trainer.fit()  # same name + storage: Train resumes from the run's latest checkpoint
         if result.metrics and result.metrics.get("error"):
             raise TrialFailed(result.metrics["error"])
 
-    return tune.with_resources(run_trial, resources.driver())
+    def restore(self, checkpoint):
+        # A crash between Tune deleting an old checkpoint (num_to_keep) and its next experiment-state save leaves
+        # a state naming a deleted checkpoint, and Tune then fails the trial ("Could not recover from
+        # checkpoint") or reruns it from step 0. Without it the function starts with none, and run_trial
+        # continues from the newest complete checkpoint in the trial's storage (latest_checkpoint).
+        ckpt = getattr(checkpoint, "checkpoint", checkpoint)
+        if isinstance(ckpt, Checkpoint) and not _complete(ckpt.filesystem, ckpt.path):
+            print(f"checkpoint {ckpt.path} is gone; continuing from the newest one in storage", flush=True)
+            return None
+        return base.restore(self, checkpoint)
+
+    base = wrap_function(run_trial)  # the class Tune makes of a function (its name stays run_trial)
+    return tune.with_resources(type(base.__name__, (base,), {"restore": restore}), resources.driver())
+
+
+def _complete(fs, path: str) -> bool:
+    """Whether a checkpoint directory holds what training writes last (a checkpoint or a divergence marker)."""
+    import pyarrow.fs as pafs
+    return any(i.type == pafs.FileType.File for i in fs.get_file_info([f"{path}/{CHECKPOINT_FILE}", f"{path}/{DIVERGED_FILE}"]))
 
 
 def trial_files(study_root: str, name: str) -> Mirror:
@@ -206,8 +235,7 @@ def latest_checkpoint(trial_location: str) -> Checkpoint | None:
     fs, path = open_location(trial_location)
     dirs = [f.path for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
             if f.type == pafs.FileType.Directory and f.base_name.startswith("checkpoint_")]
-    complete = [d for d in dirs if any(i.type == pafs.FileType.File for i in
-                                       fs.get_file_info([f"{d}/{CHECKPOINT_FILE}", f"{d}/{DIVERGED_FILE}"]))]
+    complete = [d for d in dirs if _complete(fs, d)]
     return Checkpoint(max(complete, key=lambda d: d.rsplit("/", 1)[-1]), filesystem=fs) if complete else None
 
 

@@ -6,6 +6,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import time
 from datetime import datetime
@@ -293,6 +294,37 @@ def test_ctrl_c_then_crash_then_resume(token_cache, tmp_path):
         assert (study_dir / "trials" / n / "metrics.jsonl").read_text().splitlines()[0] == first_line_before, n
     meta = json.loads((study_dir / "study.json").read_text())
     assert meta["interrupted"] is False and meta["args"]["resume"] is True
+
+
+def test_resume_when_tunes_state_names_a_deleted_checkpoint(token_cache, tmp_path):
+    """Tune keeps the newest 2 checkpoints and saves its state every few seconds: a crash between a deletion and
+    the next save leaves a state naming a checkpoint that is gone, and Tune then failed the trial ('Could not
+    recover from checkpoint', seen in CI). Here the named checkpoint is removed by hand after a crash: the
+    trial continues from the newest checkpoint still in storage, not from step 0 and not as a failure."""
+    steps, every = 60, 10
+    args = ["nanohead_grid", "--profile", "smoke", "--output", tmp_path, "--wandb", "disabled", "--no-report",
+            "--set", "nanohead_proportion=0.0", "--set", f"max_steps={steps}", "--set", f"eval_every={every}"]
+    study_dir = tmp_path / "nanohead_grid"
+    log = tmp_path / "first.log"
+    proc = start_cli(token_cache, *args, log=log)
+    try:
+        state = wait_for_state(proc, study_dir, log, lambda st: any(s == "RUNNING" and c and c != "checkpoint_000000"
+                                                                    for s, c in st.values()))
+    finally:
+        crash(proc)
+    ((name, (_, named)),) = [(n, v) for n, v in state.items() if v[0] == "RUNNING"]
+    trial_dir = study_dir / "tune" / name
+    shutil.rmtree(trial_dir / named)
+    assert any(trial_dir.glob("checkpoint_*")), "no older checkpoint left to continue from"
+    before = (study_dir / "trials" / name / "metrics.jsonl").read_text().splitlines()[0]
+
+    resumed = run_cli(token_cache, *args, "--resume", timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    df = pd.read_parquet(study_dir / "trials.parquet")
+    assert list(df["status"]) == ["done"], df[["trial", "status", "error"]]
+    metrics = study_dir / "trials" / name / "metrics.jsonl"
+    assert [m["step"] for m in read_metrics(metrics)] == list(range(every, steps + 1, every))
+    assert metrics.read_text().splitlines()[0] == before  # continued: the first evals are the first run's own
 
 
 # ----------------------------------------------------------------------------- Optuna: a search, extended later
