@@ -20,7 +20,7 @@ from ray.tune.search import ConcurrencyLimiter
 from study.results import StudyStorage, collect, experiment_dirs, write_family_outputs, write_trials
 from study.run import redacted_argv
 from trainables.storage import join, write_atomic
-from trainables.timeline import TIMELINE_ENV, mark
+from trainables.timeline import TIMELINE_ENV, mark, span
 from trainables.tune import TRAIN_ENV, TrialResources, environment, make_trainable, tune_run_settings
 
 
@@ -342,7 +342,8 @@ def execute(spec, profile, args, overrides, study: StudyStorage, workers: int, g
             say(f"error: the study stopped: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
                 f"(details in {join(study.shown, LOG_FILE)}{again})", err=True)
         finally:
-            ray.shutdown()
+            with span("ray_shutdown"):
+                ray.shutdown()
             try:
                 study.files.push()
             except OSError as e:

@@ -354,7 +354,8 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     """
     t_start = time.time()
     mark("train_start")
-    ddp = dist.is_available() and dist.is_initialized()
+    # One Ray Train worker has a process group of one: DDP would only add its hooks and a no-op all-reduce.
+    ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     tc = TrainConfig.from_dict(config)
     data = prepare_tokens(tc.corpus, tc.tokenizer)
