@@ -138,6 +138,46 @@ def phases(run: dict) -> tuple[list[tuple[str, float]], dict]:
     return rows, sums
 
 
+TRAIN_LOG_PHASES = [  # what Ray Train's controller logs about starting a worker group (its sys log, JSON lines)
+    ("Train: placement group ready", r"Placement group ready in ([\d.]+)s"),
+    ("Train: worker processes started (process, Ray, imports)", r"worker actors created in ([\d.]+)s"),
+    ("Train: train context on workers (torch, process group)", r"Train context initialized on workers in ([\d.]+)s"),
+    ("Train: train function launched (unpickled, our imports)", r"Train function launched on workers in ([\d.]+)s"),
+]
+
+
+def train_controller_phases(fit_starts: list[float]) -> list[tuple[str, float]]:
+    """Means over the run's Train controllers (one per trial) of the worker-group phases they log, and the time
+    from fit() to the controller's first line (its actor's process start and imports). Reads the logs of the
+    Ray session the study just ran (Ray's default temp dir)."""
+    import glob
+    import re
+    from datetime import datetime
+    logs = sorted(glob.glob(os.path.join(tempfile.gettempdir(), "ray", "session_latest", "logs", "train",
+                                         "ray-train-sys-controller-*.log")))
+    found, firsts = defaultdict(list), []
+    for log in logs:
+        lines = []
+        for line in Path(log).read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        if lines and "asctime" in lines[0]:
+            firsts.append(datetime.strptime(lines[0]["asctime"], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+        for name, pattern in TRAIN_LOG_PHASES:
+            for record in lines:
+                m = re.search(pattern, record.get("message", ""))
+                if m:
+                    found[name].append(float(m.group(1)))
+    rows = []
+    if firsts and len(firsts) == len(fit_starts):
+        rows.append(("Train: controller actor start (fit() -> its first line)",
+                     statistics.mean(f - s for f, s in zip(sorted(firsts), sorted(fit_starts)))))
+    rows += [(name, statistics.mean(found[name])) for name, _ in TRAIN_LOG_PHASES if found[name]]
+    return [(f"per trial: {name}", value) for name, value in rows]
+
+
 def plain_phases(timeline: Path, wall: float) -> tuple[list[tuple[str, float]], dict]:
     ev = [json.loads(l) for l in timeline.read_text().splitlines()]
     starts = [e["t"] for e in ev if e["event"] == "train_start"]
@@ -186,7 +226,15 @@ def main():
             extra = {"direct": [], "ray-train": ["--ray-train"], "ddp": ["--workers-per-trial", "2"]}[mode]
             run = study_run(args.profile, args.max_steps, extra, timeline,
                             proportions="0" if mode == "ddp" else PROPORTIONS)
-            results[mode] = (run["wall"], *phases(run))
+            rows, sums = phases(run)
+            if mode in ("ray-train", "ddp"):
+                train_rows = train_controller_phases([e["t"] for e in run["events"] if e["event"] == "trainer_fit_start"])
+                total = dict(rows).get("per trial: Train: controller, placement group, worker processes")
+                if train_rows and total is not None:
+                    train_rows.append(("per trial: Train: the rest (placement-group cleaner and sync actors, callbacks)",
+                                       total - sum(v for _, v in train_rows)))
+                rows += train_rows
+            results[mode] = (run["wall"], rows, sums)
     ray_rows = ray_start_times()
 
     base = results["plain"][0]
@@ -201,16 +249,16 @@ def main():
         print(f"  --ray-train vs direct: {results['ray-train'][0] / results['direct'][0]:.2f}x")
 
     names = list(dict.fromkeys(name for _, rows, _ in results.values() for name, _ in rows))
-    print(f"\n{'phase (seconds)':60}" + "".join(f"{m:>11}" for m in results))
+    print(f"\n{'phase (seconds)':80}" + "".join(f"{m:>11}" for m in results))
     for name in names:
         cells = []
         for _, rows, _ in results.values():
             value = dict(rows).get(name)
             cells.append(f"{value:11.2f}" if value is not None else f"{'':>11}")
-        print(f"{name:60}" + "".join(cells))
+        print(f"{name:80}" + "".join(cells))
     print()
     for name, seconds in ray_rows:
-        print(f"{name:60}{seconds:11.2f}")
+        print(f"{name:80}{seconds:11.2f}")
 
 
 if __name__ == "__main__":
