@@ -2,7 +2,7 @@
 baseline timed in the same run, Toeplitz mixer scaling and FFT threshold, generation speed, MFU.
 
     python benchmarks/bench_model.py [--quick] [--modes eager,compile,compile-fp32] [--steps N] [--repeats R]
-                                     [--batch B] [--profile] [--cold-compile]
+                                     [--batch B] [--models gpt,...] [--profile] [--cold-compile]
 
 Modes: `eager` is fp32 eager PyTorch (what trainables.train runs on a CPU by default); `compile` is
 bf16 autocast + torch.compile of the model (the optimizer step stays eager, as in trainables.train);
@@ -505,6 +505,35 @@ def profile_eager(batch: int, steps: int, repeats: int, rows: int = 20):
         print(f"{k[0]:24s} {fmt_rate(batch * SEQ_LEN / t.seconds(k)):>9s}  {vs_gpt:40s} {vs_base:40s}")
 
 
+def profile_compiled(mode: str, batch: int, repeats: int, rows: int = 25):
+    """Where a compile-mode gap goes: inductor's generated kernels (named by the ops they fuse), the extern calls
+    (mm, SDPA) and any eager code, by self CPU time of one training step: each model's steps profiled in turn,
+    alternating, and each op's median over the rounds (a busy machine disturbs some steps, not the median)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch._inductor.config.cpp.enable_kernel_profile = True  # each generated C++ kernel a profiler event
+    torch._dynamo.reset()  # recompile, so that the kernels carry the profiling calls
+    names = [BASELINE, "gpt"]
+    steps = {n: make_step(build(n), mode, batch, SEQ_LEN, VOCAB) for n in names}
+    ms = {n: {} for n in names}
+    for step in steps.values():
+        step(), step()
+    for r in range(repeats):
+        for n in names if r % 2 == 0 else names[::-1]:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                steps[n]()
+            for e in prof.key_averages():
+                ms[n].setdefault(e.key, []).append(e.self_cpu_time_total / 1e3)
+    print(f"\n## torch.profiler, {MODE_LABELS[mode]}, batch {batch}: self CPU ms per training step, median of {repeats}")
+    for n in names:
+        top = sorted(((statistics.median(v), k) for k, v in ms[n].items()), reverse=True)
+        print(f"\n### {n} [{mode}]: sum {sum(m for m, _ in top):.1f} ms")
+        for m, k in top[:rows]:
+            print(f"  {m:8.2f}  {k[:90]}")
+    torch._inductor.config.cpp.enable_kernel_profile = False
+    torch._dynamo.reset()
+
+
 # ----------------------------------------------------------------------------- main
 
 def main() -> None:
@@ -517,7 +546,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="rounds of back-to-back pairs (default 9; quick 3)")
     ap.add_argument("--batch", type=int, default=8, help="sequences per training step (default 8)")
     ap.add_argument("--profile", action="store_true",
-                    help="also profile baseline vs gpt in fp32 eager (top ops) and ablate its softcap / qk_norm")
+                    help="also profile baseline vs gpt in each mode (top ops; compile modes: inductor's kernels) and, in fp32 eager, "
+                         "ablate its softcap / qk_norm")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated model names: time only the baseline and these (e.g. gpt), and skip the "
+                         "Toeplitz, FFT and generation sections")
     ap.add_argument("--cold-compile", action="store_true",
                     help="compile into a fresh inductor cache (first-run compile times)")
     args = ap.parse_args()
@@ -544,6 +577,13 @@ def main() -> None:
 
     names = [BASELINE, *VARIANTS]
     compiled = [BASELINE, "gpt", NANOGPT] if args.quick else names  # quick: each compile costs tens of seconds on 2 cores
+    if args.models:
+        wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+        if any(m not in VARIANTS for m in wanted):
+            print(f"bench_model: --models={args.models!r}: must be a comma-separated subset of {','.join(VARIANTS)}",
+                  file=sys.stderr)
+            sys.exit(2)
+        names = compiled = [BASELINE, *wanted]
     keys = [(n, m) for m in modes for n in (compiled if m in COMPILED else names)]
     pairs = [((BASELINE, m), (n, m)) for n, m in keys if n != BASELINE]
     pairs += [(("gpt", m), ("gpt+softmax1", m)) for m in modes if ("gpt+softmax1", m) in keys]
@@ -556,7 +596,9 @@ def main() -> None:
     if torch.cuda.is_available():
         gpu_mfu(steps=steps * 3, repeats=repeats)
 
-    if args.quick:
+    if args.models:
+        pass  # the sections below are about other models
+    elif args.quick:
         toeplitz_scaling([256, 512, 1024, 2048, 4096], dense_max=1024, batch=1, repeats=5)
         fft_threshold([128, 256, 512, 1024], batch=args.batch, repeats=5)
         generation(batch=4, prompt=16, new_tokens=16, repeats=3)
@@ -565,7 +607,10 @@ def main() -> None:
         fft_threshold([128, 256, 512, 1024, 2048], batch=args.batch, repeats=7)
         generation(batch=4, prompt=16, new_tokens=64, repeats=5)
     if args.profile:
-        profile_eager(args.batch, steps, repeats)
+        for mode in (m for m in modes if m in COMPILED):
+            profile_compiled(mode, args.batch, repeats)
+        if "eager" in modes:
+            profile_eager(args.batch, steps, repeats)
     print(f"\ntotal benchmark wall time {time.perf_counter() - t_start:.0f} s{load_average()}")
 
 

@@ -65,8 +65,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     (x1 cos + x2 sin, x2 cos - x1 sin), written as x * cos + swap_halves(x) * sin so that it costs one copy
     and three elementwise ops (the signs live in the sin table)."""
     d = x.size(-1) // 2
-    swapped = torch.cat([x[..., d:], x[..., :d]], dim=-1)
     cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
+    if x.device.type == "cpu" and torch.compiler.is_compiling():  # per half: inductor fuses it into one pass, not a copy and a pass
+        x1, x2, c, s = x[..., :d], x[..., d:], cos[..., :d], sin[..., :d]
+        return torch.cat([x1 * c + x2 * s, x2 * c - x1 * s], dim=-1)
+    swapped = torch.cat([x[..., d:], x[..., :d]], dim=-1)
     return torch.addcmul(x * cos, swapped, sin)
 
 
@@ -171,14 +174,24 @@ class CausalSelfAttention(nn.Module):
         """x [B, T, C] -> {"normal": (q, k, v), "nano": (q, k, v)}, each [B, T, heads, head_dim], with RoPE
         (normal heads only) and QK norm applied: what attention sees. A kind with no heads has 0 heads."""
         s = self.split
-        q_normal, q_nano = self._heads(self.c_q(x), s.n_normal, s.n_nano)
-        k_normal, k_nano = self._heads(self.c_k(x), s.n_kv_normal, s.n_kv_nano)
-        v_normal, v_nano = self._heads(self.c_v(x), s.n_kv_normal, s.n_kv_nano)
+        compiled_cpu = x.device.type == "cpu" and torch.compiler.is_compiling()
+        if compiled_cpu:  # one matmul for q, k and v (nanoGPT's c_attn): on a CPU three narrow ones are slower
+            w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
+            q, k, v = F.linear(x, w).split([self.c_q.out_features, self.c_k.out_features, self.c_v.out_features], dim=-1)
+        else:
+            q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
+        q_normal, q_nano = self._heads(q, s.n_normal, s.n_nano)
+        k_normal, k_nano = self._heads(k, s.n_kv_normal, s.n_kv_nano)
+        v_normal, v_nano = self._heads(v, s.n_kv_normal, s.n_kv_nano)
         # RoPE on normal heads only: nano heads are position-free by design (the seed's hypothesis).
-        q_normal, k_normal = apply_rotary(q_normal, cos, sin), apply_rotary(k_normal, cos, sin)
-        if self.cfg.qk_norm:
-            # Note: QK norm caps a d-dim head's logits at |q||k|/sqrt(d) = sqrt(d): about 1.7 for a 3-dim head.
+        if self.cfg.qk_norm and compiled_cpu:  # norm first, which inductor fuses better: RoPE, a rotation, keeps the norm
             q_normal, k_normal, q_nano, k_nano = map(norm, (q_normal, k_normal, q_nano, k_nano))
+            q_normal, k_normal = apply_rotary(q_normal, cos, sin), apply_rotary(k_normal, cos, sin)
+        else:
+            q_normal, k_normal = apply_rotary(q_normal, cos, sin), apply_rotary(k_normal, cos, sin)
+            if self.cfg.qk_norm:
+                # Note: QK norm caps a d-dim head's logits at |q||k|/sqrt(d) = sqrt(d): about 1.7 for a 3-dim head.
+                q_normal, k_normal, q_nano, k_nano = map(norm, (q_normal, k_normal, q_nano, k_nano))
         return {"normal": (q_normal, k_normal, v_normal), "nano": (q_nano, k_nano, v_nano)}
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: dict | None = None):

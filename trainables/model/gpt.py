@@ -178,28 +178,67 @@ def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: floa
     """Cross-entropy of softcap(logits) against targets (-1 = ignored), in float32.
     logits [..., V], targets [...]; reduction "mean" (over the targets not ignored) or "none" (shape of targets).
 
-    On a CPU this runs _SoftcapCrossEntropy, the same numbers (both branches are tested against the formula
-    in float64) in half the time of the eager composition: see its docstring. Under torch.compile too: there
-    it is a graph break that runs eagerly, since inductor's own fusion of softcap + cross-entropy took 95 ms
-    a step against the baseline's 30 ms for plain cross-entropy (fp32, 2048 x 4096 logits, 2 cores), the
-    whole of this GPT's gap to the baseline in compile mode. On a GPU the plain composition, which inductor
-    fuses and the GPU runs at memory speed."""
+    On a CPU this runs _SoftcapCrossEntropy, the same numbers (every branch is tested against the formula
+    in float64) in half the time of the eager composition: see its docstring. Under torch.compile on a CPU,
+    _CompiledSoftcapCrossEntropy: one fused kernel forward and one backward, no graph break (inductor's fusion
+    of the composition took 95 ms a step against the baseline's 30 ms for plain cross-entropy, and this eager
+    kernel behind a graph break left this GPT at 0.85-0.92x the baseline: benchmarks/bench_model.py --profile).
+    On a GPU the plain composition, which inductor fuses and the GPU runs at memory speed."""
     V = logits.size(-1)
     flat_logits, flat_targets = logits.reshape(-1, V), targets.reshape(-1)
-    if logits.device.type == "cpu":
+    if logits.device.type == "cpu" and torch.compiler.is_compiling():
+        if cap and cap <= _NO_MAX_CAP:
+            loss = _CompiledSoftcapCrossEntropy.apply(flat_logits, flat_targets, cap, reduction == "mean")
+        else:
+            loss = _composed_softcap_cross_entropy(flat_logits, flat_targets, cap, reduction)
+    elif logits.device.type == "cpu":
         loss = _cpu_softcap_cross_entropy(flat_logits, flat_targets, cap, reduction == "mean")
     else:
         loss = _composed_softcap_cross_entropy(flat_logits, flat_targets, cap, reduction)
     return loss.view(targets.shape) if reduction == "none" else loss
 
 
-@torch.compiler.disable  # eager even inside a compiled model (see softcap_cross_entropy)
 def _cpu_softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float | None, mean: bool) -> torch.Tensor:
     return _SoftcapCrossEntropy.apply(logits, targets, cap, mean)
 
 
 def _composed_softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float | None, reduction: str):
     return F.cross_entropy(softcap(logits, cap).float(), targets, ignore_index=-1, reduction=reduction)
+
+
+_NO_MAX_CAP = 40.0  # |softcap(z)| < cap <= 40: exp of it neither overflows nor underflows in float32
+
+
+class _CompiledSoftcapCrossEntropy(torch.autograd.Function):
+    """The same loss written for inductor (CPU, under torch.compile): forward is one fused pass over the logits
+    (log-sum-exp without the max pass, which a capped logit does not need, and the target's logit gathered
+    before the softcap), backward one fused pass that writes the gradient (softmax - onehot) * d softcap / dz
+    from the logits and the saved log-sum-exp; tanh as 2 sigmoid(2u) - 1, as in _SoftcapCrossEntropy."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, cap: float, mean: bool):
+        z = logits.float()
+        valid = targets != -1
+        row_weight = valid / valid.sum() if mean else valid.float()
+        tgt = targets.clamp(min=0).unsqueeze(1)
+        lse = _softcap_sigmoid(z, cap).exp().sum(dim=1).log()
+        losses = (lse - _softcap_sigmoid(z.gather(1, tgt).squeeze(1), cap)) * row_weight
+        ctx.save_for_backward(logits, tgt, lse, row_weight)
+        ctx.cap = cap
+        return losses.sum() if mean else losses
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, tgt, lse, row_weight = ctx.saved_tensors
+        s = torch.sigmoid(logits.float() * (2 / ctx.cap))
+        onehot = torch.arange(logits.size(1), dtype=torch.int32, device=logits.device) == tgt.int()  # int32: half the lanes of int64
+        w = (row_weight * g * 4).unsqueeze(1)  # d softcap / dz = 1 - tanh^2 = 4 s (1 - s)
+        grad = (torch.exp(ctx.cap * (2 * s - 1) - lse.unsqueeze(1)) - onehot.float()) * w * s * (1 - s)
+        return grad.to(logits.dtype), None, None, None
+
+
+def _softcap_sigmoid(z: torch.Tensor, cap: float) -> torch.Tensor:
+    return cap * (2 * torch.sigmoid(z * (2 / cap)) - 1)
 
 
 class _SoftcapCrossEntropy(torch.autograd.Function):
