@@ -24,9 +24,10 @@ from trainables.timeline import TIMELINE_ENV, mark, span
 from trainables.tune import TRAIN_ENV, TrialResources, environment, make_trainable, tune_run_settings
 
 
-def start_ray(address: str | None, resources: TrialResources) -> tuple[int, TrialResources]:
+def start_ray(address: str | None, resources: TrialResources, stops_early: bool) -> tuple[int, TrialResources]:
     """Connects to a cluster or starts a local one; returns how many trials may run at once, and the
-    resources (without the train_driver resource on a cluster that declares none)."""
+    resources (without the train_driver resource on a cluster that declares none). stops_early: the study's
+    scheduler stops trials before their end (ASHA), which needs the dashboard (see below)."""
     if address:
         ray.init(address=address, log_to_driver=False)
         cluster = ray.cluster_resources()
@@ -43,11 +44,12 @@ def start_ray(address: str | None, resources: TrialResources) -> tuple[int, Tria
     cpus = os.cpu_count() or 1
     concurrent = resources.max_concurrent({"CPU": cpus, "GPU": _local_gpus()})
     # address="local": always a Ray of our own, never the cluster a `ray start` (or a crashed run) left behind.
-    # The dashboard binds to 127.0.0.1 only; it is also what frees the placement groups of trials that
-    # ASHA stops early (ray#54305).
+    # The dashboard frees the placement groups of trials that ASHA stops early (ray#54305); a study whose trials
+    # all run to their end starts without it, 1-1.5 s sooner (benchmarks/bench_service.py). It binds to
+    # 127.0.0.1 only.
     mark("ray_init_start")
     ray.init(address="local", num_cpus=cpus, num_gpus=_local_gpus(), resources={"train_driver": concurrent},
-             include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True,
+             include_dashboard=stops_early, dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True,
              logging_level="ERROR",
              runtime_env={"env_vars": {**TRAIN_ENV, **{k: os.environ[k] for k in ("NANOSTUDIES_CACHE", TIMELINE_ENV, *TRAIN_ENV)
                                                        if k in os.environ}}})
@@ -360,7 +362,7 @@ def _run(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus
     started = datetime.now(timezone.utc).isoformat()
     resources = TrialResources(num_workers=workers, cpus_per_worker=args.cpus_per_worker, use_gpu=gpus > 0,
                                always_train=args.ray_train)
-    concurrent, resources = start_ray(args.address, resources)
+    concurrent, resources = start_ray(args.address, resources, stops_early=spec.scheduler == "asha")
     write_study_json(spec, profile, args, study_dir, started, None, False, fidelity)
     study.files.push()
     exps = experiment_dirs(study_dir)
