@@ -48,6 +48,8 @@ COVERED = {
     "ray start --head --resources '{\"train_driver\": K}'": "tests/study/test_submit.py::test_submit_follow_status_fetch "
                                                              "(its head fixture)",
     "python benchmarks/bench_model.py": "a benchmark (minutes); its numbers are in the README",
+    "python benchmarks/bench_model.py --models gpt --modes eager,compile,compile-fp32 --repeats 21 --steps 2":
+        "a benchmark (minutes); its numbers are in the README",
     "python benchmarks/bench_data.py": "a benchmark; its numbers are in the README",
     "python benchmarks/bench_service.py --max-steps 400": "a benchmark (minutes); its numbers are in the README",
     "python benchmarks/bench_ddp.py": "a benchmark; its numbers are in the README",
