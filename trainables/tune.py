@@ -61,7 +61,7 @@ class TrialResources:
     @property
     def direct(self) -> bool:
         """One worker trains in the trial's own process: a TorchTrainer would add a controller actor, a worker
-        actor, a placement group and a process group -- about 16 s a trial on 2 cores (benchmarks/bench_service.py)
+        actor, a placement group and a process group -- seconds a trial (benchmarks/bench_service.py)
         -- for no parallelism. Checkpoints, restore and restarts then go through Tune instead of Train."""
         return self.num_workers == 1 and not self.always_train
 
