@@ -212,7 +212,7 @@ def main():
     modes = args.modes.split(",")
     unknown = [m for m in modes if m not in MODES]
     if unknown or "plain" not in modes:
-        sys.exit(f"--modes {args.modes}: must include plain (the baseline) and name only {', '.join(MODES)}")
+        ap.error(f"--modes {args.modes}: must include plain (the baseline) and name only {', '.join(MODES)}")
     os.environ.setdefault("NANOSTUDIES_CACHE", str(Path(tempfile.gettempdir()) / "nanostudies_bench_cache"))
     plain_loop(args.profile, 2)  # warm the token cache and the imports, so neither side pays for them
     results = {}
