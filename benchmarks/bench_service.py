@@ -60,14 +60,16 @@ def study_run(profile: str, max_steps: int, extra: list[str], timeline: Path, pr
                "--set", f"max_steps={max_steps}", *extra]
         env = {**os.environ, TIMELINE_ENV: str(timeline)}
         t0 = time.time()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        first_line = None
-        lines = []
-        for line in proc.stdout:
-            first_line = first_line or time.time() - t0
-            lines.append(line)
-        stderr = proc.stderr.read()
-        proc.wait()
+        errors = Path(out) / "stderr.txt"  # a file, not a pipe: a full stderr pipe would block the study
+        with open(errors, "w") as err:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+            first_line = None
+            lines = []
+            for line in proc.stdout:
+                first_line = first_line or time.time() - t0
+                lines.append(line)
+            proc.wait()
+        stderr = errors.read_text()
         wall = time.time() - t0
         if proc.returncode != 0:
             sys.exit(f"study.run failed ({proc.returncode}):\n{''.join(lines)[-2000:]}\n{stderr[-2000:]}")
