@@ -16,6 +16,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
@@ -300,6 +301,56 @@ def set_rng_state(state: dict):
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+@dataclass
+class TrainState:
+    """What a checkpoint holds: all a run needs to continue the same loss curve. Every rank has its own data
+    position and RNG, so `loader` and `rng` hold one entry per rank; the weights and optimizer states are the
+    same on every rank and rank 0 writes them. Plain tensors, numbers, lists and dicts only: a checkpoint comes
+    from shared storage and loads with torch.load(weights_only=True), which runs no code placed in it."""
+    model: dict
+    optimizers: list[dict]
+    loader: list[dict]
+    rng: list[dict]
+    stability: dict
+    step: int = 0
+    tokens: int = 0
+    wall_s: float = 0.0
+    best_val_bpb: float = math.inf
+    best_val_loss: float = math.inf
+
+    @classmethod
+    def capture(cls, model, optimizers, loader, stability, *, ddp: bool, **progress) -> "TrainState | None":
+        """Every rank calls it (the per-rank parts are gathered); rank 0 gets the state, the others None."""
+        local = dict(loader=loader.state_dict(), rng=rng_state())
+        gathered = [local]
+        if ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, local)
+            if dist.get_rank() != 0:
+                return None
+        return cls(model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers],
+                   loader=[g["loader"] for g in gathered], rng=[g["rng"] for g in gathered],
+                   stability=stability.state_dict(), **progress)
+
+    def save(self, directory: str) -> str:
+        torch.save(vars(self), os.path.join(directory, CHECKPOINT_FILE))  # not asdict: it would deep-copy every tensor
+        return directory
+
+    @classmethod
+    def load(cls, directory: str, device) -> "TrainState":
+        return cls(**torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location=device, weights_only=True))
+
+    def restore(self, model, optimizers, loader, stability, rank: int):
+        """Puts this state into a freshly built model, its optimizers, loader and stability tracker, and this
+        rank's RNG."""
+        model.load_state_dict(self.model)
+        for opt, s in zip(optimizers, self.optimizers):
+            opt.load_state_dict(s)
+        loader.load_state_dict(self.loader[rank])
+        stability.load_state_dict(self.stability)
+        set_rng_state(self.rng[rank])
+
+
 # ----------------------------------------------------------------------------- training stability
 
 class Stability:
@@ -388,18 +439,9 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     best_loss = math.inf  # the best eval's loss (the Toeplitz note reports its best checkpoint's eval loss)
     stability = Stability()
     if restore:
-        # weights_only: a checkpoint comes from shared storage; a full unpickle would run any code placed in it
-        state = torch.load(os.path.join(restore, CHECKPOINT_FILE), map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        for opt, s in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(s)
-            for group in opt.param_groups:  # a checkpoint from before the decay schedule: its decay was constant
-                group.setdefault("initial_weight_decay", group["weight_decay"])
-        loader.load_state_dict(state["loader"][rank] if isinstance(state["loader"], list) else state["loader"])
-        step, tokens, wall_before, best_bpb = state["step"], state["tokens"], state["wall_s"], state["best_val_bpb"]
-        best_loss = state.get("best_val_loss", math.inf)  # checkpoints written before it was kept lack it
-        stability.load_state_dict(state["stability"])
-        set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        state = TrainState.load(restore, device)
+        state.restore(model, optimizers, loader, stability, rank)
+        step, tokens, wall_before, best_bpb, best_loss = state.step, state.tokens, state.wall_s, state.best_val_bpb, state.best_val_loss
         log(f"resumed from step {step} ({tokens:,} tokens)")
 
     train_model = torch.compile(model) if tc.compile else model
@@ -440,8 +482,10 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
         checkpoint_dir = None
         if tc.checkpoint and report is not None:
             with span("checkpoint"):
-                checkpoint_dir = save_checkpoint(model, optimizers, loader, stability, step, tokens, best_bpb,
-                                                 time.time() - t_start + wall_before, ddp, rank, best_val_loss=best_loss)
+                state = TrainState.capture(model, optimizers, loader, stability, ddp=ddp, step=step, tokens=tokens,
+                                           wall_s=time.time() - t_start + wall_before, best_val_bpb=best_bpb,
+                                           best_val_loss=best_loss)
+                checkpoint_dir = state.save(tempfile.mkdtemp(prefix="ckpt_")) if state else None
         if metrics_file:
             metrics_file.write(json.dumps(metrics) + "\n")
             metrics_file.flush()
@@ -532,26 +576,6 @@ def param_sync_error(model: torch.nn.Module) -> float:
     gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, checksum)
     return float(torch.stack(gathered).max() - torch.stack(gathered).min())
-
-
-def save_checkpoint(model, optimizers, loader, stability, step, tokens, best_val_bpb, wall_s, ddp, rank,
-                    best_val_loss=math.inf) -> str | None:
-    """Every rank contributes its loader and RNG state (their data positions differ); rank 0 writes."""
-    import tempfile
-    local = dict(loader=loader.state_dict(), rng=rng_state())
-    if ddp:
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, local)
-    else:
-        gathered = [local]
-    if rank != 0:
-        return None
-    d = tempfile.mkdtemp(prefix="ckpt_")
-    torch.save(dict(model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers], step=step, tokens=tokens,
-                    stability=stability.state_dict(), best_val_bpb=best_val_bpb, best_val_loss=best_val_loss,
-                    wall_s=wall_s, loader=[g["loader"] for g in gathered], rng=[g["rng"] for g in gathered]),
-               os.path.join(d, CHECKPOINT_FILE))
-    return d
 
 
 def probe(model: GPT, data, cfg: GPTConfig, tc: TrainConfig, device, out_dir: str | None) -> dict:

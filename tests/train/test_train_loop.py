@@ -87,3 +87,18 @@ def test_optimizer_groups_route_linear_weights_to_muon_even_when_width_equals_se
     assert in_muon == linear                                 # every block matrix, nothing else
     assert filters <= in_adamw and not in_muon & in_adamw    # filters (also [n_head, seq_len] = 2-D) stay in AdamW
     assert len(in_muon) + len(in_adamw) == len(list(model.parameters()))
+
+
+def test_train_state_is_the_checkpoint_format(token_cache, tmp_path):
+    """A checkpoint file is a TrainState's fields, nothing else, and loads without unpickling code."""
+    import dataclasses
+    import torch
+    from trainables.train import CHECKPOINT_FILE, TrainState
+    saved = []
+    train({**TINY, "max_steps": 10, "eval_every": 10},
+          report=lambda m, c: saved.append(shutil.copytree(c, tmp_path / "ckpt")), log=lambda m: None)
+    raw = torch.load(saved[0] / CHECKPOINT_FILE, weights_only=True)
+    assert set(raw) == {f.name for f in dataclasses.fields(TrainState)}
+    state = TrainState.load(str(saved[0]), "cpu")
+    assert (state.step, state.tokens) == (10, 10 * TINY["batch_size"] * TINY["seq_len"])
+    assert len(state.loader) == len(state.rng) == 1  # one entry per rank
