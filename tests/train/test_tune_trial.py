@@ -60,7 +60,9 @@ def _kill_after_first_checkpoint(study_dir, process_marker: bytes, killed: list)
 # trial actor itself: either is restarted from the last checkpoint.
 @pytest.mark.parametrize("always_train,marker", [(True, b"RayTrainWorker"), (False, b"ImplicitFunc")], ids=["train_worker", "direct_trial"])
 def test_killed_worker_restarts_from_checkpoint_and_matches_an_uninterrupted_run(ray_local, tmp_path, always_train, marker):
-    config = {**TINY, "max_steps": 60, "lr": 3e-3}
+    # 300 steps: long enough that the watcher finds the process still training after the first checkpoint
+    # (60 steps of this model take about a second now that reports no longer wait for Train's 2 s poll)
+    config = {**TINY, "max_steps": 300, "eval_every": 50, "lr": 3e-3}
     killed = []
     watcher = threading.Thread(target=_kill_after_first_checkpoint, args=(tmp_path, marker, killed), daemon=True)
     watcher.start()
@@ -69,7 +71,7 @@ def test_killed_worker_restarts_from_checkpoint_and_matches_an_uninterrupted_run
     assert killed, f"no {marker.decode()} process was found to kill"
     assert result.error is None
     lines = [json.loads(l) for l in next(tmp_path.glob("trials/*/metrics.jsonl")).read_text().splitlines()]
-    assert [l["step"] for l in lines] == [10, 20, 30, 40, 50, 60]   # each eval once, though some were redone
+    assert [l["step"] for l in lines] == [50, 100, 150, 200, 250, 300]  # each eval once, though some were redone
     reference = train(config, log=lambda m: None)                  # the same trial, never interrupted
     assert result.metrics["val_bpb"] == pytest.approx(reference["val_bpb"], abs=1e-4)
 
