@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -317,6 +317,7 @@ class TrainState:
     wall_s: float = 0.0
     best_val_bpb: float = math.inf
     best_val_loss: float = math.inf
+    metrics: dict = field(default_factory=dict)  # the eval this checkpoint came with, as reported
 
     @classmethod
     def capture(cls, model, optimizers, loader, stability, *, ddp: bool, **progress) -> "TrainState | None":
@@ -443,6 +444,12 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
         state.restore(model, optimizers, loader, stability, rank)
         step, tokens, wall_before, best_bpb, best_loss = state.step, state.tokens, state.wall_s, state.best_val_bpb, state.best_val_loss
         log(f"resumed from step {step} ({tokens:,} tokens)")
+        if step >= max_steps and report is not None:
+            # A run restored from its last checkpoint has nothing left to train, but its caller still needs the
+            # final result: Tune can start a finished trial again after a crash (its searcher's saved state
+            # older than its trials'), and fails a trial whose run reports nothing.
+            report(state.metrics, None)
+            return state.metrics
 
     train_model = torch.compile(model) if tc.compile else model
     if ddp:
@@ -484,7 +491,8 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
             with span("checkpoint"):
                 state = TrainState.capture(model, optimizers, loader, stability, ddp=ddp, step=step, tokens=tokens,
                                            wall_s=time.time() - t_start + wall_before, best_val_bpb=best_bpb,
-                                           best_val_loss=best_loss)
+                                           best_val_loss=best_loss,
+                                           metrics=json.loads(json.dumps(metrics)))  # plain types: weights_only loads them
                 checkpoint_dir = state.save(tempfile.mkdtemp(prefix="ckpt_")) if state else None
         if metrics_file:
             metrics_file.write(json.dumps(metrics) + "\n")

@@ -102,3 +102,18 @@ def test_train_state_is_the_checkpoint_format(token_cache, tmp_path):
     state = TrainState.load(str(saved[0]), "cpu")
     assert (state.step, state.tokens) == (10, 10 * TINY["batch_size"] * TINY["seq_len"])
     assert len(state.loader) == len(state.rng) == 1  # one entry per rank
+
+
+def test_a_run_restored_at_its_end_reports_its_last_eval_and_trains_nothing(token_cache, tmp_path):
+    """Tune can start a finished trial again after a crash; restored from the final checkpoint, the run reports
+    the final eval once more (Tune fails a trial that reports nothing) and leaves metrics.jsonl as it was."""
+    saved, reported = {}, []
+    out = tmp_path / "out"
+    final = train({**TINY, "max_steps": 20}, out_dir=str(out),
+                  report=lambda m, c: saved.setdefault(m["step"], shutil.copytree(c, tmp_path / f"s{m['step']}")),
+                  log=lambda m: None)
+    before = (out / "metrics.jsonl").read_text()
+    again = train({**TINY, "max_steps": 20}, out_dir=str(out), report=lambda m, c: reported.append((m, c)),
+                  restore=str(saved[20]), log=lambda m: None)
+    assert reported == [(final, None)] and again == final
+    assert (out / "metrics.jsonl").read_text() == before
