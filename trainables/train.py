@@ -486,16 +486,17 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
         return {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"]}
 
     def emit(metrics: dict):
+        line = json.dumps(metrics)
         checkpoint_dir = None
         if tc.checkpoint and report is not None:
             with span("checkpoint"):
                 state = TrainState.capture(model, optimizers, loader, stability, ddp=ddp, step=step, tokens=tokens,
                                            wall_s=time.time() - t_start + wall_before, best_val_bpb=best_bpb,
                                            best_val_loss=best_loss,
-                                           metrics=json.loads(json.dumps(metrics)))  # plain types: weights_only loads them
+                                           metrics=json.loads(line))  # plain types: weights_only loads them
                 checkpoint_dir = state.save(tempfile.mkdtemp(prefix="ckpt_")) if state else None
         if metrics_file:
-            metrics_file.write(json.dumps(metrics) + "\n")
+            metrics_file.write(line + "\n")
             metrics_file.flush()
         if report is not None:
             with span("report", checkpoint=checkpoint_dir is not None):
