@@ -43,8 +43,10 @@ def main() -> None:
     mb = corpus.n_bytes / 1e6
     mb_train = sum(len(d.encode()) for d in train_docs) / 1e6
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"corpus wiki: {len(corpus.documents)} docs, {mb:.2f} MB ({mb_train:.2f} MB train); "
-          f"{threads} CPU threads available\n")
+    print(
+        f"corpus wiki: {len(corpus.documents)} docs, {mb:.2f} MB ({mb_train:.2f} MB train); "
+        f"{threads} CPU threads available\n"
+    )
 
     rows = [("load wiki corpus", t_load, mb, "")]
     for name in args.tokenizers:
@@ -73,7 +75,9 @@ def main() -> None:
     for stage, secs, size, note in rows:
         print(f"{stage:<50} {secs:8.3f} {size / secs:8.2f}  {note}")
     print(f"\n({args.tokenizers[0]}: {tokens_per_mb / 1e3:.0f}k tokens per MB of text)")
-    print(f"\n{'loader (' + loader_data.tokenizer + ', batch 8 x seq 256)':<50} {'batch/s':>8} {'tok/s':>11}  vs {TRAIN_RATE // 1000}k tok/s training")
+    print(
+        f"\n{'loader (' + loader_data.tokenizer + ', batch 8 x seq 256)':<50} {'batch/s':>8} {'tok/s':>11}  vs {TRAIN_RATE // 1000}k tok/s training"
+    )
     for stage, bps, tps in loader_rows:
         print(f"{stage:<50} {bps:8.0f} {tps:11.0f}  {tps / TRAIN_RATE:.0f}x")
 

@@ -14,6 +14,7 @@ every (reference, candidate) pair adjacently, order alternating, pairs rotated),
 median over rounds of the per-round ratio, printed with its range over rounds. Nothing here asserts on
 a timing; the targets are printed as MET / NOT MET.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainables.model import GPT, GPTConfig, build_model, flops_per_token
-from trainables.model import toeplitz
+from trainables.model import GPT, GPTConfig, build_model, flops_per_token, toeplitz
 from trainables.model.toeplitz import ToeplitzMixer, causal_conv
 
 VOCAB, N_LAYER, N_EMBD, N_HEAD, SEQ_LEN = 4096, 4, 256, 4, 256
@@ -40,6 +40,7 @@ H100_BF16_PEAK = 989e12
 
 
 # ----------------------------------------------------------------------------- the baseline: plain nanoGPT
+
 
 class BaselineBlock(nn.Module):
     def __init__(self, n_embd: int, n_head: int):
@@ -86,6 +87,7 @@ class BaselineGPT(nn.Module):
 
 # ----------------------------------------------------------------------------- the models compared
 
+
 def gpt_config(**kw) -> GPTConfig:
     shape = dict(vocab_size=VOCAB, n_layer=N_LAYER, n_embd=N_EMBD, n_head=N_HEAD, seq_len=SEQ_LEN)
     return GPTConfig(**{**shape, **kw})
@@ -124,6 +126,7 @@ def build(name: str, device="cpu") -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- timing helpers
+
 
 def sync(device) -> None:
     if torch.device(device).type == "cuda":
@@ -181,8 +184,10 @@ class Paired:
     def describe(self, a, b) -> str:
         """'0.74x (paired 0.72x [0.65-0.80])', with ' NOISY' appended when the estimates disagree."""
         rs = self._per_round(a, b)
-        return (f"{self.ratio(a, b):.2f}x (paired {self.paired(a, b):.2f}x [{min(rs):.2f}-{max(rs):.2f}])"
-                f"{' NOISY' if self.noisy(a, b) else ''}")
+        return (
+            f"{self.ratio(a, b):.2f}x (paired {self.paired(a, b):.2f}x [{min(rs):.2f}-{max(rs):.2f}])"
+            f"{' NOISY' if self.noisy(a, b) else ''}"
+        )
 
 
 def calibrated(fns: dict, min_s: float) -> tuple[dict, dict]:
@@ -207,6 +212,7 @@ def verdict(ok: bool) -> str:
 
 # ----------------------------------------------------------------------------- training-step throughput
 
+
 def make_step(model: nn.Module, mode: str, batch: int, seq_len: int, vocab: int, device="cpu"):
     """One training step as trainables.train takes it: zero_grad, forward with targets, backward, AdamW."""
     g = torch.Generator().manual_seed(1)
@@ -229,15 +235,25 @@ def make_step(model: nn.Module, mode: str, batch: int, seq_len: int, vocab: int,
     return step
 
 
-def throughput(keys: list[tuple[str, str]], pairs: list[tuple], *, batch: int, steps: int, repeats: int,
-               device="cpu", build_fn=build, seq_len=SEQ_LEN, vocab=VOCAB) -> tuple[Paired, dict]:
+def throughput(
+    keys: list[tuple[str, str]],
+    pairs: list[tuple],
+    *,
+    batch: int,
+    steps: int,
+    repeats: int,
+    device="cpu",
+    build_fn=build,
+    seq_len=SEQ_LEN,
+    vocab=VOCAB,
+) -> tuple[Paired, dict]:
     """Builds and warms every (model name, mode) key, then times `steps` training steps per
     measurement, pair by pair (see Paired). Returns the timings and each key's first-step seconds."""
     runs, first = {}, {}
     for name, mode in keys:
         step = make_step(build_fn(name, device), mode, batch, seq_len, vocab, device)
         first[name, mode] = timed(step, device)  # in compile mode: compiles the forward and backward graphs
-        step()                                    # one more warm-up step (allocator, AdamW state)
+        step()  # one more warm-up step (allocator, AdamW state)
         runs[name, mode] = lambda step=step: [step() for _ in range(steps)]
         print(f"  warmed up {name} [{mode}]: first step {first[name, mode]:.1f} s", file=sys.stderr, flush=True)
     return Paired(runs, pairs, repeats, device, per_call=steps), first
@@ -245,9 +261,13 @@ def throughput(keys: list[tuple[str, str]], pairs: list[tuple], *, batch: int, s
 
 def print_throughput(t: Paired, first: dict, names: list[str], modes: list[str], batch: int):
     tokens = batch * SEQ_LEN
-    print(f"\n## Training step throughput (batch {batch} x seq {SEQ_LEN} = {tokens} tokens/step; "
-          f"zero_grad + forward + backward + AdamW; each the fastest of >= {min(map(len, t.times.values()))} measurements)")
-    print(f"{'model':24s} {'mode':15s} {'tokens/s':>9s}  {'vs baseline (paired median [range over rounds])':48s} {'compile s':>9s}")
+    print(
+        f"\n## Training step throughput (batch {batch} x seq {SEQ_LEN} = {tokens} tokens/step; "
+        f"zero_grad + forward + backward + AdamW; each the fastest of >= {min(map(len, t.times.values()))} measurements)"
+    )
+    print(
+        f"{'model':24s} {'mode':15s} {'tokens/s':>9s}  {'vs baseline (paired median [range over rounds])':48s} {'compile s':>9s}"
+    )
     for mode in modes:
         label = MODE_LABELS[mode]
         base = (BASELINE, mode)
@@ -257,8 +277,10 @@ def print_throughput(t: Paired, first: dict, names: list[str], modes: list[str],
             comp = f"{max(first[k] - t.seconds(k), 0):.1f}" if mode in COMPILED else "-"
             print(f"{name:24s} {label:15s} {fmt_rate(tokens / t.seconds(k)):>9s}  {vs:48s} {comp:>9s}")
     if COMPILED & set(modes):
-        print("  compile s = first step minus the best step: dynamo + inductor, forward and backward graphs, after any "
-              "hits in the on-disk inductor cache (a first-ever run pays more: see --cold-compile)")
+        print(
+            "  compile s = first step minus the best step: dynamo + inductor, forward and backward graphs, after any "
+            "hits in the on-disk inductor cache (a first-ever run pays more: see --cold-compile)"
+        )
 
 
 def print_headlines(t: Paired, modes: list[str], batch: int):
@@ -266,27 +288,37 @@ def print_headlines(t: Paired, modes: list[str], batch: int):
     for mode in modes:
         base, gpt = (BASELINE, mode), ("gpt", mode)
         if (base, gpt) in t.ratios:
-            print(f"  this GPT vs baseline [{mode}]: {t.describe(base, gpt)}; "
-                  f"target >= 1.0: {verdict(t.ratio(base, gpt) >= 1.0)}")
+            print(
+                f"  this GPT vs baseline [{mode}]: {t.describe(base, gpt)}; "
+                f"target >= 1.0: {verdict(t.ratio(base, gpt) >= 1.0)}"
+            )
     for mode in modes:
         base, flavour = (BASELINE, mode), (NANOGPT, mode)
         if (base, flavour) in t.ratios:  # the same maths: only the implementation can differ
-            print(f"  nanogpt flavour vs baseline [{mode}]: {t.describe(base, flavour)}; "
-                  f"target >= 1.0: {verdict(t.ratio(base, flavour) >= 1.0)}")
+            print(
+                f"  nanogpt flavour vs baseline [{mode}]: {t.describe(base, flavour)}; "
+                f"target >= 1.0: {verdict(t.ratio(base, flavour) >= 1.0)}"
+            )
     e, c = ("gpt", "eager"), ("gpt", "compile")
     if (e, c) in t.ratios:
         rate = lambda k: fmt_rate(batch * SEQ_LEN / t.seconds(k))
-        print(f"  this GPT bf16+compile vs fp32 eager: {rate(c)} vs {rate(e)} tokens/s = {t.describe(e, c)}; "
-              f"target >= 2.5x: {verdict(t.ratio(e, c) >= 2.5)}")
+        print(
+            f"  this GPT bf16+compile vs fp32 eager: {rate(c)} vs {rate(e)} tokens/s = {t.describe(e, c)}; "
+            f"target >= 2.5x: {verdict(t.ratio(e, c) >= 2.5)}"
+        )
     be, bc = (BASELINE, "eager"), (BASELINE, "compile")
     if (be, bc) in t.ratios:
-        print(f"  (baseline bf16+compile vs fp32 eager: {t.describe(be, bc)}; "
-              f"reference on this machine ~15.7k vs 5.3k tokens/s = 2.96x)")
+        print(
+            f"  (baseline bf16+compile vs fp32 eager: {t.describe(be, bc)}; "
+            f"reference on this machine ~15.7k vs 5.3k tokens/s = 2.96x)"
+        )
     for mode in modes:
         gpt, s1 = ("gpt", mode), ("gpt+softmax1", mode)
         if (gpt, s1) in t.ratios:
-            print(f"  softmax1 vs softmax [{mode}]: {t.describe(gpt, s1)} the throughput; "
-                  f"target within 10%: {verdict(abs(t.ratio(gpt, s1) - 1) <= 0.10)}")
+            print(
+                f"  softmax1 vs softmax [{mode}]: {t.describe(gpt, s1)} the throughput; "
+                f"target within 10%: {verdict(abs(t.ratio(gpt, s1) - 1) <= 0.10)}"
+            )
     if any(t.noisy(a, b) for a, b in t.ratios):
         print("  NOISY: some best-of and paired estimates disagree by > 10%: the machine was busy; rerun it quiet.")
 
@@ -299,8 +331,11 @@ def print_mfu(t: Paired, modes: list[str], batch: int):
     for mode in modes:
         if ("gpt", mode) in t.times:
             achieved = batch * SEQ_LEN / t.seconds(("gpt", mode)) * fpt
-            note = (f"; {achieved / cpu_peak:.1%} of a nominal {cpu_peak / 1e9:.0f} GFLOP/s fp32 peak"
-                    if mode != "compile" else " (bf16 on AMX: no nominal peak is used here)")
+            note = (
+                f"; {achieved / cpu_peak:.1%} of a nominal {cpu_peak / 1e9:.0f} GFLOP/s fp32 peak"
+                if mode != "compile"
+                else " (bf16 on AMX: no nominal peak is used here)"
+            )
             print(f"  [{mode}] {achieved / 1e9:.1f} GFLOP/s achieved{note}")
     if not torch.cuda.is_available():
         print("  MFU at the gpu profile's model size needs a GPU (torch.cuda.is_available() is False): not measured.")
@@ -317,9 +352,11 @@ def gpu_mfu(steps: int, repeats: int, device="cuda"):
     best = solve_architecture(p.budget, vocab, p.head_dim, aspect_ratio=p.aspect_ratio, seq_len=p.seq_len)[0]
     cfg = best.config(seq_len=p.seq_len)
     where = torch.cuda.get_device_name() if device == "cuda" else device
-    print(f"\n## GPU MFU on {where}: gpu profile model n_layer={cfg.n_layer} n_embd={cfg.n_embd} n_head={cfg.n_head} "
-          f"vocab={vocab} seq={p.seq_len}, batch {p.batch_size}, bf16 + compile; "
-          f"peak {H100_BF16_PEAK / 1e12:.0f} TFLOP/s (H100 bf16 dense)")
+    print(
+        f"\n## GPU MFU on {where}: gpu profile model n_layer={cfg.n_layer} n_embd={cfg.n_embd} n_head={cfg.n_head} "
+        f"vocab={vocab} seq={p.seq_len}, batch {p.batch_size}, bf16 + compile; "
+        f"peak {H100_BF16_PEAK / 1e12:.0f} TFLOP/s (H100 bf16 dense)"
+    )
 
     def build_gpu(name, device):
         torch.manual_seed(0)
@@ -328,18 +365,30 @@ def gpu_mfu(steps: int, repeats: int, device="cuda"):
         return GPT(cfg).to(device)
 
     base, gpt = (BASELINE, "compile"), ("gpt", "compile")
-    t, first = throughput([base, gpt], [(base, gpt)], batch=p.batch_size, steps=steps, repeats=repeats,
-                          device=device, build_fn=build_gpu, seq_len=p.seq_len, vocab=vocab)
+    t, first = throughput(
+        [base, gpt],
+        [(base, gpt)],
+        batch=p.batch_size,
+        steps=steps,
+        repeats=repeats,
+        device=device,
+        build_fn=build_gpu,
+        seq_len=p.seq_len,
+        vocab=vocab,
+    )
     fpt = flops_per_token(cfg)
     for k in (base, gpt):
         tok_s = p.batch_size * p.seq_len / t.seconds(k)
         mfu = f"MFU {tok_s * fpt / H100_BF16_PEAK:.1%}" if k == gpt else ""
         vs = t.describe(base, k) if k != base else "1.00x"
-        print(f"  {k[0]:20s} {fmt_rate(tok_s):>9s} tokens/s  vs baseline {vs}  "
-              f"compile {max(first[k] - t.seconds(k), 0):.1f} s  {mfu}")
+        print(
+            f"  {k[0]:20s} {fmt_rate(tok_s):>9s} tokens/s  vs baseline {vs}  "
+            f"compile {max(first[k] - t.seconds(k), 0):.1f} s  {mfu}"
+        )
 
 
 # ----------------------------------------------------------------------------- Toeplitz: scaling and FFT threshold
+
 
 @contextlib.contextmanager
 def fft_min_len(value: int | None):
@@ -352,7 +401,7 @@ def fft_min_len(value: int | None):
         toeplitz.FFT_MIN_LEN = old
 
 
-DENSE, FFT = 10 ** 9, 1  # FFT_MIN_LEN values that force the dense matmul / the FFT
+DENSE, FFT = 10**9, 1  # FFT_MIN_LEN values that force the dense matmul / the FFT
 
 
 def fit_exponent(xs, ys) -> float:
@@ -364,11 +413,14 @@ def fit_exponent(xs, ys) -> float:
 
 def toeplitz_scaling(lengths: list[int], dense_max: int, batch: int, repeats: int):
     """Forward + backward of one ToeplitzMixer (parallel path, no projections: the mixing alone)."""
-    mixer = ToeplitzMixer(GPTConfig(vocab_size=VOCAB, n_layer=1, n_embd=N_EMBD, n_head=N_HEAD,
-                                    seq_len=max(lengths), mixer="toeplitz"))
+    mixer = ToeplitzMixer(
+        GPTConfig(vocab_size=VOCAB, n_layer=1, n_embd=N_EMBD, n_head=N_HEAD, seq_len=max(lengths), mixer="toeplitz")
+    )
     g = torch.Generator().manual_seed(0)
-    inputs = {S: (torch.randn(batch, S, N_EMBD, generator=g, requires_grad=True),
-                  torch.randn(batch, S, N_EMBD, generator=g)) for S in lengths}
+    inputs = {
+        S: (torch.randn(batch, S, N_EMBD, generator=g, requires_grad=True), torch.randn(batch, S, N_EMBD, generator=g))
+        for S in lengths
+    }
 
     def fwd_bwd(S, forced=None):
         x, gy = inputs[S]
@@ -377,6 +429,7 @@ def toeplitz_scaling(lengths: list[int], dense_max: int, batch: int, repeats: in
             with fft_min_len(forced):
                 x.grad, mixer.raw.grad = None, None
                 mixer(x).backward(gy)
+
         return run
 
     s0 = lengths[0]
@@ -389,19 +442,30 @@ def toeplitz_scaling(lengths: list[int], dense_max: int, batch: int, repeats: in
         fn()
     loops, n = calibrated(fns, 0.05)
     t = Paired(loops, pairs, repeats, per_call=n)
-    print(f"\n## Toeplitz mixer scaling: one ToeplitzMixer forward + backward, parallel path, batch {batch}, "
-          f"width {N_EMBD}, {N_HEAD} heads, no projections, fp32 (FFT_MIN_LEN = {toeplitz.FFT_MIN_LEN})")
-    print(f"{'seq':>6s} {'path':>6s} {'ms':>9s} {'time/time@' + str(s0):>14s} {'(seq/' + str(s0) + ')^2':>12s} "
-          f"{'forced dense ms':>16s} {'dense time/time@' + str(s0):>21s}")
+    print(
+        f"\n## Toeplitz mixer scaling: one ToeplitzMixer forward + backward, parallel path, batch {batch}, "
+        f"width {N_EMBD}, {N_HEAD} heads, no projections, fp32 (FFT_MIN_LEN = {toeplitz.FFT_MIN_LEN})"
+    )
+    print(
+        f"{'seq':>6s} {'path':>6s} {'ms':>9s} {'time/time@' + str(s0):>14s} {'(seq/' + str(s0) + ')^2':>12s} "
+        f"{'forced dense ms':>16s} {'dense time/time@' + str(s0):>21s}"
+    )
     growth = {S: 1.0 if S == s0 else 1 / t.ratio(("default", s0), ("default", S)) for S in lengths}
-    dense_growth = {S: 1.0 if S == s0 else 1 / t.ratio(("dense", s0), ("dense", S)) for S in lengths if ("dense", S) in fns}
+    dense_growth = {
+        S: 1.0 if S == s0 else 1 / t.ratio(("dense", s0), ("dense", S)) for S in lengths if ("dense", S) in fns
+    }
     for S in lengths:
         path = "fft" if S >= toeplitz.FFT_MIN_LEN else "dense"
-        dense = (f"{t.seconds(('dense', S)) * 1e3:16.2f} {dense_growth[S]:20.2f}x" if S in dense_growth
-                 else f"{'-':>16s} {'-':>21s}")
+        dense = (
+            f"{t.seconds(('dense', S)) * 1e3:16.2f} {dense_growth[S]:20.2f}x"
+            if S in dense_growth
+            else f"{'-':>16s} {'-':>21s}"
+        )
         noisy = S != s0 and t.noisy(("default", s0), ("default", S))
-        print(f"{S:6d} {path:>6s} {t.seconds(('default', S)) * 1e3:9.2f} {growth[S]:13.2f}x {(S / s0) ** 2:11.0f}x "
-              f"{dense}{'  NOISY' if noisy else ''}")
+        print(
+            f"{S:6d} {path:>6s} {t.seconds(('default', S)) * 1e3:9.2f} {growth[S]:13.2f}x {(S / s0) ** 2:11.0f}x "
+            f"{dense}{'  NOISY' if noisy else ''}"
+        )
     e_all = fit_exponent(lengths, [growth[S] for S in lengths])
     line = f"  fitted exponent (log time vs log seq), default path, seq {s0}..{lengths[-1]}: {e_all:.2f}"
     fft_lens = [S for S in lengths if S >= toeplitz.FFT_MIN_LEN]
@@ -424,6 +488,7 @@ def fft_threshold(lengths: list[int], batch: int, repeats: int):
         w = (torch.rand(H, S, generator=g) / S).requires_grad_()
         gy = torch.randn(batch, S, H, D, generator=g)
         for path, forced in (("dense", DENSE), ("fft", FFT)):
+
             def fwd(x=x, w=w, forced=forced):
                 with fft_min_len(forced), torch.no_grad():
                     causal_conv(x, w)
@@ -432,43 +497,65 @@ def fft_threshold(lengths: list[int], batch: int, repeats: int):
                 with fft_min_len(forced):
                     x.grad, w.grad = None, None
                     causal_conv(x, w).backward(gy)
+
             fns[path, "fwd", S], fns[path, "fwd+bwd", S] = fwd, fwd_bwd
         pairs += [(("dense", kind, S), ("fft", kind, S)) for kind in ("fwd", "fwd+bwd")]
     for fn in fns.values():
         fn()
     loops, n = calibrated(fns, 0.05)
     t = Paired(loops, pairs, repeats, per_call=n)
-    print(f"\n## FFT threshold: causal_conv dense Toeplitz matmul vs FFT, x [{batch}, S, {H}, {D}] fp32, "
-          f"w [{H}, S] (current FFT_MIN_LEN = {toeplitz.FFT_MIN_LEN})")
-    print(f"{'seq':>6s} {'dense fwd ms':>13s} {'fft fwd ms':>11s} {'dense/fft':>10s} {'dense f+b ms':>13s} "
-          f"{'fft f+b ms':>11s} {'dense/fft':>10s}  faster for training")
+    print(
+        f"\n## FFT threshold: causal_conv dense Toeplitz matmul vs FFT, x [{batch}, S, {H}, {D}] fp32, "
+        f"w [{H}, S] (current FFT_MIN_LEN = {toeplitz.FFT_MIN_LEN})"
+    )
+    print(
+        f"{'seq':>6s} {'dense fwd ms':>13s} {'fft fwd ms':>11s} {'dense/fft':>10s} {'dense f+b ms':>13s} "
+        f"{'fft f+b ms':>11s} {'dense/fft':>10s}  faster for training"
+    )
     for S in lengths:
         ms = {k: t.seconds(k) * 1e3 for k in fns if k[2] == S}
-        rf, rb = t.ratio(("dense", "fwd", S), ("fft", "fwd", S)), t.ratio(("dense", "fwd+bwd", S), ("fft", "fwd+bwd", S))
+        rf, rb = (
+            t.ratio(("dense", "fwd", S), ("fft", "fwd", S)),
+            t.ratio(("dense", "fwd+bwd", S), ("fft", "fwd+bwd", S)),
+        )
         noisy = any(t.noisy(("dense", kind, S), ("fft", kind, S)) for kind in ("fwd", "fwd+bwd"))
-        print(f"{S:6d} {ms['dense', 'fwd', S]:13.2f} {ms['fft', 'fwd', S]:11.2f} {rf:9.2f}x "
-              f"{ms['dense', 'fwd+bwd', S]:13.2f} {ms['fft', 'fwd+bwd', S]:11.2f} {rb:9.2f}x  {'fft' if rb > 1 else 'dense'}"
-              f"{'  NOISY' if noisy else ''}")
+        print(
+            f"{S:6d} {ms['dense', 'fwd', S]:13.2f} {ms['fft', 'fwd', S]:11.2f} {rf:9.2f}x "
+            f"{ms['dense', 'fwd+bwd', S]:13.2f} {ms['fft', 'fwd+bwd', S]:11.2f} {rb:9.2f}x  {'fft' if rb > 1 else 'dense'}"
+            f"{'  NOISY' if noisy else ''}"
+        )
     print("  (dense/fft > 1: the FFT is faster; FFT_MIN_LEN belongs where the f+b ratio crosses 1)")
 
 
 # ----------------------------------------------------------------------------- generation
 
+
 def generation(batch: int, prompt: int, new_tokens: int, repeats: int):
     attn, toep = "attention (gpt)", "toeplitz mean_proj"
     models = {attn: GPT(gpt_config()).eval(), toep: GPT(gpt_config(**VARIANTS[toep])).eval()}
     idx = torch.randint(0, VOCAB, (batch, prompt), generator=torch.Generator().manual_seed(0))
-    fns = {(n, p): (lambda m=m, p=p: m.generate(idx, new_tokens, temperature=0, mixer_path=p))
-           for n, m in models.items() for p in ("parallel", "sequential")}
+    fns = {
+        (n, p): (lambda m=m, p=p: m.generate(idx, new_tokens, temperature=0, mixer_path=p))
+        for n, m in models.items()
+        for p in ("parallel", "sequential")
+    }
     base = (attn, "parallel")
-    pairs = [(base, (attn, "sequential")), (base, (toep, "parallel")), (base, (toep, "sequential")),
-             ((toep, "sequential"), (toep, "parallel"))]
+    pairs = [
+        (base, (attn, "sequential")),
+        (base, (toep, "parallel")),
+        (base, (toep, "sequential")),
+        ((toep, "sequential"), (toep, "parallel")),
+    ]
     for fn in fns.values():
         fn()
     t = Paired(fns, pairs, repeats)
-    print(f"\n## Generation: model.generate(idx, {new_tokens}, temperature=0), batch {batch}, prompt {prompt} tokens, "
-          f"fp32 eager, KV / mixer-input cache")
-    print(f"{'model':20s} {'mixer_path':>11s} {'tokens/s':>9s} {'vs attention parallel':>22s} {'parallel vs sequential':>23s}")
+    print(
+        f"\n## Generation: model.generate(idx, {new_tokens}, temperature=0), batch {batch}, prompt {prompt} tokens, "
+        f"fp32 eager, KV / mixer-input cache"
+    )
+    print(
+        f"{'model':20s} {'mixer_path':>11s} {'tokens/s':>9s} {'vs attention parallel':>22s} {'parallel vs sequential':>23s}"
+    )
     for n, p in fns:
         k = (n, p)
         vs = f"{t.ratio(base, k) if k != base else 1:.2f}x"
@@ -478,6 +565,7 @@ def generation(batch: int, prompt: int, new_tokens: int, repeats: int):
 
 
 # ----------------------------------------------------------------------------- profile (evidence for an eager gap)
+
 
 def profile_eager(batch: int, steps: int, repeats: int, rows: int = 20):
     """Where an fp32 eager gap between this GPT and the baseline goes: top ops, then config ablations."""
@@ -524,7 +612,9 @@ def profile_compiled(mode: str, batch: int, repeats: int, rows: int = 25):
                 steps[n]()
             for e in prof.key_averages():
                 ms[n].setdefault(e.key, []).append(e.self_cpu_time_total / 1e3)
-    print(f"\n## torch.profiler, {MODE_LABELS[mode]}, batch {batch}: self CPU ms per training step, median of {repeats}")
+    print(
+        f"\n## torch.profiler, {MODE_LABELS[mode]}, batch {batch}: self CPU ms per training step, median of {repeats}"
+    )
     for n in names:
         top = sorted(((statistics.median(v), k) for k, v in ms[n].items()), reverse=True)
         print(f"\n### {n} [{mode}]: sum {sum(m for m, _ in top):.1f} ms")
@@ -536,28 +626,44 @@ def profile_compiled(mode: str, batch: int, repeats: int, rows: int = 25):
 
 # ----------------------------------------------------------------------------- main
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: fewer rounds, shorter generation, compile mode for baseline, gpt and the nanogpt flavour only")
-    ap.add_argument("--modes", default="eager,compile",
-                    help="comma-separated: eager (fp32), compile (bf16 autocast + torch.compile), compile-fp32")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: fewer rounds, shorter generation, compile mode for baseline, gpt and the nanogpt flavour only",
+    )
+    ap.add_argument(
+        "--modes",
+        default="eager,compile",
+        help="comma-separated: eager (fp32), compile (bf16 autocast + torch.compile), compile-fp32",
+    )
     ap.add_argument("--steps", type=int, default=None, help="training steps per timed measurement (default 1)")
     ap.add_argument("--repeats", type=int, default=None, help="rounds of back-to-back pairs (default 9; quick 3)")
     ap.add_argument("--batch", type=int, default=8, help="sequences per training step (default 8)")
-    ap.add_argument("--profile", action="store_true",
-                    help="also profile baseline vs gpt in each mode (top ops; compile modes: inductor's kernels) and, in fp32 eager, "
-                         "ablate its softcap / qk_norm")
-    ap.add_argument("--models", default=None,
-                    help="comma-separated model names: time only the baseline and these (e.g. gpt), and skip the "
-                         "Toeplitz, FFT and generation sections")
-    ap.add_argument("--cold-compile", action="store_true",
-                    help="compile into a fresh inductor cache (first-run compile times)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile baseline vs gpt in each mode (top ops; compile modes: inductor's kernels) and, in fp32 eager, "
+        "ablate its softcap / qk_norm",
+    )
+    ap.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated model names: time only the baseline and these (e.g. gpt), and skip the "
+        "Toeplitz, FFT and generation sections",
+    )
+    ap.add_argument(
+        "--cold-compile", action="store_true", help="compile into a fresh inductor cache (first-run compile times)"
+    )
     args = ap.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODE_LABELS for m in modes):
-        print(f"bench_model: --modes={args.modes!r}: must be a comma-separated subset of {','.join(MODE_LABELS)}",
-              file=sys.stderr)
+        print(
+            f"bench_model: --modes={args.modes!r}: must be a comma-separated subset of {','.join(MODE_LABELS)}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     steps = args.steps or 1
     repeats = args.repeats or (3 if args.quick else 9)
@@ -571,17 +677,23 @@ def main() -> None:
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
 
     t_start = time.perf_counter()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}{load_average()}; {steps} step(s) per measurement, {repeats} rounds"
-          f"{' (quick)' if args.quick else ''}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}{load_average()}; {steps} step(s) per measurement, {repeats} rounds"
+        f"{' (quick)' if args.quick else ''}"
+    )
 
     names = [BASELINE, *VARIANTS]
-    compiled = [BASELINE, "gpt", NANOGPT] if args.quick else names  # quick: each compile costs tens of seconds on 2 cores
+    compiled = (
+        [BASELINE, "gpt", NANOGPT] if args.quick else names
+    )  # quick: each compile costs tens of seconds on 2 cores
     if args.models:
         wanted = [m.strip() for m in args.models.split(",") if m.strip()]
         if any(m not in VARIANTS for m in wanted):
-            print(f"bench_model: --models={args.models!r}: must be a comma-separated subset of {','.join(VARIANTS)}",
-                  file=sys.stderr)
+            print(
+                f"bench_model: --models={args.models!r}: must be a comma-separated subset of {','.join(VARIANTS)}",
+                file=sys.stderr,
+            )
             sys.exit(2)
         names = compiled = [BASELINE, *wanted]
     keys = [(n, m) for m in modes for n in (compiled if m in COMPILED else names)]

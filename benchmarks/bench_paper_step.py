@@ -19,6 +19,7 @@ machines: `added / weights` (fp32 weights = 4 bytes a parameter; grads and two A
 each step's FLOP/s (nanochat's estimate: 6 x non-embedding params + attention, per token) against the fastest
 model measured in this run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ def planned_models(study: str, profile: str, which: str) -> list[tuple[str, dict
     """(trial name, {gpt, train}) for the plan's first trial or each distinct model, as study.run plans them."""
     from study.catalog import get_profile, get_study
     from study.run import plan_trials, validate_search
+
     spec, prof = get_study(study), get_profile(profile)
     lifted = {"max_epochs": 1e12}  # a shape does not depend on the corpus' size
     if spec.searcher == "grid":
@@ -53,6 +55,7 @@ def planned_models(study: str, profile: str, which: str) -> list[tuple[str, dict
 
 
 # ----------------------------------------------------------------------------- one model, in a process of its own
+
 
 def _status(key: str) -> int:
     """A /proc/self/status figure in bytes (VmRSS, VmHWM)."""
@@ -72,8 +75,10 @@ def _reset_peak() -> bool:
 
 def one_model(job: dict) -> dict:
     import torch
+
     from trainables.model import GPTConfig, build_model, count_params, flops_per_token
     from trainables.train import TrainConfig, build_optimizers
+
     g, tc = GPTConfig(**job["gpt"]), TrainConfig(**job["train"])
     device = torch.device(job["device"])
     cuda = device.type == "cuda"
@@ -108,17 +113,38 @@ def one_model(job: dict) -> dict:
     else:
         peak, how = _status("VmHWM"), "VmHWM" if exact else "VmHWM (not reset: includes the model's build)"
     p = count_params(g)
-    return dict(params=p["total"], layers=g.n_layer, width=g.n_embd, heads=g.n_head, vocab=g.vocab_size, seq=g.seq_len,
-                arch=g.arch, mixer=g.mixer, optimizer=tc.optimizer, loss=float(loss), times=times, before=before,
-                peak=peak, memory=how, flops=flops_per_token(g) * g.seq_len)
+    return dict(
+        params=p["total"],
+        layers=g.n_layer,
+        width=g.n_embd,
+        heads=g.n_head,
+        vocab=g.vocab_size,
+        seq=g.seq_len,
+        arch=g.arch,
+        mixer=g.mixer,
+        optimizer=tc.optimizer,
+        loss=float(loss),
+        times=times,
+        before=before,
+        peak=peak,
+        memory=how,
+        flops=flops_per_token(g) * g.seq_len,
+    )
 
 
 # ----------------------------------------------------------------------------- the table
 
+
 def run_one(job: dict, timeout: float) -> dict:
     try:
-        proc = subprocess.run([sys.executable, __file__, "--job", json.dumps(job)], cwd=ROOT, capture_output=True,
-                              text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": ROOT})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--job", json.dumps(job)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONPATH": ROOT},
+        )
     except subprocess.TimeoutExpired:
         return dict(error=f"over --timeout {timeout:g}s")
     if proc.returncode != 0:
@@ -136,7 +162,9 @@ def main(argv=None):
     ap.add_argument("--studies", default=",".join(STUDIES))
     ap.add_argument("--trials", choices=("first", "all"), default="first")
     ap.add_argument("--dtypes", default="float32", help="float32 and/or bfloat16 (autocast)")
-    ap.add_argument("--steps", type=int, default=2, help="optimizer steps per model (the first makes the optimizer states)")
+    ap.add_argument(
+        "--steps", type=int, default=2, help="optimizer steps per model (the first makes the optimizer states)"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (minutes a model on a CPU)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per model")
@@ -147,11 +175,16 @@ def main(argv=None):
         print(json.dumps(one_model(json.loads(args.job))))
         return 0
     import torch
-    print(f"one step per model, one sequence per batch, on {args.device} ({torch.get_num_threads()} threads), "
-          f"{args.steps} steps, {'compiled' if args.compile else 'eager'}; torch {torch.__version__}")
-    header = (f"{'study':16} {'profile':7} {'trial':28} {'dtype':8} {'params':>12} {'L':>3} {'width':>5} {'heads':>5} "
-              f"{'vocab':>6} {'seq':>5} {'step 1 s':>9} {'step 2 s':>9} {'GFLOP/s':>8} {'before MB':>9} "
-              f"{'peak MB':>8} {'added MB':>8} {'added/w':>7}")
+
+    print(
+        f"one step per model, one sequence per batch, on {args.device} ({torch.get_num_threads()} threads), "
+        f"{args.steps} steps, {'compiled' if args.compile else 'eager'}; torch {torch.__version__}"
+    )
+    header = (
+        f"{'study':16} {'profile':7} {'trial':28} {'dtype':8} {'params':>12} {'L':>3} {'width':>5} {'heads':>5} "
+        f"{'vocab':>6} {'seq':>5} {'step 1 s':>9} {'step 2 s':>9} {'GFLOP/s':>8} {'before MB':>9} "
+        f"{'peak MB':>8} {'added MB':>8} {'added/w':>7}"
+    )
     print(header + "\n" + "-" * len(header))
     results = []
     for study in args.studies.split(","):
@@ -168,25 +201,36 @@ def main(argv=None):
                     results.append(r)
                     g = model["gpt"]
                     if "error" in r:
-                        print(f"{study:16} {profile:7} {name[:28]:28} {dtype:8} {'':>12} {g['n_layer']:>3} {g['n_embd']:>5} "
-                              f"{g['n_head']:>5} {g['vocab_size']:>6} {g['seq_len']:>5} failed: {r['error']}", flush=True)
+                        print(
+                            f"{study:16} {profile:7} {name[:28]:28} {dtype:8} {'':>12} {g['n_layer']:>3} {g['n_embd']:>5} "
+                            f"{g['n_head']:>5} {g['vocab_size']:>6} {g['seq_len']:>5} failed: {r['error']}",
+                            flush=True,
+                        )
                         continue
                     MB, t = 2**20, r["times"]
                     r["gflops"] = r["flops"] / min(t) / 1e9
-                    print(f"{study:16} {profile:7} {name[:28]:28} {dtype:8} {r['params']:>12,} {r['layers']:>3} "
-                          f"{r['width']:>5} {r['heads']:>5} {r['vocab']:>6} {r['seq']:>5} {t[0]:>9.2f} "
-                          f"{t[-1] if len(t) > 1 else float('nan'):>9.2f} {r['gflops']:>8.1f} {r['before'] / MB:>9,.0f} "
-                          f"{r['peak'] / MB:>8,.0f} {(r['peak'] - r['before']) / MB:>8,.0f} "
-                          f"{(r['peak'] - r['before']) / (4 * r['params']):>7.2f}", flush=True)
+                    print(
+                        f"{study:16} {profile:7} {name[:28]:28} {dtype:8} {r['params']:>12,} {r['layers']:>3} "
+                        f"{r['width']:>5} {r['heads']:>5} {r['vocab']:>6} {r['seq']:>5} {t[0]:>9.2f} "
+                        f"{t[-1] if len(t) > 1 else float('nan'):>9.2f} {r['gflops']:>8.1f} {r['before'] / MB:>9,.0f} "
+                        f"{r['peak'] / MB:>8,.0f} {(r['peak'] - r['before']) / MB:>8,.0f} "
+                        f"{(r['peak'] - r['before']) / (4 * r['params']):>7.2f}",
+                        flush=True,
+                    )
     done = [r for r in results if "error" not in r]
     if done:
         best = max(done, key=lambda r: r["gflops"])
-        print(f"\nGFLOP/s against the fastest model here ({best['trial']} {best['profile']}, {best['gflops']:.1f}): "
-              + ", ".join(f"{r['trial']} {r['profile']} {r['dtype']} {r['gflops'] / best['gflops']:.2f}x" for r in done))
+        print(
+            f"\nGFLOP/s against the fastest model here ({best['trial']} {best['profile']}, {best['gflops']:.1f}): "
+            + ", ".join(f"{r['trial']} {r['profile']} {r['dtype']} {r['gflops'] / best['gflops']:.2f}x" for r in done)
+        )
         print(f"memory: {done[0]['memory']}; added/w = (peak - before) / (4 bytes x params)")
     failed = [r for r in results if "error" in r]
     if failed:
-        print(f"{len(failed)} model(s) failed: " + "; ".join(f"{r['study']} {r['profile']} {r['dtype']}: {r['error']}" for r in failed))
+        print(
+            f"{len(failed)} model(s) failed: "
+            + "; ".join(f"{r['study']} {r['profile']} {r['dtype']}: {r['error']}" for r in failed)
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -11,6 +11,7 @@ it marks its phases into a timeline file (trainables/timeline.py). The `ddp` mod
 Ray Train workers (DDP over gloo); its fixed cost is the trial's wall time minus its training.
 Ray start with and without the dashboard is timed in this process.
 """
+
 import argparse
 import json
 import os
@@ -45,8 +46,9 @@ def plain_loop(profile: str, max_steps: int, timeline: Path | None = None) -> fl
         os.environ[TIMELINE_ENV] = str(timeline)
     t0 = time.time()
     for p in [float(x) for x in PROPORTIONS.split(",")]:
-        config = nanohead.resolve({**nanohead.base(PROFILES[profile]), "nanohead_proportion": p, "seed": 0,
-                                   "max_steps": max_steps})
+        config = nanohead.resolve(
+            {**nanohead.base(PROFILES[profile]), "nanohead_proportion": p, "seed": 0, "max_steps": max_steps}
+        )
         train(config, log=lambda m: None)
     os.environ.pop(TIMELINE_ENV, None)
     return time.time() - t0
@@ -55,9 +57,24 @@ def plain_loop(profile: str, max_steps: int, timeline: Path | None = None) -> fl
 def study_run(profile: str, max_steps: int, extra: list[str], timeline: Path, proportions=PROPORTIONS) -> dict:
     """Runs the CLI; returns its wall time, when its first line came, and its timeline's events."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "study.run", "nanohead_grid", "--profile", profile, "--output", out,
-               "--wandb", "disabled", "--no-report", "--set", f"nanohead_proportion={proportions}",
-               "--set", f"max_steps={max_steps}", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "study.run",
+            "nanohead_grid",
+            "--profile",
+            profile,
+            "--output",
+            out,
+            "--wandb",
+            "disabled",
+            "--no-report",
+            "--set",
+            f"nanohead_proportion={proportions}",
+            "--set",
+            f"max_steps={max_steps}",
+            *extra,
+        ]
         env = {**os.environ, TIMELINE_ENV: str(timeline)}
         t0 = time.time()
         errors = Path(out) / "stderr.txt"  # a file, not a pipe: a full stderr pipe would block the study
@@ -91,7 +108,9 @@ def phases(run: dict) -> tuple[list[tuple[str, float]], dict]:
     for e in sorted(ev, key=lambda e: e["t"]):
         if e["event"] in ("trial_fn_start", "worker_start"):
             owner[e["pid"]] = (e["trial"], e.get("rank", 0))
-        trial, rank = (e["trial"], 0) if "trial" in e and e["event"] != "worker_start" else owner.get(e["pid"], (None, 0))
+        trial, rank = (
+            (e["trial"], 0) if "trial" in e and e["event"] != "worker_start" else owner.get(e["pid"], (None, 0))
+        )
         if trial and rank == 0:  # rank 0's view: the other ranks train in step with it
             per_trial[trial][e["event"]].append(e["t"])
 
@@ -100,7 +119,7 @@ def phases(run: dict) -> tuple[list[tuple[str, float]], dict]:
 
     trial_rows = defaultdict(list)
     sums = dict(wall=0.0, training=0.0, trials=0)
-    for trial, d in per_trial.items():
+    for _trial, d in per_trial.items():
         if "trial_start" not in d or "trial_end" not in d or "train_start" not in d:
             continue
         start, end = d["trial_start"][0], d["trial_end"][-1]
@@ -112,31 +131,40 @@ def phases(run: dict) -> tuple[list[tuple[str, float]], dict]:
         row = [("trial actor start (scheduled -> trial function runs)", fn - start)]
         if "trainer_fit_start" in d:
             row.append(("Train: controller, placement group, worker processes", worker - d["trainer_fit_start"][0]))
-        row += [("to the training loop (files, config, imports)", d["train_start"][0] - (worker if "trainer_fit_start" in d else fn)),
-                ("data + model build + first step", d["first_step"][0] - d["train_start"][0]),
-                ("training (steps and evals)", training - (d["first_step"][0] - d["train_start"][0])),
-                (f"reports ({len(d.get('report_start', []))})", reports),
-                (f"  of which checkpoints saved ({len(d.get('checkpoint_start', []))})", checkpoints),
-                ("teardown (last step -> trial ends)", end - d["train_end"][-1])]
+        row += [
+            (
+                "to the training loop (files, config, imports)",
+                d["train_start"][0] - (worker if "trainer_fit_start" in d else fn),
+            ),
+            ("data + model build + first step", d["first_step"][0] - d["train_start"][0]),
+            ("training (steps and evals)", training - (d["first_step"][0] - d["train_start"][0])),
+            (f"reports ({len(d.get('report_start', []))})", reports),
+            (f"  of which checkpoints saved ({len(d.get('checkpoint_start', []))})", checkpoints),
+            ("teardown (last step -> trial ends)", end - d["train_end"][-1]),
+        ]
         for name, value in row:
             trial_rows[name].append(value)
         sums["wall"] += end - start
         sums["training"] += training
         sums["trials"] += 1
 
-    rows = [("Python start + imports", first["cli_start"] - t0),
-            ("checks and plan", first["prepare_data_start"] - first["cli_start"]),
-            ("data preparation (cache warm)", last["prepare_data_end"] - first["prepare_data_start"]),
-            ("import Ray and the service", last["import_service_end"] - first["import_service_start"]),
-            ("Ray start (ray.init)", last["ray_init_end"] - first["ray_init_start"]),
-            ("Tuner set-up", first["fit_start"] - last["ray_init_end"]),
-            ("first trial scheduled", first["trial_start"] - first["fit_start"]),
-            ("command -> first trial starts", first["trial_start"] - t0),
-            ("command -> first progress line", run["first_line"])]
+    rows = [
+        ("Python start + imports", first["cli_start"] - t0),
+        ("checks and plan", first["prepare_data_start"] - first["cli_start"]),
+        ("data preparation (cache warm)", last["prepare_data_end"] - first["prepare_data_start"]),
+        ("import Ray and the service", last["import_service_end"] - first["import_service_start"]),
+        ("Ray start (ray.init)", last["ray_init_end"] - first["ray_init_start"]),
+        ("Tuner set-up", first["fit_start"] - last["ray_init_end"]),
+        ("first trial scheduled", first["trial_start"] - first["fit_start"]),
+        ("command -> first trial starts", first["trial_start"] - t0),
+        ("command -> first progress line", run["first_line"]),
+    ]
     rows += [(f"per trial: {name}", statistics.mean(values)) for name, values in trial_rows.items()]
-    rows += [("last trial ends -> Tuner returns", last["fit_end"] - last["trial_end"]),
-             ("results (trials.parquet)", last["results_end"] - last["fit_end"]),
-             ("exit (Ray shutdown, files)", run["wall"] - (last["results_end"] - t0))]
+    rows += [
+        ("last trial ends -> Tuner returns", last["fit_end"] - last["trial_end"]),
+        ("results (trials.parquet)", last["results_end"] - last["fit_end"]),
+        ("exit (Ray shutdown, files)", run["wall"] - (last["results_end"] - t0)),
+    ]
     return rows, sums
 
 
@@ -155,8 +183,14 @@ def train_controller_phases(fit_starts: list[float]) -> list[tuple[str, float]]:
     import glob
     import re
     from datetime import datetime
-    logs = sorted(glob.glob(os.path.join(tempfile.gettempdir(), "ray", "session_latest", "logs", "train",
-                                         "ray-train-sys-controller-*.log")))
+
+    logs = sorted(
+        glob.glob(
+            os.path.join(
+                tempfile.gettempdir(), "ray", "session_latest", "logs", "train", "ray-train-sys-controller-*.log"
+            )
+        )
+    )
     found, firsts = defaultdict(list), []
     for log in logs:
         lines = []
@@ -174,8 +208,12 @@ def train_controller_phases(fit_starts: list[float]) -> list[tuple[str, float]]:
                     found[name].append(float(m.group(1)))
     rows = []
     if firsts and len(firsts) == len(fit_starts):
-        rows.append(("Train: controller actor start (fit() -> its first line)",
-                     statistics.mean(f - s for f, s in zip(sorted(firsts), sorted(fit_starts)))))
+        rows.append(
+            (
+                "Train: controller actor start (fit() -> its first line)",
+                statistics.mean(f - s for f, s in zip(sorted(firsts), sorted(fit_starts))),
+            )
+        )
     rows += [(name, statistics.mean(found[name])) for name, _ in TRAIN_LOG_PHASES if found[name]]
     return [(f"per trial: {name}", value) for name, value in rows]
 
@@ -186,19 +224,28 @@ def plain_phases(timeline: Path, wall: float) -> tuple[list[tuple[str, float]], 
     firsts = [e["t"] for e in ev if e["event"] == "first_step"]
     ends = [e["t"] for e in ev if e["event"] == "train_end"]
     training = sum(e - f for f, e in zip(firsts, ends))
-    rows = [("per trial: data + model build + first step", statistics.mean(f - s for s, f in zip(starts, firsts))),
-            ("per trial: training (steps and evals)", training / len(ends))]
+    rows = [
+        ("per trial: data + model build + first step", statistics.mean(f - s for s, f in zip(starts, firsts))),
+        ("per trial: training (steps and evals)", training / len(ends)),
+    ]
     return rows, dict(wall=wall, training=sum(e - s for s, e in zip(starts, ends)), trials=len(ends))
 
 
 def ray_start_times() -> list[tuple[str, float]]:
     """ray.init + ray.shutdown of a local Ray, with and without the dashboard, as study.run starts it."""
     import ray
+
     out = []
     for dashboard in (True, False):
         t = time.time()
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 log_to_driver=False, logging_level="ERROR")
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count(),
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+            log_to_driver=False,
+            logging_level="ERROR",
+        )
         started = time.time() - t
         ray.shutdown()
         out.append((f"ray.init {'with' if dashboard else 'without'} the dashboard", started))
@@ -226,22 +273,31 @@ def main():
                 results[mode] = (wall, *plain_phases(timeline, wall))
                 continue
             extra = {"direct": [], "ray-train": ["--ray-train"], "ddp": ["--workers-per-trial", "2"]}[mode]
-            run = study_run(args.profile, args.max_steps, extra, timeline,
-                            proportions="0" if mode == "ddp" else PROPORTIONS)
+            run = study_run(
+                args.profile, args.max_steps, extra, timeline, proportions="0" if mode == "ddp" else PROPORTIONS
+            )
             rows, sums = phases(run)
             if mode in ("ray-train", "ddp"):
-                train_rows = train_controller_phases([e["t"] for e in run["events"] if e["event"] == "trainer_fit_start"])
+                train_rows = train_controller_phases(
+                    [e["t"] for e in run["events"] if e["event"] == "trainer_fit_start"]
+                )
                 total = dict(rows).get("per trial: Train: controller, placement group, worker processes")
                 if train_rows and total is not None:
-                    train_rows.append(("per trial: Train: the rest (placement-group cleaner and sync actors, callbacks)",
-                                       total - sum(v for _, v in train_rows)))
+                    train_rows.append(
+                        (
+                            "per trial: Train: the rest (placement-group cleaner and sync actors, callbacks)",
+                            total - sum(v for _, v in train_rows),
+                        )
+                    )
                 rows += train_rows
             results[mode] = (run["wall"], rows, sums)
     ray_rows = ray_start_times()
 
     base = results["plain"][0]
-    print(f"\n{len(PROPORTIONS.split(','))} trials of nanohead_grid (ddp: 1 trial), profile {args.profile}, "
-          f"{args.max_steps} steps each, {os.cpu_count()} CPUs")
+    print(
+        f"\n{len(PROPORTIONS.split(','))} trials of nanohead_grid (ddp: 1 trial), profile {args.profile}, "
+        f"{args.max_steps} steps each, {os.cpu_count()} CPUs"
+    )
     print(f"{'mode':50} {'wall s':>8} {'vs plain':>9} {'trial fixed s':>14}")
     for mode, (wall, _, sums) in results.items():
         fixed = (sums["wall"] - sums["training"]) / sums["trials"] if mode != "plain" and sums["trials"] else 0.0

@@ -3,6 +3,7 @@ The statistics a report rests on, written out so they can be checked by hand:
 Pareto fronts, t-intervals, Welch's test, Holm's correction and a power-law fit
 with bootstrap intervals. Plain numpy/pandas in, plain numbers out.
 """
+
 import math
 import re
 
@@ -146,7 +147,12 @@ def summarise_groups(trials, metric="val_bpb", baseline=None):
     out = pd.DataFrame(rows)
     order = {v: i for i, v in enumerate(sorted_variants(out["variant"], baseline))}
     sort_cols = ["_order"] + keys[1:]
-    return out.assign(_order=out["variant"].astype(str).map(order)).sort_values(sort_cols).drop(columns="_order").reset_index(drop=True)
+    return (
+        out.assign(_order=out["variant"].astype(str).map(order))
+        .sort_values(sort_cols)
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
 
 
 def compare_to_baseline(trials, baseline, metric="val_bpb", mode="min"):
@@ -167,8 +173,16 @@ def compare_to_baseline(trials, baseline, metric="val_bpb", mode="min"):
             if variant == baseline:
                 continue
             w = welch_test(base, g.loc[g["variant"].astype(str) == variant, metric])
-            row = dict(variant=variant, baseline=baseline, n=w["n_b"], n_baseline=w["n_a"],
-                       diff=w["diff"], ci_low=w["ci_low"], ci_high=w["ci_high"], p_value=w["p_value"])
+            row = dict(
+                variant=variant,
+                baseline=baseline,
+                n=w["n_b"],
+                n_baseline=w["n_a"],
+                diff=w["diff"],
+                ci_low=w["ci_low"],
+                ci_high=w["ci_high"],
+                p_value=w["p_value"],
+            )
             if len(keys) > 1:
                 row.update(dict(zip(keys[1:], stratum if isinstance(stratum, tuple) else (stratum,))))
             rows.append(row)
@@ -222,16 +236,20 @@ def _fit_grid(x, L):
 
 def _polish(x, L, alpha):
     """Refine alpha from the grid by a bounded 1-D search on the profiled squared error."""
+
     def ls(a):
         X = x**-a
         A = np.cov(X, L, bias=True)[0, 1] / X.var()
         return L.mean() - A * X.mean(), A
+
     def sse(log_a):
         E, A = ls(math.exp(log_a))
         return float(((L - E - A * x ** -math.exp(log_a)) ** 2).sum())
+
     h = math.log(ALPHA_GRID[1] / ALPHA_GRID[0])
-    res = optimize.minimize_scalar(sse, bounds=(math.log(alpha) - 2 * h, math.log(alpha) + 2 * h), method="bounded",
-                                   options=dict(xatol=1e-10))
+    res = optimize.minimize_scalar(
+        sse, bounds=(math.log(alpha) - 2 * h, math.log(alpha) + 2 * h), method="bounded", options=dict(xatol=1e-10)
+    )
     alpha = math.exp(res.x)
     E, A = ls(alpha)
     return float(E), float(A), alpha
@@ -273,10 +291,19 @@ def fit_power_law(N, L, n_boot=500, seed=0, confidence=CONFIDENCE):
         return [float(np.percentile(v, lo)), float(np.percentile(v, hi))] if len(v) else [math.nan, math.nan]
 
     return dict(
-        E=E, A=A * n_ref**alpha, alpha=alpha,
-        E_ci=interval(Eb), A_ci=interval(Ab_abs), alpha_ci=interval(alphab),
-        n=int(len(L)), n_levels=int(len(levels)), n_boot=int(n_boot), method="residual bootstrap, percentile intervals",
-        rmse=float(np.sqrt(np.mean(resid**2))), n_min=float(N.min()), n_max=float(N.max()),
+        E=E,
+        A=A * n_ref**alpha,
+        alpha=alpha,
+        E_ci=interval(Eb),
+        A_ci=interval(Ab_abs),
+        alpha_ci=interval(alphab),
+        n=int(len(L)),
+        n_levels=int(len(levels)),
+        n_boot=int(n_boot),
+        method="residual bootstrap, percentile intervals",
+        rmse=float(np.sqrt(np.mean(resid**2))),
+        n_min=float(N.min()),
+        n_max=float(N.max()),
     )
 
 
@@ -316,9 +343,19 @@ def perplexity_ratio(trials, baseline, treatment, loss="val_loss"):
         v = "does not meet the 5% criterion"
     if math.isfinite(w["p_value"]):
         v += f"; difference from {baseline}: p = {w['p_value']:.3g} (Welch)"
-    return dict(baseline=baseline, treatment=treatment, ratio=ratio, ci_low=lo, ci_high=hi,
-                threshold=PPL_THRESHOLD, p_value=w["p_value"], n=w["n_b"], n_baseline=w["n_a"],
-                base="e (loss in nats)", verdict=v)
+    return dict(
+        baseline=baseline,
+        treatment=treatment,
+        ratio=ratio,
+        ci_low=lo,
+        ci_high=hi,
+        threshold=PPL_THRESHOLD,
+        p_value=w["p_value"],
+        n=w["n_b"],
+        n_baseline=w["n_a"],
+        base="e (loss in nats)",
+        verdict=v,
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -382,8 +419,17 @@ def softmax1_arms(study):
 
 def toeplitz_table(trials, baseline=None):
     """Per variant: the seed's metrics (eval loss, runtime, throughput, generation speed), means over seeds."""
-    cols = ["val_loss", "val_bpb", "wall_s", "samples_per_s", "gen_tokens_per_s_parallel",
-            "gen_tokens_per_s_sequential", "gen_speedup", "gen_mean_time_parallel", "gen_mean_time_sequential"]
+    cols = [
+        "val_loss",
+        "val_bpb",
+        "wall_s",
+        "samples_per_s",
+        "gen_tokens_per_s_parallel",
+        "gen_tokens_per_s_sequential",
+        "gen_speedup",
+        "gen_mean_time_parallel",
+        "gen_mean_time_sequential",
+    ]
     done = trials[trials["status"] == "done"]
     rows = []
     for variant in sorted_variants(done["variant"], baseline):
@@ -423,10 +469,19 @@ def vocab_depth_table(trials, metric):
         if len(keys) > 1:
             row["by_budget"] = True
         blocks = total - emb - head
-        row.update(params_total=total, params_embedding=emb, params_lm_head=head, params_blocks=blocks,
-                   share_embedding=emb / total if total else math.nan, share_lm_head=head / total if total else math.nan,
-                   share_blocks=blocks / total if total else math.nan, n=s["n"], mean=s["mean"],
-                   ci_low=s["ci_low"], ci_high=s["ci_high"])
+        row.update(
+            params_total=total,
+            params_embedding=emb,
+            params_lm_head=head,
+            params_blocks=blocks,
+            share_embedding=emb / total if total else math.nan,
+            share_lm_head=head / total if total else math.nan,
+            share_blocks=blocks / total if total else math.nan,
+            n=s["n"],
+            mean=s["mean"],
+            ci_low=s["ci_low"],
+            ci_high=s["ci_high"],
+        )
         rows.append(row)
     return rows
 
@@ -450,14 +505,22 @@ def analyse_study(study):
     counts = t["status"].value_counts().to_dict()
     done = t[(t["status"] == "done") & t[metric].notna()] if metric in t else t.iloc[:0]
     out = dict(
-        study=study.name, family=study.family, profile=study.meta.get("profile"), metric=metric, mode=mode,
+        study=study.name,
+        family=study.family,
+        profile=study.meta.get("profile"),
+        metric=metric,
+        mode=mode,
         baseline=study.baseline,
-        counts=dict(total=len(t), done=int(counts.get("done", 0)), failed=int(counts.get("failed", 0)),
-                    stopped=int(counts.get("stopped", 0)),
-                    other=int(len(t) - sum(counts.get(k, 0) for k in ("done", "failed", "stopped")))),
+        counts=dict(
+            total=len(t),
+            done=int(counts.get("done", 0)),
+            failed=int(counts.get("failed", 0)),
+            stopped=int(counts.get("stopped", 0)),
+            other=int(len(t) - sum(counts.get(k, 0) for k in ("done", "failed", "stopped"))),
+        ),
         test=f"Welch's unequal-variance t-test of each variant against the baseline, two-sided, "
-             f"Holm-adjusted across variants; {CONFIDENCE:.0%} t-intervals (not adjusted). 'within noise': p >= {ALPHA:.2f}; "
-             f"'within noise after Holm correction': p < {ALPHA:.2f} but Holm-adjusted p >= {ALPHA:.2f}.",
+        f"Holm-adjusted across variants; {CONFIDENCE:.0%} t-intervals (not adjusted). 'within noise': p >= {ALPHA:.2f}; "
+        f"'within noise after Holm correction': p < {ALPHA:.2f} but Holm-adjusted p >= {ALPHA:.2f}.",
         groups=_records(summarise_groups(t, metric, study.baseline)),
         comparisons=_records(compare_to_baseline(t, study.baseline, metric, mode)),
     )
@@ -474,8 +537,10 @@ def analyse_study(study):
     out["fits"] = _fits(t, metric, study.family)
     family = study.family
     if _has_values(t, "nanohead_proportion", 2):  # the seed's plot: metric against the nano-head proportion
-        out["nanohead"] = [{"nanohead_proportion": float(p), **_achieved_share(g), **mean_ci(g[metric])}
-                           for p, g in done.groupby("nanohead_proportion")]
+        out["nanohead"] = [
+            {"nanohead_proportion": float(p), **_achieved_share(g), **mean_ci(g[metric])}
+            for p, g in done.groupby("nanohead_proportion")
+        ]
     if family == "softmax1" or (family is None and "softmax1" in t and t["softmax1"].nunique() == 2):
         arms = softmax1_arms(study)
         if arms:
@@ -487,11 +552,20 @@ def analyse_study(study):
     out["probes"] = probe_table(t)
     if study.optuna:
         o = study.optuna
-        out["optuna"] = dict(name=o["name"], directions=o["directions"], n_trials=len(o["trials"]),
-                             importances=o["importances"], importance_note=o["importance_note"])
+        out["optuna"] = dict(
+            name=o["name"],
+            directions=o["directions"],
+            n_trials=len(o["trials"]),
+            importances=o["importances"],
+            importance_note=o["importance_note"],
+        )
     out["failures"] = [
-        {"trial": r["trial"], "variant": r["variant"], "status": r["status"],
-         "error": r["error"] if isinstance(r["error"], str) and r["error"] else None}
+        {
+            "trial": r["trial"],
+            "variant": r["variant"],
+            "status": r["status"],
+            "error": r["error"] if isinstance(r["error"], str) and r["error"] else None,
+        }
         for r in t[t["status"] != "done"][["trial", "variant", "status", "error"]].to_dict(orient="records")
     ]
     out["warnings"] = list(study.warnings)

@@ -7,11 +7,12 @@ writes results/STUDY/report.html (self-contained, works offline from file://),
 results.json (the machine-readable summary) and NAME.png for the main figures.
 study.run calls build_report() at the end of a study.
 """
+
 import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from reports.analyse import analyse_study
 from reports.collect import StudyError, load_study, redact, scrub, to_jsonable
@@ -24,9 +25,16 @@ NO_PNG = {"curves"}  # per-trial lines: for clicking through, not for a README
 
 def results_json(study, res, pngs):
     trials = scrub(study.trials.to_dict(orient="records"))
-    out = {**res, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "hypothesis": study.meta.get("hypothesis"), "started": study.meta.get("started"), "ended": study.meta.get("ended"),
-           "git_commit": study.meta.get("git_commit"), "pngs": [p.name for p in pngs], "trials": trials}
+    out = {
+        **res,
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "hypothesis": study.meta.get("hypothesis"),
+        "started": study.meta.get("started"),
+        "ended": study.meta.get("ended"),
+        "git_commit": study.meta.get("git_commit"),
+        "pngs": [p.name for p in pngs],
+        "trials": trials,
+    }
     return json.dumps(to_jsonable(out), indent=1)
 
 
@@ -43,15 +51,21 @@ def build_report(study_dir, png=True):
     # redact last, over the finished text: whatever path a credential took, it stops here
     write_atomic(study.dir / "results.json", redact(results_json(study, res, pngs)))
     write_atomic(study.dir / "report.html", redact(render(study, res, figs, pngs)))
-    return {"html": study.dir / "report.html", "json": study.dir / "results.json", "pngs": pngs,
-            "seconds": time.perf_counter() - t0}
+    return {
+        "html": study.dir / "report.html",
+        "json": study.dir / "results.json",
+        "pngs": pngs,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 build = build_report  # the name study.service imports
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m reports.build", description="Write report.html, results.json and PNGs for one study.")
+    p = argparse.ArgumentParser(
+        prog="python -m reports.build", description="Write report.html, results.json and PNGs for one study."
+    )
     p.add_argument("study_dir", help="a study's results directory, e.g. results/nanohead_grid")
     p.add_argument("--no-png", action="store_true", help="skip the static PNGs (they need kaleido and Chromium)")
     args = p.parse_args(argv)

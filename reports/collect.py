@@ -7,6 +7,7 @@ Read one study's output directory into pandas frames. Files only: no torch, no r
 A partial study reports what it has: unreadable pieces become warnings, not errors.
 Only a directory with nothing to report at all is an error (StudyError).
 """
+
 import html
 import json
 import math
@@ -110,7 +111,9 @@ def read_trials_table(d, warnings):
         last = {}
         for m in metrics:
             last.update({k: v for k, v in m.items() if v is not None})
-        row.update({k: last[k] for k in ("train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "wall_s") if k in last})
+        row.update(
+            {k: last[k] for k in ("train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "wall_s") if k in last}
+        )
         if "tokens" in last:
             row["tokens_trained"] = last["tokens"]
         bpbs = [m["val_bpb"] for m in metrics if isinstance(m.get("val_bpb"), (int, float))]
@@ -119,7 +122,9 @@ def read_trials_table(d, warnings):
         row["error"] = "no trials table: row rebuilt from this trial's files"
         rows.append(row)
     if rows:
-        warnings.append("no trials.parquet or trials.csv: rows rebuilt from trials/*/ (status unknown, shown as stopped)")
+        warnings.append(
+            "no trials.parquet or trials.csv: rows rebuilt from trials/*/ (status unknown, shown as stopped)"
+        )
         return pd.DataFrame(rows)
     return None
 
@@ -148,7 +153,13 @@ def normalise_trials(df, study_name):
         df["best_val_bpb"] = df["val_bpb"]
     for col in df.columns:
         # numbers stored as text by a CSV round trip or an object column: make them numeric
-        if (df[col].dtype == object or pd.api.types.is_string_dtype(df[col])) and col not in ("trial", "study", "variant", "status", "error"):
+        if (df[col].dtype == object or pd.api.types.is_string_dtype(df[col])) and col not in (
+            "trial",
+            "study",
+            "variant",
+            "status",
+            "error",
+        ):
             conv = pd.to_numeric(df[col], errors="coerce")
             if conv.notna().sum() == df[col].notna().sum() and df[col].notna().any():
                 df[col] = conv
@@ -157,7 +168,9 @@ def normalise_trials(df, study_name):
             df[col] = df[col].map(lambda v: "[redacted]" if isinstance(v, str) and v else v)
     # derived: training FLOPs = FLOPs per token x tokens trained
     if "flops_per_token" in df and "tokens_trained" in df:
-        df["train_flops"] = pd.to_numeric(df["flops_per_token"], errors="coerce") * pd.to_numeric(df["tokens_trained"], errors="coerce")
+        df["train_flops"] = pd.to_numeric(df["flops_per_token"], errors="coerce") * pd.to_numeric(
+            df["tokens_trained"], errors="coerce"
+        )
     return df.reset_index(drop=True)
 
 
@@ -167,8 +180,10 @@ def read_curves(d, trials, warnings):
     for name, variant in zip(trials["trial"], trials["variant"]):
         path = d / "trials" / name / "metrics.jsonl"
         if _inside(d, path) and path.exists():
-            rows += [{"trial": name, "variant": variant, **{k: r.get(k) for k in CURVE_KEYS}}
-                     for r in read_jsonl(path, warnings)]
+            rows += [
+                {"trial": name, "variant": variant, **{k: r.get(k) for k in CURVE_KEYS}}
+                for r in read_jsonl(path, warnings)
+            ]
     if not rows:
         return pd.DataFrame(columns=["trial", "variant", *CURVE_KEYS])
     df = pd.DataFrame(rows)
@@ -226,8 +241,13 @@ def read_optuna(d, study_name, warnings):
                 importances = optuna.importance.get_param_importances(ostudy)
             except Exception as e:
                 note = f"parameter importances unavailable ({e.__class__.__name__}: {e})"
-        return dict(name=name, directions=directions, trials=pd.DataFrame(rows),
-                    importances=dict(importances), importance_note=note)
+        return dict(
+            name=name,
+            directions=directions,
+            trials=pd.DataFrame(rows),
+            importances=dict(importances),
+            importance_note=note,
+        )
     except Exception as e:  # a broken or foreign database must not sink the rest of the report
         warnings.append(f"optuna.db: unreadable ({e.__class__.__name__}: {e})")
         return None
@@ -273,7 +293,10 @@ def load_study(path):
 # -----------------------------------------------------------------------------
 # Secrets: nothing from the environment that looks like a credential reaches a report
 
-SECRET_NAME = re.compile(r"(api[_-]?key|secret|passw(or)?d|credential|private[_-]?key|access[_-]?key|(^|_)token$|auth|session[_-]?key|cookie)", re.I)
+SECRET_NAME = re.compile(
+    r"(api[_-]?key|secret|passw(or)?d|credential|private[_-]?key|access[_-]?key|(^|_)token$|auth|session[_-]?key|cookie)",
+    re.I,
+)
 
 
 def is_secret_name(name):

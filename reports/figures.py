@@ -6,6 +6,7 @@ Every function returns a Figure or None when the study has nothing to draw for i
 Text that comes from the study (variant and trial names) goes through esc(): plotly
 renders a subset of HTML in labels and hover text, and a name is data, not markup.
 """
+
 import html
 import math
 import sys
@@ -23,8 +24,12 @@ from trainables.storage import write_atomic
 
 MANY_VARIANTS = 24  # beyond this, one colour for all trials and the variant in the hover text only
 PALETTE = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.Dark24
-VERDICT_COLOURS = {"better": "#2ca02c", "worse": "#d62728", "within noise": "#7f7f7f",
-                   "within noise after Holm correction": "#b8a040"}
+VERDICT_COLOURS = {
+    "better": "#2ca02c",
+    "worse": "#d62728",
+    "within noise": "#7f7f7f",
+    "within noise after Holm correction": "#b8a040",
+}
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), legend=dict(groupclick="togglegroup"))
 # static export size per figure (layout pixels); the HTML figures fill the page width instead
 PNG_SIZE = {"frontier": (1500, 520), "curves": (1300, 480), "toeplitz": (1300, 700)}
@@ -76,39 +81,80 @@ def _finite(v):
 def frontier(study, res):
     """Metric vs total params, non-embedding params and training FLOPs; Pareto fronts; power-law fits."""
     done, m = _done(study), study.metric
-    panels = [(x, label) for x, label in (("params_total", "total parameters"),
-                                           ("params_non_embedding", "non-embedding parameters"),
-                                           ("train_flops", "training FLOPs"))
-              if x in done and (done[x] > 0).any()]
+    panels = [
+        (x, label)
+        for x, label in (
+            ("params_total", "total parameters"),
+            ("params_non_embedding", "non-embedding parameters"),
+            ("train_flops", "training FLOPs"),
+        )
+        if x in done and (done[x] > 0).any()
+    ]
     if done.empty or not panels:
         return None
     variants = sorted_variants(done["variant"], study.baseline)
     colours = variant_colours(study)
-    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.03,
-                        subplot_titles=[f"{m} vs {label}" for _, label in panels])
+    fig = make_subplots(
+        rows=1,
+        cols=len(panels),
+        shared_yaxes=True,
+        horizontal_spacing=0.03,
+        subplot_titles=[f"{m} vs {label}" for _, label in panels],
+    )
     sign = 1 if study.mode == "min" else -1
     for col, (x, label) in enumerate(panels, 1):
         first = col == 1
         for name, g in _by_variant(done, variants):
-            fig.add_trace(go.Scatter(
-                x=g[x], y=g[m], mode="markers", name=esc(name), legendgroup=name, showlegend=first,
-                marker=dict(color=colours.get(name, "#1f77b4"), size=8, opacity=0.8),
-                text=[f"{esc(t)}<br>variant {esc(v)}" for t, v in zip(g["trial"], g["variant"])],
-                hovertemplate=f"%{{text}}<br>{label} %{{x:.4s}}<br>{m} %{{y:.4f}}<extra></extra>"), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=g[x],
+                    y=g[m],
+                    mode="markers",
+                    name=esc(name),
+                    legendgroup=name,
+                    showlegend=first,
+                    marker=dict(color=colours.get(name, "#1f77b4"), size=8, opacity=0.8),
+                    text=[f"{esc(t)}<br>variant {esc(v)}" for t, v in zip(g["trial"], g["variant"])],
+                    hovertemplate=f"%{{text}}<br>{label} %{{x:.4s}}<br>{m} %{{y:.4f}}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
         front = done[pareto_front(done[x], sign * done[m])].sort_values(x)
-        fig.add_trace(go.Scatter(
-            x=front[x], y=front[m], mode="lines", line=dict(shape="hv", color="black", dash="dot", width=1.5),
-            name="Pareto front", legendgroup="pareto", showlegend=first, hoverinfo="skip"), row=1, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=front[x],
+                y=front[m],
+                mode="lines",
+                line=dict(shape="hv", color="black", dash="dot", width=1.5),
+                name="Pareto front",
+                legendgroup="pareto",
+                showlegend=first,
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=col,
+        )
         for variant, fits in res.get("fits", {}).items():
             f = fits.get(x)
             if not f:
                 continue
             n = np.geomspace(f["n_min"], f["n_max"], 100)
-            fig.add_trace(go.Scatter(
-                x=n, y=power_law(n, f), mode="lines", line=dict(color=colours.get(variant, "#444"), width=2),
-                name=esc(f"{variant}: fit E + A N^-alpha"), legendgroup=variant, showlegend=first,
-                hovertemplate=esc(f"{variant}: E={f['E']:.3f} A={f['A']:.3g} alpha={f['alpha']:.3f}") + "<extra></extra>"),
-                row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=n,
+                    y=power_law(n, f),
+                    mode="lines",
+                    line=dict(color=colours.get(variant, "#444"), width=2),
+                    name=esc(f"{variant}: fit E + A N^-alpha"),
+                    legendgroup=variant,
+                    showlegend=first,
+                    hovertemplate=esc(f"{variant}: E={f['E']:.3f} A={f['A']:.3g} alpha={f['alpha']:.3f}")
+                    + "<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
         fig.update_xaxes(type="log", title_text=label, exponentformat="SI", row=1, col=col)
     fig.update_yaxes(title_text=m, row=1, col=1)
     fig.update_layout(**LAYOUT, height=480)
@@ -127,16 +173,40 @@ def configs(study, res):
         colours = variant_colours(study)
         for v in variants:
             rows = [g for g in groups if g["variant"] == v]
-            fig.add_trace(go.Scatter(x=[r["budget"] for r in rows], y=[r["mean"] for r in rows], name=esc(v),
-                                     mode="lines+markers", error_y=_ci_error(rows), marker=dict(color=colours[v])))
+            fig.add_trace(
+                go.Scatter(
+                    x=[r["budget"] for r in rows],
+                    y=[r["mean"] for r in rows],
+                    name=esc(v),
+                    mode="lines+markers",
+                    error_y=_ci_error(rows),
+                    marker=dict(color=colours[v]),
+                )
+            )
         fig.update_xaxes(type="log", title_text="budget (target parameters)", exponentformat="SI")
     else:
         names = [esc(g["variant"]) for g in groups]
-        fig.add_trace(go.Scatter(x=done["variant"].map(esc), y=done[m], mode="markers", name="trials",
-                                 marker=dict(color="#bbbbbb", size=6), text=done["trial"].map(esc),
-                                 hovertemplate="%{text}<br>%{y:.4f}<extra></extra>"))
-        fig.add_trace(go.Scatter(x=names, y=[g["mean"] for g in groups], mode="markers", name="mean, 95% CI",
-                                 error_y=_ci_error(groups), marker=dict(color="#1f77b4", size=11, symbol="diamond")))
+        fig.add_trace(
+            go.Scatter(
+                x=done["variant"].map(esc),
+                y=done[m],
+                mode="markers",
+                name="trials",
+                marker=dict(color="#bbbbbb", size=6),
+                text=done["trial"].map(esc),
+                hovertemplate="%{text}<br>%{y:.4f}<extra></extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=names,
+                y=[g["mean"] for g in groups],
+                mode="markers",
+                name="mean, 95% CI",
+                error_y=_ci_error(groups),
+                marker=dict(color="#1f77b4", size=11, symbol="diamond"),
+            )
+        )
         fig.update_xaxes(type="category", categoryorder="array", categoryarray=names, title_text="variant")
     fig.update_yaxes(title_text=m)
     fig.update_layout(**LAYOUT, height=420, title=f"{m}: mean and 95% interval per config")
@@ -153,17 +223,29 @@ def differences(study, res):
     for verdict in dict.fromkeys(r["verdict"] for r in rows):
         idx = [i for i, r in enumerate(rows) if r["verdict"] == verdict]
         sub = [rows[i] for i in idx]
-        fig.add_trace(go.Scatter(
-            x=[r["diff"] for r in sub], y=[labels[i] for i in idx], mode="markers", name=esc(verdict),
-            marker=dict(size=10, color=VERDICT_COLOURS.get(verdict, "#bbbbbb")),
-            error_x=_ci_error(sub, mean="diff"),
-            text=[f"p = {fmt(r['p_value'], 3)}, Holm p = {fmt(r['p_holm'], 3)}, n = {r['n']} vs {r['n_baseline']}" for r in sub],
-            hovertemplate="%{y}: %{x:+.4f}<br>%{text}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=[r["diff"] for r in sub],
+                y=[labels[i] for i in idx],
+                mode="markers",
+                name=esc(verdict),
+                marker=dict(size=10, color=VERDICT_COLOURS.get(verdict, "#bbbbbb")),
+                error_x=_ci_error(sub, mean="diff"),
+                text=[
+                    f"p = {fmt(r['p_value'], 3)}, Holm p = {fmt(r['p_holm'], 3)}, n = {r['n']} vs {r['n_baseline']}"
+                    for r in sub
+                ],
+                hovertemplate="%{y}: %{x:+.4f}<br>%{text}<extra></extra>",
+            )
+        )
     fig.add_vline(x=0, line=dict(color="black", width=1))
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=labels[::-1])
-    fig.update_xaxes(title_text=esc(f"{study.metric} difference from {res['baseline']} (95% Welch interval)"),
-                     tickformat=".3~g")  # plain decimals: "-800μ" bpb reads badly
-    fig.update_layout(**LAYOUT, height=max(260, 60 + 40 * len(rows)), title=esc(f"Difference from the baseline {res['baseline']}"))
+    fig.update_xaxes(
+        title_text=esc(f"{study.metric} difference from {res['baseline']} (95% Welch interval)"), tickformat=".3~g"
+    )  # plain decimals: "-800μ" bpb reads badly
+    fig.update_layout(
+        **LAYOUT, height=max(260, 60 + 40 * len(rows)), title=esc(f"Difference from the baseline {res['baseline']}")
+    )
     return fig
 
 
@@ -185,15 +267,28 @@ def curves(study, res):
         return None
     variants = sorted_variants(c["variant"], study.baseline)
     colours = variant_colours(study)
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[f"{k} vs tokens" for k in panels], horizontal_spacing=0.07)
+    fig = make_subplots(
+        rows=1, cols=len(panels), subplot_titles=[f"{k} vs tokens" for k in panels], horizontal_spacing=0.07
+    )
     for col, k in enumerate(panels, 1):
         for name, g in _by_variant(c[c[k].notna() & c["tokens"].notna()], variants):
             xs, ys, texts = _gapped(g, ["tokens", k, "trial"])
-            fig.add_trace(go.Scatter(x=xs, y=ys, text=[esc(t) if t else "" for t in texts], mode="lines",
-                                     name=esc(name), legendgroup=name,
-                                     showlegend=col == 1, line=dict(color=colours.get(name, "#1f77b4"), width=1.2),
-                                     opacity=0.8, hovertemplate="%{text}<br>tokens %{x:.3s}<br>%{y:.4f}<extra></extra>"),
-                          row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    text=[esc(t) if t else "" for t in texts],
+                    mode="lines",
+                    name=esc(name),
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line=dict(color=colours.get(name, "#1f77b4"), width=1.2),
+                    opacity=0.8,
+                    hovertemplate="%{text}<br>tokens %{x:.3s}<br>%{y:.4f}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
         fig.update_xaxes(title_text="tokens", row=1, col=col)
         fig.update_yaxes(title_text=k, row=1, col=col)
     fig.update_layout(**LAYOUT, height=440)
@@ -210,9 +305,18 @@ def probes(study, res):
     fig = make_subplots(rows=math.ceil(len(names) / cols), cols=cols, subplot_titles=[esc(n) for n in names])
     for i, p in enumerate(names):
         sub = [r for r in rows if r["probe"] == p]
-        fig.add_trace(go.Bar(x=[esc(r["variant"]) for r in sub], y=[r["mean"] for r in sub], error_y=_ci_error(sub),
-                             name=esc(p), showlegend=False, marker_color=PALETTE[i % len(PALETTE)]),
-                      row=i // cols + 1, col=i % cols + 1)
+        fig.add_trace(
+            go.Bar(
+                x=[esc(r["variant"]) for r in sub],
+                y=[r["mean"] for r in sub],
+                error_y=_ci_error(sub),
+                name=esc(p),
+                showlegend=False,
+                marker_color=PALETTE[i % len(PALETTE)],
+            ),
+            row=i // cols + 1,
+            col=i % cols + 1,
+        )
     fig.update_layout(**LAYOUT, height=320 * math.ceil(len(names) / cols))
     return fig
 
@@ -231,13 +335,29 @@ def nanohead(study, res):
     achieved = all("nanohead_share_achieved" in r for r in rows) and done["nanohead_share_achieved"].notna().all()
     x = "nanohead_share_achieved" if achieved else "nanohead_proportion"
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=done[x], y=done[study.metric], mode="markers", name="trials",
-                             marker=dict(color="#bbbbbb", size=6), text=done["trial"].map(esc),
-                             hovertemplate="%{text}<br>%{y:.4f}<extra></extra>"))
-    fig.add_trace(go.Scatter(
-        x=[r[x] for r in rows], y=[r["mean"] for r in rows], mode="lines+markers+text",
-        text=[fmt(r["mean"]) for r in rows], textposition="top center", name="mean, 95% CI",
-        error_y=_ci_error(rows), marker=dict(size=10, color="#1f77b4")))
+    fig.add_trace(
+        go.Scatter(
+            x=done[x],
+            y=done[study.metric],
+            mode="markers",
+            name="trials",
+            marker=dict(color="#bbbbbb", size=6),
+            text=done["trial"].map(esc),
+            hovertemplate="%{text}<br>%{y:.4f}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[r[x] for r in rows],
+            y=[r["mean"] for r in rows],
+            mode="lines+markers+text",
+            text=[fmt(r["mean"]) for r in rows],
+            textposition="top center",
+            name="mean, 95% CI",
+            error_y=_ci_error(rows),
+            marker=dict(size=10, color="#1f77b4"),
+        )
+    )
     fig.update_xaxes(title_text="nano-head share of attention width" + (" (as built)" if achieved else " (requested)"))
     fig.update_yaxes(title_text=study.metric)
     fig.update_layout(**LAYOUT, height=440, title=f"{study.metric} vs nano-head proportion")
@@ -250,31 +370,71 @@ def softmax1(study, res):
     if not r:
         return None
     done = study.trials[study.trials["status"] == "done"]
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.12,
-                        subplot_titles=["validation perplexity (e^val_loss) per trial",
-                                        esc(f"perplexity {r['treatment']} / {r['baseline']}, 95% interval")])
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.5, 0.5],
+        horizontal_spacing=0.12,
+        subplot_titles=[
+            "validation perplexity (e^val_loss) per trial",
+            esc(f"perplexity {r['treatment']} / {r['baseline']}, 95% interval"),
+        ],
+    )
     colours = variant_colours(study)
     for arm in (r["baseline"], r["treatment"]):
         g = done[done["variant"] == arm]
-        fig.add_trace(go.Box(y=np.exp(g["val_loss"]), name=esc(arm), boxpoints="all", jitter=0.3, pointpos=0,
-                             marker_color=colours.get(arm), showlegend=False, text=g["trial"].map(esc)), row=1, col=1)
+        fig.add_trace(
+            go.Box(
+                y=np.exp(g["val_loss"]),
+                name=esc(arm),
+                boxpoints="all",
+                jitter=0.3,
+                pointpos=0,
+                marker_color=colours.get(arm),
+                showlegend=False,
+                text=g["trial"].map(esc),
+            ),
+            row=1,
+            col=1,
+        )
     ratio = [{"mean": r["ratio"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}]
-    fig.add_trace(go.Scatter(x=[r["ratio"]], y=[0], mode="markers+text", text=[fmt(r["ratio"], 3)],
-                             textposition="top center", error_x=_ci_error(ratio), showlegend=False,
-                             marker=dict(size=12, color=colours.get(r["treatment"]))), row=1, col=2)
+    fig.add_trace(
+        go.Scatter(
+            x=[r["ratio"]],
+            y=[0],
+            mode="markers+text",
+            text=[fmt(r["ratio"], 3)],
+            textposition="top center",
+            error_x=_ci_error(ratio),
+            showlegend=False,
+            marker=dict(size=12, color=colours.get(r["treatment"])),
+        ),
+        row=1,
+        col=2,
+    )
     fig.update_yaxes(visible=False, range=[-1, 1], row=1, col=2)
-    fig.add_vline(x=r["threshold"], line=dict(color="#d62728", dash="dash"), row=1, col=2,
-                  annotation_text="pre-registered 5% line", annotation_position="bottom right")
+    fig.add_vline(
+        x=r["threshold"],
+        line=dict(color="#d62728", dash="dash"),
+        row=1,
+        col=2,
+        annotation_text="pre-registered 5% line",
+        annotation_position="bottom right",
+    )
     fig.add_vline(x=1.0, line=dict(color="#7f7f7f"), row=1, col=2)
     fig.update_yaxes(title_text="perplexity", row=1, col=1)
     fig.update_layout(**LAYOUT, height=400)
     return fig
 
 
-TOEPLITZ_METRICS = [("val_loss", "eval loss"), ("wall_s", "training runtime (s)"), ("samples_per_s", "training samples/s"),
-                    ("gen_tokens_per_s_parallel", "generation tokens/s, parallel heads"),
-                    ("gen_tokens_per_s_sequential", "generation tokens/s, sequential heads"),
-                    ("gen_speedup", "generation speedup, parallel / sequential")]
+TOEPLITZ_METRICS = [
+    ("val_loss", "eval loss"),
+    ("wall_s", "training runtime (s)"),
+    ("samples_per_s", "training samples/s"),
+    ("gen_tokens_per_s_parallel", "generation tokens/s, parallel heads"),
+    ("gen_tokens_per_s_sequential", "generation tokens/s, sequential heads"),
+    ("gen_speedup", "generation speedup, parallel / sequential"),
+]
 
 
 def toeplitz(study, res):
@@ -284,15 +444,32 @@ def toeplitz(study, res):
     if not metrics:
         return None
     cols, colours = 3, variant_colours(study)
-    fig = make_subplots(rows=math.ceil(len(metrics) / cols), cols=cols, subplot_titles=[l for _, l in metrics],
-                        vertical_spacing=0.16)
+    fig = make_subplots(
+        rows=math.ceil(len(metrics) / cols), cols=cols, subplot_titles=[l for _, l in metrics], vertical_spacing=0.16
+    )
     for i, (k, label) in enumerate(metrics):
-        sub = [{"mean": r.get(k, math.nan), "ci_low": r.get(k + "_ci", [math.nan] * 2)[0],
-                "ci_high": r.get(k + "_ci", [math.nan] * 2)[1]} for r in rows]
-        fig.add_trace(go.Bar(x=[esc(r["variant"]) for r in rows], y=[s["mean"] for s in sub], error_y=_ci_error(sub),
-                             marker_color=[colours.get(r["variant"]) for r in rows], showlegend=False, name=label,
-                             text=[f"{s['mean']:.4g}" if _finite(s["mean"]) else "" for s in sub], textposition="outside"),
-                      row=i // cols + 1, col=i % cols + 1)
+        sub = [
+            {
+                "mean": r.get(k, math.nan),
+                "ci_low": r.get(k + "_ci", [math.nan] * 2)[0],
+                "ci_high": r.get(k + "_ci", [math.nan] * 2)[1],
+            }
+            for r in rows
+        ]
+        fig.add_trace(
+            go.Bar(
+                x=[esc(r["variant"]) for r in rows],
+                y=[s["mean"] for s in sub],
+                error_y=_ci_error(sub),
+                marker_color=[colours.get(r["variant"]) for r in rows],
+                showlegend=False,
+                name=label,
+                text=[f"{s['mean']:.4g}" if _finite(s["mean"]) else "" for s in sub],
+                textposition="outside",
+            ),
+            row=i // cols + 1,
+            col=i % cols + 1,
+        )
     fig.update_layout(**LAYOUT, height=330 * math.ceil(len(metrics) / cols))
     return fig
 
@@ -302,15 +479,45 @@ def vocab_depth(study, res):
     rows = res.get("vocab_depth")
     if not rows:
         return None
-    names = [esc(r["variant"] + (f" @ {r['budget']:.3g}" if _finite(r.get("budget")) and "by_budget" in r else "")) for r in rows]
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, column_widths=[0.6, 0.4], horizontal_spacing=0.03,
-                        subplot_titles=["share of parameters", f"{study.metric}, mean and 95% interval"])
+    names = [
+        esc(r["variant"] + (f" @ {r['budget']:.3g}" if _finite(r.get("budget")) and "by_budget" in r else ""))
+        for r in rows
+    ]
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        column_widths=[0.6, 0.4],
+        horizontal_spacing=0.03,
+        subplot_titles=["share of parameters", f"{study.metric}, mean and 95% interval"],
+    )
     for i, (part, label) in enumerate((("embedding", "embedding"), ("lm_head", "lm_head"), ("blocks", "blocks"))):
         shares = [r[f"share_{part}"] for r in rows]
-        fig.add_trace(go.Bar(y=names, x=shares, orientation="h", name=label, marker_color=PALETTE[i],
-                             text=[f"{s:.0%}" if _finite(s) else "" for s in shares], textposition="inside"), row=1, col=1)
-    fig.add_trace(go.Scatter(y=names, x=[r["mean"] for r in rows], mode="markers", error_x=_ci_error(rows),
-                             marker=dict(size=10, color="black"), name=study.metric), row=1, col=2)
+        fig.add_trace(
+            go.Bar(
+                y=names,
+                x=shares,
+                orientation="h",
+                name=label,
+                marker_color=PALETTE[i],
+                text=[f"{s:.0%}" if _finite(s) else "" for s in shares],
+                textposition="inside",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            y=names,
+            x=[r["mean"] for r in rows],
+            mode="markers",
+            error_x=_ci_error(rows),
+            marker=dict(size=10, color="black"),
+            name=study.metric,
+        ),
+        row=1,
+        col=2,
+    )
     fig.update_layout(**LAYOUT, barmode="stack", height=max(300, 80 + 40 * len(rows)))
     fig.update_xaxes(tickformat=".0%", range=[0, 1], row=1, col=1)
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=names[::-1])
@@ -327,9 +534,12 @@ def optuna_history(study, res):
         return None
     best = t["value_0"].cummin() if o["directions"][0] == "minimize" else t["value_0"].cummax()
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=t["number"], y=t["value_0"], mode="markers", name="trial",
-                             marker=dict(color="#1f77b4", size=6)))
-    fig.add_trace(go.Scatter(x=t["number"], y=best, mode="lines", name="best so far", line=dict(color="#d62728", shape="hv")))
+    fig.add_trace(
+        go.Scatter(x=t["number"], y=t["value_0"], mode="markers", name="trial", marker=dict(color="#1f77b4", size=6))
+    )
+    fig.add_trace(
+        go.Scatter(x=t["number"], y=best, mode="lines", name="best so far", line=dict(color="#d62728", shape="hv"))
+    )
     fig.update_xaxes(title_text="Optuna trial number")
     fig.update_yaxes(title_text="objective 0" if len(o["directions"]) > 1 else study.metric)
     fig.update_layout(**LAYOUT, height=400, title="Optimisation history")
@@ -341,8 +551,16 @@ def optuna_importances(study, res):
     if not imp:
         return None
     items = sorted(imp.items(), key=lambda kv: kv[1])
-    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[esc(k) for k, _ in items], orientation="h", marker_color="#1f77b4",
-                           text=[f"{v:.2f}" for _, v in items], textposition="outside"))
+    fig = go.Figure(
+        go.Bar(
+            x=[v for _, v in items],
+            y=[esc(k) for k, _ in items],
+            orientation="h",
+            marker_color="#1f77b4",
+            text=[f"{v:.2f}" for _, v in items],
+            textposition="outside",
+        )
+    )
     fig.update_xaxes(title_text="importance (fANOVA, sums to 1)")
     fig.update_layout(**LAYOUT, height=max(260, 80 + 30 * len(items)), title="Parameter importances")
     return fig
@@ -359,11 +577,27 @@ def optuna_pareto(study, res):
     signs = [1 if d == "minimize" else -1 for d in o["directions"]]
     mask = pareto_front(signs[0] * t["value_0"], signs[1] * t["value_1"])
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=t["value_0"], y=t["value_1"], mode="markers", name="trials", marker=dict(color="#bbbbbb"),
-                             text=[f"trial {n}" for n in t["number"]]))
+    fig.add_trace(
+        go.Scatter(
+            x=t["value_0"],
+            y=t["value_1"],
+            mode="markers",
+            name="trials",
+            marker=dict(color="#bbbbbb"),
+            text=[f"trial {n}" for n in t["number"]],
+        )
+    )
     front = t[mask].sort_values("value_0")
-    fig.add_trace(go.Scatter(x=front["value_0"], y=front["value_1"], mode="lines+markers", name="Pareto front",
-                             marker=dict(color="#d62728", size=9), text=[f"trial {n}" for n in front["number"]]))
+    fig.add_trace(
+        go.Scatter(
+            x=front["value_0"],
+            y=front["value_1"],
+            mode="lines+markers",
+            name="Pareto front",
+            marker=dict(color="#d62728", size=9),
+            text=[f"trial {n}" for n in front["number"]],
+        )
+    )
     fig.update_xaxes(title_text=f"objective 0 ({o['directions'][0]})")
     fig.update_yaxes(title_text=f"objective 1 ({o['directions'][1]})")
     fig.update_layout(**LAYOUT, height=420, title="Optuna Pareto front")
@@ -372,16 +606,27 @@ def optuna_pareto(study, res):
 
 # name -> builder; the order is the page's order. PNGs are written for every figure built.
 FIGURES = {
-    "frontier": frontier, "configs": configs, "differences": differences, "nanohead": nanohead, "softmax1": softmax1,
-    "toeplitz": toeplitz, "vocab_depth": vocab_depth, "optuna_history": optuna_history,
-    "optuna_importances": optuna_importances, "optuna_pareto": optuna_pareto, "probes": probes, "curves": curves,
+    "frontier": frontier,
+    "configs": configs,
+    "differences": differences,
+    "nanohead": nanohead,
+    "softmax1": softmax1,
+    "toeplitz": toeplitz,
+    "vocab_depth": vocab_depth,
+    "optuna_history": optuna_history,
+    "optuna_importances": optuna_importances,
+    "optuna_pareto": optuna_pareto,
+    "probes": probes,
+    "curves": curves,
 }
 
 
 def toeplitz_filters(study, res):
     """Each head's learned filter over lags, after the mean's normalisation, one panel per variant (its first
     trial with probes), with the receptive field (lag holding 90% of the mass) in the legend."""
-    trials = [(t, v) for t, v in zip(study.trials["trial"], study.trials["variant"]) if study.probes.get(t, {}).get("filters")]
+    trials = [
+        (t, v) for t, v in zip(study.trials["trial"], study.trials["variant"]) if study.probes.get(t, {}).get("filters")
+    ]
     first = {}
     for t, v in trials:
         first.setdefault(v, t)
@@ -392,10 +637,18 @@ def toeplitz_filters(study, res):
     for i, v in enumerate(variants):
         for f in study.probes[first[v]]["filters"]:
             w = f.get("effective") or []
-            fig.add_trace(go.Scatter(x=list(range(1, len(w) + 1)), y=w, mode="lines", line=dict(width=1),
-                                     name=esc(f"{v} L{f['layer']} h{f['head']} (rf {f.get('receptive_field')})"),
-                                     showlegend=len(variants) <= 4),
-                          row=1, col=i + 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(1, len(w) + 1)),
+                    y=w,
+                    mode="lines",
+                    line=dict(width=1),
+                    name=esc(f"{v} L{f['layer']} h{f['head']} (rf {f.get('receptive_field')})"),
+                    showlegend=len(variants) <= 4,
+                ),
+                row=1,
+                col=i + 1,
+            )
         fig.update_xaxes(type="log", title_text="lag + 1 (log)", row=1, col=i + 1)
     fig.update_yaxes(title_text="effective weight", row=1, col=1)
     fig.update_layout(**LAYOUT, height=420, title="Toeplitz filters per head (effective weights over lags)")
@@ -431,8 +684,9 @@ def write_pngs(figs, outdir):
             names = list(figs)
             tmp_paths = [Path(tmp) / f"{n}.png" for n in names]
             sizes = [PNG_SIZE.get(n, (1000, figs[n].layout.height or 450)) for n in names]
-            pio.write_images([figs[n] for n in names], tmp_paths, width=[w for w, _ in sizes],
-                             height=[h for _, h in sizes], scale=1)
+            pio.write_images(
+                [figs[n] for n in names], tmp_paths, width=[w for w, _ in sizes], height=[h for _, h in sizes], scale=1
+            )
             paths = []
             for n, p in zip(names, tmp_paths):
                 write_atomic(outdir / f"{n}.png", p.read_bytes())

@@ -4,10 +4,11 @@ Assemble report.html: one self-contained page that works from file:// offline.
 plotly.js is inlined once in <head>; each figure is a div whose script calls it.
 Every string from the study (names, configs, errors, notes) passes through esc().
 """
+
 import html
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -17,9 +18,27 @@ from reports.analyse import sorted_variants
 from reports.collect import scrub
 
 # the trials table: these first, then the config keys, then the rest, probe_* last
-TRIAL_COLUMNS = ["trial", "variant", "seed", "status", "val_bpb", "best_val_bpb", "val_loss", "train_loss",
-                 "params_total", "params_non_embedding", "params_embedding", "params_lm_head", "flops_per_token",
-                 "train_flops", "tokens_trained", "tokens_per_s", "mfu", "wall_s", "error"]
+TRIAL_COLUMNS = [
+    "trial",
+    "variant",
+    "seed",
+    "status",
+    "val_bpb",
+    "best_val_bpb",
+    "val_loss",
+    "train_loss",
+    "params_total",
+    "params_non_embedding",
+    "params_embedding",
+    "params_lm_head",
+    "flops_per_token",
+    "train_flops",
+    "tokens_trained",
+    "tokens_per_s",
+    "mfu",
+    "wall_s",
+    "error",
+]
 MAX_SAMPLE_CHARS = 2000
 MAX_SAMPLES = 5
 
@@ -70,8 +89,10 @@ def table(rows, columns, headers=None, table_id=None, sortable=True, filterable=
     attrs = (f' id="{esc(table_id)}"' if table_id else "") + (' class="sortable"' if sortable else "")
     out = []
     if filterable and table_id:
-        out.append(f'<input class="filter" type="search" data-table="{esc(table_id)}" '
-                   f'placeholder="filter rows: words that must all appear, e.g. failed p20">')
+        out.append(
+            f'<input class="filter" type="search" data-table="{esc(table_id)}" '
+            f'placeholder="filter rows: words that must all appear, e.g. failed p20">'
+        )
     out.append(f"<div class='scroll'><table{attrs}><thead><tr>")
     out += [f"<th title='click to sort'>{esc(h)}</th>" for h in headers]
     out.append("</tr></thead><tbody>")
@@ -91,9 +112,13 @@ def kv_table(d):
 
 
 def figure_div(fig):
-    return fig.to_html(full_html=False, include_plotlyjs=False, default_width="100%",
-                       default_height=f"{fig.layout.height or 450}px",
-                       config={"displaylogo": False, "responsive": True})
+    return fig.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        default_width="100%",
+        default_height=f"{fig.layout.height or 450}px",
+        config={"displaylogo": False, "responsive": True},
+    )
 
 
 def _finite(v):
@@ -116,8 +141,10 @@ def section(sid, title, body):
 
 def summary(study, res):
     c = res["counts"]
-    items = [f"{c['total']} trials: {c['done']} done, {c['failed']} failed, {c['stopped']} stopped"
-             + (f", {c['other']} other" if c["other"] else "")]
+    items = [
+        f"{c['total']} trials: {c['done']} done, {c['failed']} failed, {c['stopped']} stopped"
+        + (f", {c['other']} other" if c["other"] else "")
+    ]
     if "best" in res:
         b = res["best"]
         items.append(f"best {res['metric']}: {b[res['metric']]:.4f} ({b['trial']}, variant {b['variant']})")
@@ -126,29 +153,39 @@ def summary(study, res):
     comparisons = res.get("comparisons", [])
     if len(comparisons) > 12:  # a search with many variants: counts here, the table below has them all
         counts = pd.Series([r["verdict"] for r in comparisons]).value_counts()
-        items.append(f"{len(comparisons)} comparisons with {res['baseline']}: "
-                     + ", ".join(f"{n} {v}" for v, n in counts.items()))
+        items.append(
+            f"{len(comparisons)} comparisons with {res['baseline']}: "
+            + ", ".join(f"{n} {v}" for v, n in counts.items())
+        )
         comparisons = []
     for r in comparisons:
         where = f" at budget {fmt(r['budget'])}" if "budget" in r else ""
         head = f"{r['variant']}{where}: {r['diff']:+.4f} {res['metric']} vs {r['baseline']}"
         if _finite(r["p_value"]):
-            items.append(f"{head}, 95% CI {ci_text(r['ci_low'], r['ci_high'])}, p = {fmt(r['p_value'])}, "
-                         f"Holm p = {fmt(r['p_holm'])}: {r['verdict']}")
+            items.append(
+                f"{head}, 95% CI {ci_text(r['ci_low'], r['ci_high'])}, p = {fmt(r['p_value'])}, "
+                f"Holm p = {fmt(r['p_holm'])}: {r['verdict']}"
+            )
         else:
             items.append(f"{head} ({r['verdict']})")
     if any(not _finite(r["p_value"]) for r in res.get("comparisons", [])):
-        items.append("some arms have fewer than 2 finished seeds: their differences cannot be told from noise; "
-                     "repeat them with seeds")
+        items.append(
+            "some arms have fewer than 2 finished seeds: their differences cannot be told from noise; "
+            "repeat them with seeds"
+        )
     if res.get("softmax1"):
         s = res["softmax1"]
-        items.append(f"softmax1: perplexity ratio {s['treatment']} / {s['baseline']} = {s['ratio']:.4f}, "
-                     f"95% CI {ci_text(s['ci_low'], s['ci_high'])}: {s['verdict']}")
+        items.append(
+            f"softmax1: perplexity ratio {s['treatment']} / {s['baseline']} = {s['ratio']:.4f}, "
+            f"95% CI {ci_text(s['ci_low'], s['ci_high'])}: {s['verdict']}"
+        )
     for variant, fits in res.get("fits", {}).items():
         f = fits.get("params_total")
         if f:
-            items.append(f"{variant}: L(N) = {f['E']:.3f} + {f['A']:.3g} N^-{f['alpha']:.3f}; "
-                         f"alpha 95% CI {ci_text(*f['alpha_ci'], digits=3)}, E 95% CI {ci_text(*f['E_ci'], digits=3)}")
+            items.append(
+                f"{variant}: L(N) = {f['E']:.3f} + {f['A']:.3g} N^-{f['alpha']:.3f}; "
+                f"alpha 95% CI {ci_text(*f['alpha_ci'], digits=3)}, E 95% CI {ci_text(*f['E_ci'], digits=3)}"
+            )
     if c["failed"] or c["stopped"]:
         items.append("see Failures for the trials that did not finish and why")
     return "<ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
@@ -163,14 +200,22 @@ def fidelity_section(study):
     rows = [r for r in f.get("rows") or [] if isinstance(r, dict)]
     body = []
     if rows:
-        body.append(f"<p>The research note ({esc(f.get('note'))}) beside what this run trained: {len(rows)} aspects, "
-                    f"{sum(bool(r.get('reason')) for r in rows)} differ.</p>")
+        body.append(
+            f"<p>The research note ({esc(f.get('note'))}) beside what this run trained: {len(rows)} aspects, "
+            f"{sum(bool(r.get('reason')) for r in rows)} differ.</p>"
+        )
     if f.get("text"):
         body.append(f"<p class='note'>{esc(f['text'])}</p>")
     if rows:
         rows = [dict(r, reason=r.get("reason") or "same as the note") for r in rows]
-        body.append(table(rows, ["aspect", "note", "this_run", "reason"], ["aspect", "the note", "this run", "why they differ"],
-                          sortable=False))
+        body.append(
+            table(
+                rows,
+                ["aspect", "note", "this_run", "reason"],
+                ["aspect", "the note", "this run", "why they differ"],
+                sortable=False,
+            )
+        )
     return "".join(body) or None
 
 
@@ -180,8 +225,13 @@ def stats_section(study, res, figs):
     if "configs" in figs:
         body.append(figure_div(figs["configs"]))
     body.append("<h3>Per config</h3>")
-    body.append(table(res["groups"], keys + ["n", "mean", "std", "ci_low", "ci_high"],
-                      keys + ["n", f"mean {res['metric']}", "std", "95% CI low", "95% CI high"]))
+    body.append(
+        table(
+            res["groups"],
+            keys + ["n", "mean", "std", "ci_low", "ci_high"],
+            keys + ["n", f"mean {res['metric']}", "std", "95% CI low", "95% CI high"],
+        )
+    )
     if res.get("baseline"):
         body.append(f"<h3>Difference from the baseline ({esc(res['baseline'])})</h3>")
         if "differences" in figs:
@@ -194,16 +244,39 @@ def stats_section(study, res, figs):
 
 
 def frontier_section(study, res, figs):
-    body = [figure_div(figs["frontier"])] if "frontier" in figs else ["<p class='muted'>No finished trial with a parameter count.</p>"]
-    body.append("<p class='note'>Every finished trial is a point; the dotted line is the Pareto front "
-                "(no other trial is both smaller and better). Training FLOPs = flops_per_token x tokens_trained.</p>")
-    rows = [dict(variant=variant, N=x, E=f["E"], E_ci=f["E_ci"], A=f["A"], A_ci=f["A_ci"], alpha=f["alpha"],
-                 alpha_ci=f["alpha_ci"], n=f["n"], budgets=f["n_levels"], rmse=f["rmse"], method=f["method"])
-            for variant, by_x in res.get("fits", {}).items() for x, f in by_x.items()]
+    body = (
+        [figure_div(figs["frontier"])]
+        if "frontier" in figs
+        else ["<p class='muted'>No finished trial with a parameter count.</p>"]
+    )
+    body.append(
+        "<p class='note'>Every finished trial is a point; the dotted line is the Pareto front "
+        "(no other trial is both smaller and better). Training FLOPs = flops_per_token x tokens_trained.</p>"
+    )
+    rows = [
+        dict(
+            variant=variant,
+            N=x,
+            E=f["E"],
+            E_ci=f["E_ci"],
+            A=f["A"],
+            A_ci=f["A_ci"],
+            alpha=f["alpha"],
+            alpha_ci=f["alpha_ci"],
+            n=f["n"],
+            budgets=f["n_levels"],
+            rmse=f["rmse"],
+            method=f["method"],
+        )
+        for variant, by_x in res.get("fits", {}).items()
+        for x, f in by_x.items()
+    ]
     if rows:
         body.append("<h3>Power-law fits L(N) = E + A N<sup>-alpha</sup></h3>")
-        body.append(f"<p class='note'>Least squares per variant; {esc(rows[0]['method'])}, 95% intervals. "
-                    "Drawn as lines on the frontier.</p>")
+        body.append(
+            f"<p class='note'>Least squares per variant; {esc(rows[0]['method'])}, 95% intervals. "
+            "Drawn as lines on the frontier.</p>"
+        )
         body.append(table(rows, [k for k in rows[0] if k != "method"]))
     if res["pareto"].get("params_total"):
         body.append(f"<p>On the front (total parameters): {esc(', '.join(res['pareto']['params_total']))}</p>")
@@ -222,8 +295,10 @@ def samples_html(study, variants):
         samples = s.get("samples", []) if isinstance(s, dict) else []
         items = "".join(f"<pre>{esc(str(x)[:MAX_SAMPLE_CHARS])}</pre>" for x in samples[:MAX_SAMPLES])
         prompt = esc(s.get("prompt", "")) if isinstance(s, dict) else ""
-        cols.append(f"<div class='sample-col'><h4>{esc(v)} <span class='muted'>({esc(names.iloc[0])})</span></h4>"
-                    f"<p class='muted'>prompt: <code>{prompt}</code></p>{items}</div>")
+        cols.append(
+            f"<div class='sample-col'><h4>{esc(v)} <span class='muted'>({esc(names.iloc[0])})</span></h4>"
+            f"<p class='muted'>prompt: <code>{prompt}</code></p>{items}</div>"
+        )
     return f"<div class='samples'>{''.join(cols)}</div>" if cols else ""
 
 
@@ -232,45 +307,91 @@ def family_section(study, res, figs):
     body = []
     if "nanohead" in figs:
         body.append("<h3>Nano-head proportion</h3>" + figure_div(figs["nanohead"]))
-        body.append(table(res["nanohead"], ["nanohead_proportion", "nanohead_share_achieved", "n", "mean", "ci_low", "ci_high"]))
+        body.append(
+            table(res["nanohead"], ["nanohead_proportion", "nanohead_share_achieved", "n", "mean", "ci_low", "ci_high"])
+        )
     if res.get("softmax1"):
         s = res["softmax1"]
         body.append("<h3>softmax1 vs softmax: the pre-registered 5% criterion</h3>")
-        body.append(f"<p class='verdict'>perplexity ratio {esc(s['treatment'])} / {esc(s['baseline'])} = "
-                    f"{esc(fmt(s['ratio']))}, 95% CI {esc(ci_text(s['ci_low'], s['ci_high']))} "
-                    f"(n = {s['n']} vs {s['n_baseline']}): <b>{esc(s['verdict'])}</b></p>")
-        body.append("<p class='note'>Perplexity = e<sup>val_loss</sup> with the loss in nats, so the ratio is "
-                    "e<sup>loss difference</sup>. The note's 2<sup>loss</sup> gives the same ratio only for a loss in "
-                    "bits: applied to nats it moves the ratio towards 1 (a difference of -0.06 nats: 2<sup>-0.06</sup> "
-                    "= 0.959, where the perplexities' ratio is e<sup>-0.06</sup> = 0.942). With seeds the ratio is "
-                    "exp(mean loss difference), its interval exp of the Welch interval.</p>")
+        body.append(
+            f"<p class='verdict'>perplexity ratio {esc(s['treatment'])} / {esc(s['baseline'])} = "
+            f"{esc(fmt(s['ratio']))}, 95% CI {esc(ci_text(s['ci_low'], s['ci_high']))} "
+            f"(n = {s['n']} vs {s['n_baseline']}): <b>{esc(s['verdict'])}</b></p>"
+        )
+        body.append(
+            "<p class='note'>Perplexity = e<sup>val_loss</sup> with the loss in nats, so the ratio is "
+            "e<sup>loss difference</sup>. The note's 2<sup>loss</sup> gives the same ratio only for a loss in "
+            "bits: applied to nats it moves the ratio towards 1 (a difference of -0.06 nats: 2<sup>-0.06</sup> "
+            "= 0.959, where the perplexities' ratio is e<sup>-0.06</sup> = 0.942). With seeds the ratio is "
+            "exp(mean loss difference), its interval exp of the Welch interval.</p>"
+        )
         if "softmax1" in figs:
             body.append(figure_div(figs["softmax1"]))
-        body.append("<h3>Samples</h3>" + (samples_html(study, [s["baseline"], s["treatment"]]) or "<p class='muted'>no samples.json</p>"))
+        body.append(
+            "<h3>Samples</h3>"
+            + (samples_html(study, [s["baseline"], s["treatment"]]) or "<p class='muted'>no samples.json</p>")
+        )
     if res.get("toeplitz"):
         rows = res["toeplitz"]
         body.append("<h3>Toeplitz mixer: mean x projection</h3>" + toeplitz_grid(rows))
-        cols = ["variant", "toep_mean", "toep_proj", "n"] + [c for c in ("val_loss", "val_bpb", "wall_s", "samples_per_s",
-                "gen_tokens_per_s_parallel", "gen_tokens_per_s_sequential", "gen_speedup") if any(c in r for r in rows)]
+        cols = ["variant", "toep_mean", "toep_proj", "n"] + [
+            c
+            for c in (
+                "val_loss",
+                "val_bpb",
+                "wall_s",
+                "samples_per_s",
+                "gen_tokens_per_s_parallel",
+                "gen_tokens_per_s_sequential",
+                "gen_speedup",
+            )
+            if any(c in r for r in rows)
+        ]
         body.append(table(rows, [c for c in cols if c == "variant" or any(c in r for r in rows)]))
         if "toeplitz" in figs:
             body.append(figure_div(figs["toeplitz"]))
         if "toeplitz_filters" in figs:
-            body.append("<h3>Learned filters</h3><p class='muted'>Each head's weights over lags (after the mean's "
-                        "normalisation where toep_mean); rf = the lag holding 90% of the mass (trainables/probes.py).</p>")
+            body.append(
+                "<h3>Learned filters</h3><p class='muted'>Each head's weights over lags (after the mean's "
+                "normalisation where toep_mean); rf = the lag holding 90% of the mass (trainables/probes.py).</p>"
+            )
             body.append(figure_div(figs["toeplitz_filters"]))
     if res.get("vocab_depth"):
         rows = res["vocab_depth"]
         body.append("<h3>Vocabulary vs depth candidates</h3>")
         if "vocab_depth" in figs:
             body.append(figure_div(figs["vocab_depth"]))
-        cols = [c for c in ("variant", "vocab_size", "n_layer", "n_embd", "tie_embeddings", "budget", "params_total",
-                            "share_embedding", "share_lm_head", "share_blocks", "n", "mean", "ci_low", "ci_high") if c in rows[0]]
+        cols = [
+            c
+            for c in (
+                "variant",
+                "vocab_size",
+                "n_layer",
+                "n_embd",
+                "tie_embeddings",
+                "budget",
+                "params_total",
+                "share_embedding",
+                "share_lm_head",
+                "share_blocks",
+                "n",
+                "mean",
+                "ci_low",
+                "ci_high",
+            )
+            if c in rows[0]
+        ]
         body.append(table(rows, cols))
     if not body:
         return None
-    titles = {"nanohead": "Nano heads", "nanohead_search": "Nano heads", "softmax1": "softmax1",
-              "toeplitz": "Toeplitz mixer", "vocab_depth": "Vocabulary vs depth", "scaling": "Scaling"}
+    titles = {
+        "nanohead": "Nano heads",
+        "nanohead_search": "Nano heads",
+        "softmax1": "softmax1",
+        "toeplitz": "Toeplitz mixer",
+        "vocab_depth": "Vocabulary vs depth",
+        "scaling": "Scaling",
+    }
     return titles.get(study.family, "Study views"), "".join(body)
 
 
@@ -287,8 +408,10 @@ def toeplitz_grid(rows):
             if r is None or "val_loss" not in r:
                 out.append("<td class='muted'>-</td>")
             else:
-                out.append(f"<td>{esc(r['variant'])}<br>eval loss {esc(fmt(r['val_loss']))}<br>"
-                           f"<span class='muted'>{esc(ci_text(*r['val_loss_ci']))}</span></td>")
+                out.append(
+                    f"<td>{esc(r['variant'])}<br>eval loss {esc(fmt(r['val_loss']))}<br>"
+                    f"<span class='muted'>{esc(ci_text(*r['val_loss_ci']))}</span></td>"
+                )
         out.append("</tr>")
     return "".join(out) + "</table>"
 
@@ -297,7 +420,9 @@ def optuna_section(study, res, figs):
     o = res.get("optuna")
     if not o:
         return None
-    body = [f"<p>Optuna study {esc(o['name'])}: {o['n_trials']} trials, directions {esc(', '.join(o['directions']))}.</p>"]
+    body = [
+        f"<p>Optuna study {esc(o['name'])}: {o['n_trials']} trials, directions {esc(', '.join(o['directions']))}.</p>"
+    ]
     for k in ("optuna_history", "optuna_importances", "optuna_pareto"):
         if k in figs:
             body.append(figure_div(figs[k]))
@@ -316,12 +441,16 @@ def failures_section(res):
     rows = res["failures"]
     if not rows:
         return "<p>Every trial finished.</p>"
-    out = ["<table class='sortable'><thead><tr><th>trial</th><th>variant</th><th>status</th><th>reason</th></tr></thead><tbody>"]
+    out = [
+        "<table class='sortable'><thead><tr><th>trial</th><th>variant</th><th>status</th><th>reason</th></tr></thead><tbody>"
+    ]
     for r in rows:
         err = r["error"] or "(no reason recorded)"
         first, _, rest = err.strip().partition("\n")
         reason = f"<details><summary>{esc(first)}</summary><pre>{esc(rest)}</pre></details>" if rest else esc(first)
-        out.append(f"<tr><td>{esc(r['trial'])}</td><td>{esc(r['variant'])}</td><td>{esc(r['status'])}</td><td>{reason}</td></tr>")
+        out.append(
+            f"<tr><td>{esc(r['trial'])}</td><td>{esc(r['variant'])}</td><td>{esc(r['status'])}</td><td>{reason}</td></tr>"
+        )
     return "".join(out) + "</tbody></table>"
 
 
@@ -340,9 +469,32 @@ def trials_section(study):
 
 def environment_section(study):
     meta = scrub(study.meta)
-    body = [kv_table({k: meta.get(k) for k in ("study", "family", "profile", "hypothesis", "seed_note", "metric", "mode",
-                                               "git_commit", "started", "ended", "interrupted") if k in meta})]
-    for key, title in (("environment", "Environment"), ("versions", "Package versions"), ("args", "Command-line arguments")):
+    body = [
+        kv_table(
+            {
+                k: meta.get(k)
+                for k in (
+                    "study",
+                    "family",
+                    "profile",
+                    "hypothesis",
+                    "seed_note",
+                    "metric",
+                    "mode",
+                    "git_commit",
+                    "started",
+                    "ended",
+                    "interrupted",
+                )
+                if k in meta
+            }
+        )
+    ]
+    for key, title in (
+        ("environment", "Environment"),
+        ("versions", "Package versions"),
+        ("args", "Command-line arguments"),
+    ):
         if isinstance(meta.get(key), dict):
             body.append(f"<h3>{title}</h3>" + kv_table(meta[key]))
     if study.envs:
@@ -400,9 +552,11 @@ JS = """
 
 def render(study, res, figs, pngs=()):
     meta = study.meta
-    sections = [("summary", "Summary", summary(study, res)),
-                ("frontier", "Loss vs parameters and compute", frontier_section(study, res, figs)),
-                ("stats", "Seeds, intervals and differences", stats_section(study, res, figs))]
+    sections = [
+        ("summary", "Summary", summary(study, res)),
+        ("frontier", "Loss vs parameters and compute", frontier_section(study, res, figs)),
+        ("stats", "Seeds, intervals and differences", stats_section(study, res, figs)),
+    ]
     fidelity = fidelity_section(study)
     if fidelity:  # right after the summary: what the numbers below are numbers of
         sections.insert(1, ("fidelity", "Note vs this run", fidelity))
@@ -418,29 +572,39 @@ def render(study, res, figs, pngs=()):
     if study.samples and not res.get("softmax1"):
         variants = sorted_variants(study.trials["variant"], study.baseline)[:6]
         sections.append(("samples", "Samples", samples_html(study, variants)))
-    sections += [("failures", f"Failures ({len(res['failures'])})", failures_section(res)),
-                 ("trials", f"Trials ({len(study.trials)})", trials_section(study)),
-                 ("environment", "Environment", environment_section(study))]
+    sections += [
+        ("failures", f"Failures ({len(res['failures'])})", failures_section(res)),
+        ("trials", f"Trials ({len(study.trials)})", trials_section(study)),
+        ("environment", "Environment", environment_section(study)),
+    ]
     if res["warnings"]:
-        sections.append(("warnings", "Warnings", "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in res["warnings"]) + "</ul>"))
+        sections.append(
+            ("warnings", "Warnings", "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in res["warnings"]) + "</ul>")
+        )
     if pngs:
         links = " ".join(f"<a href='{esc(p.name)}'>{esc(p.name)}</a>" for p in pngs)
         sections.append(("static", "Static figures", f"<p>{links}</p>"))
     ended = meta.get("ended")
-    status = f"ended {ended}" if ended else "no end time: the study is running or was cut short; this report shows what it has"
+    status = (
+        f"ended {ended}"
+        if ended
+        else "no end time: the study is running or was cut short; this report shows what it has"
+    )
     nav = "".join(f"<a href='#{sid}'>{esc(title)}</a>" for sid, title, _ in sections)
-    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return "".join([
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{esc(study.name)}: study report</title><style>{CSS}</style>",
-        # plotly.js once, inline: the page needs no network, so it works from file:// offline
-        f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>",
-        f"<header><h1>Study {esc(study.name)}</h1>",
-        f"<p>family {esc(study.family or 'unknown')} &middot; profile {esc(meta.get('profile') or 'unknown')} &middot; "
-        f"metric {esc(study.metric)} ({esc(study.mode)}) &middot; started {esc(meta.get('started') or 'unknown')} &middot; "
-        f"{esc(status)}</p>",
-        f"<p>hypothesis: {esc(meta['hypothesis'])}</p>" if meta.get("hypothesis") else "",
-        f"<p>report generated {esc(generated)}</p><nav>{nav}</nav></header><main>",
-        "".join(section(sid, title, body) for sid, title, body in sections),
-        f"</main><script>{JS}</script></body></html>",
-    ])
+    generated = datetime.now(UTC).isoformat(timespec="seconds")
+    return "".join(
+        [
+            "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+            f"<title>{esc(study.name)}: study report</title><style>{CSS}</style>",
+            # plotly.js once, inline: the page needs no network, so it works from file:// offline
+            f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>",
+            f"<header><h1>Study {esc(study.name)}</h1>",
+            f"<p>family {esc(study.family or 'unknown')} &middot; profile {esc(meta.get('profile') or 'unknown')} &middot; "
+            f"metric {esc(study.metric)} ({esc(study.mode)}) &middot; started {esc(meta.get('started') or 'unknown')} &middot; "
+            f"{esc(status)}</p>",
+            f"<p>hypothesis: {esc(meta['hypothesis'])}</p>" if meta.get("hypothesis") else "",
+            f"<p>report generated {esc(generated)}</p><nav>{nav}</nav></header><main>",
+            "".join(section(sid, title, body) for sid, title, body in sections),
+            f"</main><script>{JS}</script></body></html>",
+        ]
+    )

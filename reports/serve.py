@@ -8,6 +8,7 @@ missing or older than its trials (so a running study shows its latest state).
 Only report files are served (report.html, results.json, trials.csv, study.json, *.png),
 never other files from the results directory.
 """
+
 import argparse
 import html
 import json
@@ -33,15 +34,30 @@ def esc(s):
 
 def find_studies(results_dir):
     """Subdirectories that look like studies, newest first."""
-    dirs = [p for p in Path(results_dir).iterdir() if p.is_dir() and not p.name.startswith(".")
-            and any((p / f).exists() for f in ("study.json", "trials.parquet", "trials.csv"))]
+    dirs = [
+        p
+        for p in Path(results_dir).iterdir()
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and any((p / f).exists() for f in ("study.json", "trials.parquet", "trials.csv"))
+    ]
     return sorted(dirs, key=lambda p: max((p / f).stat().st_mtime for f in INPUTS if (p / f).exists()), reverse=True)
 
 
 def study_row(d):
     """What the index shows for one study; unreadable pieces become blanks, not errors."""
-    row = {"dir": d.name, "study": d.name, "family": "", "profile": "", "started": "", "ended": "", "done": "",
-           "failed": "", "total": "", "best": ""}
+    row = {
+        "dir": d.name,
+        "study": d.name,
+        "family": "",
+        "profile": "",
+        "started": "",
+        "ended": "",
+        "done": "",
+        "failed": "",
+        "total": "",
+        "best": "",
+    }
     try:
         meta = json.loads((d / "study.json").read_text())
         row.update({k: meta.get(k) or "" for k in ("study", "family", "profile", "started", "ended")})
@@ -69,18 +85,33 @@ def index_page(results_dir):
         link = urllib.parse.quote(r["dir"]) + "/report.html"
         ended = r["ended"] or "running or cut short"
         body.append(
-            "<tr>" + f"<td><a href='{esc(link)}'>{esc(r['study'])}</a></td>"
-            + "".join(f"<td>{esc(v)}</td>" for v in (r["family"], r["profile"], r["started"], ended, r["done"],
-                                                      r["failed"], r["total"], r["best"]))
-            + f"<td><a href='{esc(urllib.parse.quote(r['dir']) + '/results.json')}'>results.json</a></td></tr>")
-    table = ("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
-             + "".join(body) + "</tbody></table>") if body else "<p>No studies here yet.</p>"
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>studies</title><style>"
-            "body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse}"
-            "th,td{border:1px solid #ddd;padding:4px 10px;text-align:left}th{background:#f2f4f5}</style></head><body>"
-            f"<h1>Studies in {esc(Path(results_dir).resolve())}</h1>{table}"
-            "<p style='color:#777'>A report is built when it is opened, if it is missing or older than its study's trials.</p>"
-            "</body></html>")
+            "<tr>"
+            + f"<td><a href='{esc(link)}'>{esc(r['study'])}</a></td>"
+            + "".join(
+                f"<td>{esc(v)}</td>"
+                for v in (r["family"], r["profile"], r["started"], ended, r["done"], r["failed"], r["total"], r["best"])
+            )
+            + f"<td><a href='{esc(urllib.parse.quote(r['dir']) + '/results.json')}'>results.json</a></td></tr>"
+        )
+    table = (
+        (
+            "<table><thead><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in head)
+            + "</tr></thead><tbody>"
+            + "".join(body)
+            + "</tbody></table>"
+        )
+        if body
+        else "<p>No studies here yet.</p>"
+    )
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>studies</title><style>"
+        "body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse}"
+        "th,td{border:1px solid #ddd;padding:4px 10px;text-align:left}th{background:#f2f4f5}</style></head><body>"
+        f"<h1>Studies in {esc(Path(results_dir).resolve())}</h1>{table}"
+        "<p style='color:#777'>A report is built when it is opened, if it is missing or older than its study's trials.</p>"
+        "</body></html>"
+    )
 
 
 def is_stale(study_dir):
@@ -107,9 +138,13 @@ class Handler(BaseHTTPRequestHandler):
         study, name = parts
         study_dir = self.results_dir / study
         # names from the URL are data: one plain directory under results, one plain file inside it
-        if (study in ("", ".", "..") or study.startswith(".") or not study_dir.is_dir()
-                or not (name in SERVED or (name.endswith(".png") and "/" not in name and not name.startswith(".")))
-                or not self.inside(study_dir)):
+        if (
+            study in ("", ".", "..")
+            or study.startswith(".")
+            or not study_dir.is_dir()
+            or not (name in SERVED or (name.endswith(".png") and "/" not in name and not name.startswith(".")))
+            or not self.inside(study_dir)
+        ):
             return self.send(404, b"not found", "text/plain")
         if name == "report.html" and is_stale(study_dir):
             with self.build_lock:
@@ -160,7 +195,9 @@ def make_server(results_dir, host="127.0.0.1", port=8000, quiet=False):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m reports.serve", description="Serve an index of study reports.")
-    p.add_argument("results_dir", nargs="?", default="results", help="directory holding one folder per study (default: results)")
+    p.add_argument(
+        "results_dir", nargs="?", default="results", help="directory holding one folder per study (default: results)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     args = p.parse_args(argv)

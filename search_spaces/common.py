@@ -1,5 +1,6 @@
 """Helpers shared by the study families: derived keys that every family resolves the same way."""
-from functools import lru_cache
+
+from functools import cache
 
 # The notes' corpora, the paper profiles' defaults (hf:NAME[:CONFIG[:SPLIT]][:N documents]; README, "Data and
 # licenses"). N is what keeps each paper plan under max_epochs passes (the dry-run's epochs column).
@@ -8,13 +9,15 @@ SIMPLE_STORIES = "hf:SimpleStories/SimpleStories:1000000"  # note 003
 REDDIT = "hf:HuggingFaceGECLM/REDDIT_comments::todayilearned:15000000"  # note 004's own Reddit sample is not public
 
 
-@lru_cache(maxsize=None)
+@cache
 def tokenizer_vocab_size(name: str) -> int:
     """The vocab a tokenizer name implies, without training anything: bpe:N has exactly N tokens."""
     if name.startswith("bpe:"):
         from trainables.data.tokenizers import parse_bpe_name
+
         return parse_bpe_name(name)
     from trainables.data import get_tokenizer
+
     return get_tokenizer(name).n_vocab
 
 
@@ -25,8 +28,10 @@ def architecture(config: dict, **baseline) -> dict:
     Variants then change only what they change (a proportion, softmax1, ...), on the same dims: that is what
     param-matching to the baseline means here. `baseline` holds the baseline's own model keys (e.g.
     nanohead_proportion=0). Without a budget the config's dims are kept as they are."""
-    from trainables.model import GPTConfig, solve_architecture
     from dataclasses import fields
+
+    from trainables.model import GPTConfig, solve_architecture
+
     if config.get("budget") is None:  # dims not given are GPTConfig's defaults, written out for the trial's name
         return {**{f.name: f.default for f in fields(GPTConfig) if f.name in ("n_layer", "n_embd", "n_head")}, **config}
     model_keys = {f.name for f in fields(GPTConfig)} - {"vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head"}
@@ -38,6 +43,7 @@ def architecture(config: dict, **baseline) -> dict:
     try:
         if config.get("shape_rule") == "nanochat":  # nanochat's width for each depth; the depth nearest the budget
             from trainables.model.params import nanochat_depth
+
             best = nanochat_depth(config["budget"], vocab, head_dim, aspect_ratio=aspect_ratio, **overrides)
         else:
             best = solve_architecture(config["budget"], vocab, head_dim, aspect_ratio=aspect_ratio, **overrides)[0]
@@ -61,8 +67,11 @@ def nanochat_sizes(config: dict, *, embedding_lr: float, lm_head_lr: float, weig
     if not rules:
         return config
     scale = (config["n_embd"] / 768) ** -0.5
-    sizes = dict(embedding_lr=embedding_lr * scale, lm_head_lr=lm_head_lr * scale,
-                 weight_decay=weight_decay * (12 / config["n_layer"]) ** 2)
+    sizes = dict(
+        embedding_lr=embedding_lr * scale,
+        lm_head_lr=lm_head_lr * scale,
+        weight_decay=weight_decay * (12 / config["n_layer"]) ** 2,
+    )
     return {**sizes, **config}
 
 

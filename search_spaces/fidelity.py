@@ -6,21 +6,24 @@ GPTConfig and `train` TrainConfig, `tokens` and `per_step` tokens), so it cannot
 study.run prints the table after the dry-run's trial table and records it in study.json, whose copy the
 report shows.
 """
+
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class FidelityRow:
-    aspect: str       # model, optimizer, batch, steps, data, metric, ...
-    note: str         # the note's setting, in the note's words where it has them
-    this_run: str     # what the plan runs, from the resolved trials
+    aspect: str  # model, optimizer, batch, steps, data, metric, ...
+    note: str  # the note's setting, in the note's words where it has them
+    this_run: str  # what the plan runs, from the resolved trials
     reason: str = ""  # why this run differs from the note; empty when it does not
 
     def __post_init__(self):
         for name in ("aspect", "note", "this_run", "reason"):
             value = getattr(self, name)
             if not isinstance(value, str) or (name != "reason" and not value.strip()):
-                raise ValueError(f"FidelityRow.{name}={value!r}: must be {'text' if name == 'reason' else 'non-empty text'}")
+                raise ValueError(
+                    f"FidelityRow.{name}={value!r}: must be {'text' if name == 'reason' else 'non-empty text'}"
+                )
 
 
 def first(trials: list[dict]) -> dict:
@@ -43,20 +46,27 @@ def seeds(trials: list[dict]) -> list[int]:
 def model(g) -> str:
     """The architecture as built, in words."""
     if g.arch == "nanogpt":
-        kind = (f"nanoGPT model (LayerNorm, learned positions, GELU, {'tied' if g.tie_embeddings else 'untied'} "
-                f"embeddings, bias={g.bias})")
+        kind = (
+            f"nanoGPT model (LayerNorm, learned positions, GELU, {'tied' if g.tie_embeddings else 'untied'} "
+            f"embeddings, bias={g.bias})"
+        )
     else:
         mixer = "multi-head Toeplitz mixer" if g.mixer == "toeplitz" else "RoPE" + (", QK norm" if g.qk_norm else "")
         cap = f"logit softcap {g.logit_softcap:g}" if g.logit_softcap else "no logit softcap"
-        kind = (f"nanochat-style GPT ({mixer}, RMSNorm, relu^2 MLP, {'tied' if g.tie_embeddings else 'untied'} "
-                f"embeddings, {cap})")
+        kind = (
+            f"nanochat-style GPT ({mixer}, RMSNorm, relu^2 MLP, {'tied' if g.tie_embeddings else 'untied'} "
+            f"embeddings, {cap})"
+        )
     heads = f"{g.n_head} heads of {g.n_embd // g.n_head}" if g.mixer == "attention" else f"{g.n_head} Toeplitz heads"
-    return (f"{kind}: {g.n_layer} layers x {g.n_embd} wide, {heads}, MLP {g.mlp_hidden}, vocab {g.vocab_size:,}, "
-            f"context {g.seq_len}, dropout {g.dropout:g}")
+    return (
+        f"{kind}: {g.n_layer} layers x {g.n_embd} wide, {heads}, MLP {g.mlp_hidden}, vocab {g.vocab_size:,}, "
+        f"context {g.seq_len}, dropout {g.dropout:g}"
+    )
 
 
 def params(g) -> str:
     from trainables.model import count_params
+
     p = count_params(g)
     return f"{p['total']:,} parameters ({p['embedding']:,} embedding, {p['lm_head']:,} lm_head, {p['blocks']:,} blocks)"
 
@@ -67,8 +77,10 @@ def role_lrs(t: dict) -> dict:
     key = (repr(t["gpt"]), repr(t["train"]))
     if key not in _ROLE_LRS:
         import torch
+
         from trainables.model import build_model
         from trainables.train import build_optimizers, lrs_by_role
+
         with torch.device("meta"):
             model = build_model(t["gpt"])
         _ROLE_LRS[key] = lrs_by_role(model, build_optimizers(model, t["train"]))
@@ -81,8 +93,11 @@ _ROLE_LRS = {}  # (GPTConfig, TrainConfig) reprs -> role_lrs: the rows ask sever
 def tables(t: dict) -> str:
     """The embedding's and lm_head's lrs (one table when tied), and nanoGPT's position table's."""
     lr = role_lrs(t)
-    text = (f"tied table {lr['lm_head']:.4g}" if t["gpt"].tie_embeddings else
-            f"embedding {lr['embedding']:.4g}, lm_head {lr['lm_head']:.4g}")
+    text = (
+        f"tied table {lr['lm_head']:.4g}"
+        if t["gpt"].tie_embeddings
+        else f"embedding {lr['embedding']:.4g}, lm_head {lr['lm_head']:.4g}"
+    )
     return text + (f", positions {lr['positions']:.4g}" if "positions" in lr else "")
 
 
@@ -94,10 +109,15 @@ def optimizer(t: dict) -> str:
     decayed = "the blocks' matrices" + (" and the embeddings" if g.arch == "nanogpt" else "")
     clip = f"clip {tc.grad_clip:g}" if tc.grad_clip > 0 else "no clipping"
     if tc.optimizer == "muon":
-        momentum = (f"momentum 0.85 to 0.95 over {tc.muon_momentum_warmup} steps" if tc.muon_momentum_warmup
-                    else "momentum 0.95")
-        return (f"Muon (torch.optim.Muon) lr {tc.lr:g} on the blocks' matrices ({tc.muon_adjust_lr} lr scaling, "
-                f"{momentum}, {decay}); AdamW {tables(t)}, {adam}, no decay; {clip}")
+        momentum = (
+            f"momentum 0.85 to 0.95 over {tc.muon_momentum_warmup} steps"
+            if tc.muon_momentum_warmup
+            else "momentum 0.95"
+        )
+        return (
+            f"Muon (torch.optim.Muon) lr {tc.lr:g} on the blocks' matrices ({tc.muon_adjust_lr} lr scaling, "
+            f"{momentum}, {decay}); AdamW {tables(t)}, {adam}, no decay; {clip}"
+        )
     return f"AdamW: matrices lr {tc.lr:g}, {tables(t)}; {adam}; {decay} on {decayed}; {clip}"
 
 
@@ -124,8 +144,9 @@ def steps(t: dict) -> str:
 
 
 def precision(tc) -> str:
-    dtype = {"bfloat16": "bf16 autocast", "float32": "fp32",
-             "auto": "bf16 autocast on a GPU with bf16, else fp32"}[tc.dtype]
+    dtype = {"bfloat16": "bf16 autocast", "float32": "fp32", "auto": "bf16 autocast on a GPU with bf16, else fp32"}[
+        tc.dtype
+    ]
     return f"{dtype} (fp32 weights), {'torch.compile' if tc.compile else 'eager'}"
 
 
@@ -135,12 +156,16 @@ def data(tc) -> str:
 
 def loader(t: dict, trials: list[dict]) -> str:
     g = t["gpt"]
-    return (f"windows of {g.seq_len} tokens at multiples of {g.seq_len} of the train stream (each document after "
-            f"a BOS token), in a fresh order each epoch from (seed, epoch); seeds {', '.join(map(str, seeds(trials)))}")
+    return (
+        f"windows of {g.seq_len} tokens at multiples of {g.seq_len} of the train stream (each document after "
+        f"a BOS token), in a fresh order each epoch from (seed, epoch); seeds {', '.join(map(str, seeds(trials)))}"
+    )
 
 
 def evaluation(t: dict) -> str:
     tc, g = t["train"], t["gpt"]
-    return (f"every {tc.eval_every:,} steps and at the end: val loss and bpb over the first {tc.eval_batches} batches "
-            f"of {tc.batch_size} x {g.seq_len} val windows (up to {tc.eval_batches * tc.batch_size * g.seq_len:,} "
-            f"tokens), the same windows at every eval; final and best val kept")
+    return (
+        f"every {tc.eval_every:,} steps and at the end: val loss and bpb over the first {tc.eval_batches} batches "
+        f"of {tc.batch_size} x {g.seq_len} val windows (up to {tc.eval_batches * tc.batch_size * g.seq_len:,} "
+        f"tokens), the same windows at every eval; final and best val kept"
+    )

@@ -1,6 +1,7 @@
 """Scaling: a chosen variant vs the baseline at 4+ parameter budgets, so the report can draw a real
 loss-vs-parameters frontier and fit L(N) = E + A N^-alpha per arm. The variant is set with
 --set scaling_variant=NAME (one of VARIANTS)."""
+
 from .common import FINEWEB_EDU, architecture, seed_suffix
 
 VARIANTS = {
@@ -9,15 +10,23 @@ VARIANTS = {
     "softmax1": {"softmax1": True},
     "toeplitz_mean_proj": {"mixer": "toeplitz", "toep_mean": True, "toep_proj": True},
 }
-BUDGETS = {"smoke": [1.2e5, 1.6e5, 2.5e5, 4.0e5],  # smoke: 1e5 has no architecture within 5% at vocab 512
-           "cpu": [0.75e6, 1.5e6, 3.0e6, 6.0e6],
-           "gpu": [10e6, 20e6, 50e6, 100e6], "paper": [20e6, 50e6, 100e6, 200e6, 500e6]}
+BUDGETS = {
+    "smoke": [1.2e5, 1.6e5, 2.5e5, 4.0e5],  # smoke: 1e5 has no architecture within 5% at vocab 512
+    "cpu": [0.75e6, 1.5e6, 3.0e6, 6.0e6],
+    "gpu": [10e6, 20e6, 50e6, 100e6],
+    "paper": [20e6, 50e6, 100e6, 200e6, 500e6],
+}
 # What resolve derives, from what, and what to set instead (study.run refuses a --set it would replace).
-DERIVED = {**dict.fromkeys(("n_layer", "n_embd", "n_head"), (
-               "each budget, head_dim and aspect_ratio (the solver)", "set those instead")),
-           **dict.fromkeys(sorted({k for keys in VARIANTS.values() for k in keys}), (
-               "scaling_variant (on the variant arm)", f"set scaling_variant instead (one of {', '.join(VARIANTS)})")),
-           "max_tokens": ("max_tokens_per_param x budget", "set max_tokens_per_param instead")}
+DERIVED = {
+    **dict.fromkeys(
+        ("n_layer", "n_embd", "n_head"), ("each budget, head_dim and aspect_ratio (the solver)", "set those instead")
+    ),
+    **dict.fromkeys(
+        sorted({k for keys in VARIANTS.values() for k in keys}),
+        ("scaling_variant (on the variant arm)", f"set scaling_variant instead (one of {', '.join(VARIANTS)})"),
+    ),
+    "max_tokens": ("max_tokens_per_param x budget", "set max_tokens_per_param instead"),
+}
 
 
 def axes(profile) -> dict:
@@ -39,10 +48,16 @@ def resolve(config: dict) -> dict:
     if config["arm"] not in ("baseline", "variant"):
         raise ValueError(f"arm={config['arm']!r}: must be baseline or variant")
     if config.get("budget") is None:  # every arm is sized by the solver: without a budget there are no dims
-        raise ValueError("budget=None: scaling sizes every trial from its budget; give budgets, e.g. budget=1e5,2e5,4e5")
+        raise ValueError(
+            "budget=None: scaling sizes every trial from its budget; give budgets, e.g. budget=1e5,2e5,4e5"
+        )
     per_param = config.get("max_tokens_per_param")
-    if per_param is not None and not (isinstance(per_param, (int, float)) and not isinstance(per_param, bool) and per_param > 0):
-        raise ValueError(f"max_tokens_per_param={per_param!r}: must be None or a number > 0 (tokens trained per parameter)")
+    if per_param is not None and not (
+        isinstance(per_param, (int, float)) and not isinstance(per_param, bool) and per_param > 0
+    ):
+        raise ValueError(
+            f"max_tokens_per_param={per_param!r}: must be None or a number > 0 (tokens trained per parameter)"
+        )
     out = architecture(config)  # the baseline's dims at this budget; the variant runs on the same dims
     if config["arm"] == "variant":
         out.update(VARIANTS[config["scaling_variant"]])

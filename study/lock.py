@@ -5,13 +5,14 @@ stale, and taken over, when its holder's process is gone (same host) or it was l
 seconds ago (another host, or a reused pid). Object stores have no exclusive create, so taking the lock is
 write-then-read-back: of two drivers that write at once, the one whose token is read back holds it.
 """
+
 import json
 import os
 import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow.fs as pafs
 
@@ -31,8 +32,12 @@ class StudyLock:
     def __init__(self, study_location: str):
         self.location = join(study_location, LOCK_FILE)
         self.token = uuid.uuid4().hex
-        self.record = dict(host=socket.gethostname(), pid=os.getpid(),
-                           started=datetime.now(timezone.utc).isoformat(timespec="seconds"), token=self.token)
+        self.record = dict(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=datetime.now(UTC).isoformat(timespec="seconds"),
+            token=self.token,
+        )
         self._stop = threading.Event()
         self._thread = None
 
@@ -112,4 +117,4 @@ def _stale(holder: dict) -> bool:
 
 
 def _describe(holder: dict) -> str:
-    return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}")
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"

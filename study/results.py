@@ -4,6 +4,7 @@ The row format is the contract with reports/ (see shared/DESIGN.md). Metrics are
 from the trial's metrics.jsonl, the same names train.py writes: the seed's collector read `val_bpb`
 where the runs logged `val/bpb` and its table came out empty; tests/study checks this end to end.
 """
+
 import json
 import math
 import shutil
@@ -17,20 +18,38 @@ import pandas as pd
 
 from trainables.storage import Mirror, is_uri, join, pull, read_jsonl, write_atomic
 
-FINAL_METRICS = ("train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "wall_s", "samples_per_s",
-                 "gen_tokens_per_s_parallel", "gen_tokens_per_s_sequential", "gen_speedup",
-                 "gen_mean_time_parallel", "gen_mean_time_sequential",
-                 "gen_tokens_per_s_uncached_parallel", "gen_tokens_per_s_uncached_sequential", "gen_speedup_uncached",
-                 "gen_mean_time_uncached_parallel", "gen_mean_time_uncached_sequential",
-                 "gen_cache_speedup_parallel", "gen_cache_speedup_sequential")
+FINAL_METRICS = (
+    "train_loss",
+    "val_loss",
+    "val_bpb",
+    "tokens_per_s",
+    "mfu",
+    "wall_s",
+    "samples_per_s",
+    "gen_tokens_per_s_parallel",
+    "gen_tokens_per_s_sequential",
+    "gen_speedup",
+    "gen_mean_time_parallel",
+    "gen_mean_time_sequential",
+    "gen_tokens_per_s_uncached_parallel",
+    "gen_tokens_per_s_uncached_sequential",
+    "gen_speedup_uncached",
+    "gen_mean_time_uncached_parallel",
+    "gen_mean_time_uncached_sequential",
+    "gen_cache_speedup_parallel",
+    "gen_cache_speedup_sequential",
+)
 
 
 def _not_staged(rel: str) -> bool:
     """What a staged study leaves in its URI: checkpoints (Tune restores them from there), Ray Train's run
     storage, code snapshots and wandb runs (written once, never read back by the driver)."""
     parts = rel.split("/")
-    return (parts[0] in ("train", "wandb") or any(p.startswith("checkpoint_") for p in parts)
-            or (parts[0] == "trials" and len(parts) > 2 and parts[2] == "code"))
+    return (
+        parts[0] in ("train", "wandb")
+        or any(p.startswith("checkpoint_") for p in parts)
+        or (parts[0] == "trials" and len(parts) > 2 and parts[2] == "code")
+    )
 
 
 def _driver_writes(rel: str) -> bool:
@@ -48,6 +67,7 @@ class StudyStorage:
     (Tune's state, the trials' metrics) and writes (study.json, optuna.db, trials.parquet, the report, wandb),
     pushed up as it goes. The staging folder is private to this run (mkdtemp, mode 0700): two drivers never
     share one, and `discard` removes only the folder this run made."""
+
     local: Path
     uri: str | None = None
 
@@ -94,6 +114,7 @@ def experiment_dirs(study_dir: Path) -> list[Path]:
 def tune_outcomes(study_dir: Path) -> dict:
     """trial name -> (error string or None, Tune status) over every experiment of the study."""
     from ray.tune import ExperimentAnalysis
+
     out = {}
     for exp in experiment_dirs(study_dir):
         analysis = ExperimentAnalysis(str(exp))
@@ -148,14 +169,26 @@ def collect(study_dir: Path, spec, outcomes: dict | None = None) -> pd.DataFrame
         else:
             status = "done"
         model = resolved.get("model", {})
-        row = dict(trial=trial_dir.name, study=spec.name, variant=spec.variant({**config, **model}) if config else None,
-                   seed=int(config.get("seed", 0)), status=status, error=error)
+        row = dict(
+            trial=trial_dir.name,
+            study=spec.name,
+            variant=spec.variant({**config, **model}) if config else None,
+            seed=int(config.get("seed", 0)),
+            status=status,
+            error=error,
+        )
         row.update({k: _plain(v) for k, v in {**config, **model}.items() if k not in row})
-        row.update(params_total=params.get("total"), params_non_embedding=params.get("non_embedding"),
-                   params_embedding=params.get("embedding"), params_lm_head=params.get("lm_head"),
-                   params_blocks=params.get("blocks"), flops_per_token=resolved.get("flops_per_token"),
-                   tokens_trained=final.get("tokens"), best_val_bpb=min((m["val_bpb"] for m in metrics if _finite(m.get("val_bpb"))), default=None),
-                   best_val_loss=min((m["val_loss"] for m in metrics if _finite(m.get("val_loss"))), default=None))
+        row.update(
+            params_total=params.get("total"),
+            params_non_embedding=params.get("non_embedding"),
+            params_embedding=params.get("embedding"),
+            params_lm_head=params.get("lm_head"),
+            params_blocks=params.get("blocks"),
+            flops_per_token=resolved.get("flops_per_token"),
+            tokens_trained=final.get("tokens"),
+            best_val_bpb=min((m["val_bpb"] for m in metrics if _finite(m.get("val_bpb"))), default=None),
+            best_val_loss=min((m["val_loss"] for m in metrics if _finite(m.get("val_loss"))), default=None),
+        )
         row.update({f"lr_{role}": lr for role, lr in resolved.get("lrs", {}).items()})  # the lr each part trained at
         for key in FINAL_METRICS:
             row[key] = final.get(key)
@@ -207,17 +240,37 @@ def write_family_outputs(df: pd.DataFrame, family: str, study_dir: Path):
     out = {}
     for _, row in df.iterrows():
         get = lambda k: None if pd.isna(row.get(k)) else float(row[k])
-        setting = lambda k: None if k not in row or pd.isna(row[k]) else row[k] if isinstance(row[k], str) else bool(row[k])
+        setting = lambda k: (
+            None if k not in row or pd.isna(row[k]) else row[k] if isinstance(row[k], str) else bool(row[k])
+        )
         bench = lambda k: dict(tokens_per_s=get(f"gen_tokens_per_s_{k}"), mean_time_s=get(f"gen_mean_time_{k}"))
         out[row["trial"]] = dict(
-            variant=row["variant"], toep_mean=bool(row["toep_mean"]), toep_proj=bool(row["toep_proj"]),
-            toep_filter=setting("toep_filter"), toep_init=setting("toep_init"), toep_proj_bias=setting("toep_proj_bias"),
-            seed=int(row["seed"]), status=row["status"], error=row["error"] if isinstance(row["error"], str) else None,
-            training=dict(train_loss=get("train_loss"), eval_loss=get("val_loss"), eval_bpb=get("val_bpb"),
-                          eval_loss_best=get("best_val_loss"), eval_bpb_best=get("best_val_bpb"),
-                          runtime_s=get("wall_s"), samples_per_s=get("samples_per_s"), params=get("params_total")),
-            benchmark_parallel=bench("parallel"), benchmark_sequential=bench("sequential"),
-            benchmark_uncached_parallel=bench("uncached_parallel"), benchmark_uncached_sequential=bench("uncached_sequential"),
-            speedup=get("gen_speedup"), speedup_uncached=get("gen_speedup_uncached"),
-            cache_speedup_parallel=get("gen_cache_speedup_parallel"), cache_speedup_sequential=get("gen_cache_speedup_sequential"))
+            variant=row["variant"],
+            toep_mean=bool(row["toep_mean"]),
+            toep_proj=bool(row["toep_proj"]),
+            toep_filter=setting("toep_filter"),
+            toep_init=setting("toep_init"),
+            toep_proj_bias=setting("toep_proj_bias"),
+            seed=int(row["seed"]),
+            status=row["status"],
+            error=row["error"] if isinstance(row["error"], str) else None,
+            training=dict(
+                train_loss=get("train_loss"),
+                eval_loss=get("val_loss"),
+                eval_bpb=get("val_bpb"),
+                eval_loss_best=get("best_val_loss"),
+                eval_bpb_best=get("best_val_bpb"),
+                runtime_s=get("wall_s"),
+                samples_per_s=get("samples_per_s"),
+                params=get("params_total"),
+            ),
+            benchmark_parallel=bench("parallel"),
+            benchmark_sequential=bench("sequential"),
+            benchmark_uncached_parallel=bench("uncached_parallel"),
+            benchmark_uncached_sequential=bench("uncached_sequential"),
+            speedup=get("gen_speedup"),
+            speedup_uncached=get("gen_speedup_uncached"),
+            cache_speedup_parallel=get("gen_cache_speedup_parallel"),
+            cache_speedup_sequential=get("gen_cache_speedup_sequential"),
+        )
     write_atomic(study_dir / "all_results.json", json.dumps(out, indent=2))

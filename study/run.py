@@ -3,17 +3,16 @@
 Everything a user can get wrong (study, profile, --set keys and values, storage URL, address, data) is
 checked before Ray starts: a bad input exits 2 with one line on stderr and leaves results/ untouched.
 """
+
 import argparse
 import functools
 import json
 import math
 import os
-import signal
 import socket
 import sys
 import time
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 from study.catalog import STUDIES, StudySpec, get_profile, get_study, grid_configs
@@ -27,44 +26,79 @@ class UsageError(ValueError):
 
 # ----------------------------------------------------------------------------- command line
 
+
 def build_parser(spec: StudySpec | None = None) -> argparse.ArgumentParser:
     description = "Run a named architecture study: every trial a Ray Tune trial running Ray Train DDP."
     epilog = "studies: " + ", ".join(STUDIES) + "\nprofiles: " + ", ".join(PROFILES)
     if spec:
         profile = PROFILES[DEFAULT_PROFILE]
         axes = spec.axes(profile)
-        description = (f"{spec.name}: {spec.hypothesis}\n\nseed note: {spec.seed_note}\nsearcher: {spec.searcher}, "
-                       f"scheduler: {spec.scheduler}, metric: {spec.metric} ({spec.mode})\naxes: "
-                       + ", ".join(f"{k}={v if isinstance(v, list) else type(v).__name__}" for k, v in axes.items()))
+        description = (
+            f"{spec.name}: {spec.hypothesis}\n\nseed note: {spec.seed_note}\nsearcher: {spec.searcher}, "
+            f"scheduler: {spec.scheduler}, metric: {spec.metric} ({spec.mode})\naxes: "
+            + ", ".join(f"{k}={v if isinstance(v, list) else type(v).__name__}" for k, v in axes.items())
+        )
     # allow_abbrev=False: an option is recorded and redacted (--storage) by its full name only
-    ap = argparse.ArgumentParser(prog="python -m study.run", description=description, epilog=epilog,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    ap = argparse.ArgumentParser(
+        prog="python -m study.run",
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
     ap.add_argument("study", nargs="?", help="study name (see --list)")
     ap.add_argument("--list", action="store_true", help="list the studies and exit")
-    ap.add_argument("--profile", default=DEFAULT_PROFILE, help=f"budget: {', '.join(PROFILES)} (default {DEFAULT_PROFILE})")
-    ap.add_argument("--dry-run", action="store_true", help="print each trial's config, parameters, tokens and FLOPs; no Ray")
+    ap.add_argument(
+        "--profile", default=DEFAULT_PROFILE, help=f"budget: {', '.join(PROFILES)} (default {DEFAULT_PROFILE})"
+    )
+    ap.add_argument(
+        "--dry-run", action="store_true", help="print each trial's config, parameters, tokens and FLOPs; no Ray"
+    )
     ap.add_argument("--seeds", type=int, default=1, help="run each config N times with seeds 0..N-1 (grid studies)")
     ap.add_argument("--num-samples", type=int, default=None, help="trials an Optuna search runs (default: per profile)")
-    ap.add_argument("--max-trials", type=int, default=MAX_TRIALS,
-                    help=f"refuse a plan of more trials than this, before building it (default {MAX_TRIALS:,})")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a key (a,b,c makes it an axis); repeatable")
-    ap.add_argument("--output", default="results",
-                    help="results root: a folder (default results/) or a storage URI (s3://BUCKET/PATH, gs://...)")
-    ap.add_argument("--resume", action="store_true",
-                    help="continue an interrupted study; a finished Optuna search runs --num-samples more trials")
+    ap.add_argument(
+        "--max-trials",
+        type=int,
+        default=MAX_TRIALS,
+        help=f"refuse a plan of more trials than this, before building it (default {MAX_TRIALS:,})",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key (a,b,c makes it an axis); repeatable",
+    )
+    ap.add_argument(
+        "--output",
+        default="results",
+        help="results root: a folder (default results/) or a storage URI (s3://BUCKET/PATH, gs://...)",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted study; a finished Optuna search runs --num-samples more trials",
+    )
     ap.add_argument("--address", default=None, help="an existing Ray cluster (host:port, ray://..., or auto)")
     ap.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers (DDP ranks) per trial")
     ap.add_argument("--gpus-per-trial", type=int, default=None, help="GPUs per trial (one per worker)")
     ap.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per training worker (default 1)")
-    ap.add_argument("--ray-train", action="store_true",
-                    help="run a Ray Train TorchTrainer even for one worker per trial (default: only for 2+ workers)")
-    ap.add_argument("--wandb", default="offline", choices=["offline", "online", "disabled"],
-                    help="tracking: offline runs in the study dir (default), online needs WANDB_API_KEY")
+    ap.add_argument(
+        "--ray-train",
+        action="store_true",
+        help="run a Ray Train TorchTrainer even for one worker per trial (default: only for 2+ workers)",
+    )
+    ap.add_argument(
+        "--wandb",
+        default="offline",
+        choices=["offline", "online", "disabled"],
+        help="tracking: offline runs in the study dir (default), online needs WANDB_API_KEY",
+    )
     ap.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the study dir)")
     ap.add_argument("--no-report", action="store_true", help="skip building the report at the end")
-    ap.add_argument("--verbose", action="store_true",
-                    help="show Ray's own output too (it always goes to the study's driver.log)")
+    ap.add_argument(
+        "--verbose", action="store_true", help="show Ray's own output too (it always goes to the study's driver.log)"
+    )
     return ap
 
 
@@ -103,8 +137,10 @@ def _check_type(key: str, value):
     """A --set value must have its field's type (lr=abc would otherwise fail deep inside a comparison)."""
     import types
     from dataclasses import fields
+
     from trainables.model import GPTConfig
     from trainables.train import TrainConfig
+
     declared = {f.name: f.type for f in fields(GPTConfig) + fields(TrainConfig)}.get(key)
     if declared is None:  # a study's own key: its resolve() checks its range, here only that a number is finite
         for v in value if isinstance(value, list) else [value]:
@@ -121,22 +157,40 @@ def _check_type(key: str, value):
 
 # ----------------------------------------------------------------------------- planning (no Ray)
 
-MAX_TRIALS = 10_000  # planning checks every trial (~1 ms each): a slip like --seeds 100000 stops here, not after minutes
+MAX_TRIALS = (
+    10_000  # planning checks every trial (~1 ms each): a slip like --seeds 100000 stops here, not after minutes
+)
 
 # Where the keys every study may derive come from, and what to set instead: the words of the refusal of a --set that
 # the plan does not keep. A study's own derivations are in its StudySpec.derived; any other key comes from its own keys.
 DERIVED_FROM = {
-    **dict.fromkeys(("n_layer", "n_embd", "n_head"), (
-        "budget, head_dim and aspect_ratio (the solver)", "set those instead, or budget=none and n_layer, n_embd, n_head by hand")),
-    "n_kv_head": ("n_head: with a budget, n_kv_head is read as the ratio n_head / n_kv_head", "give a ratio, or budget=none"),
+    **dict.fromkeys(
+        ("n_layer", "n_embd", "n_head"),
+        (
+            "budget, head_dim and aspect_ratio (the solver)",
+            "set those instead, or budget=none and n_layer, n_embd, n_head by hand",
+        ),
+    ),
+    "n_kv_head": (
+        "n_head: with a budget, n_kv_head is read as the ratio n_head / n_kv_head",
+        "give a ratio, or budget=none",
+    ),
     "vocab_size": ("the tokenizer (bpe:N has N tokens)", "set tokenizer=bpe:N instead"),
     "seed": ("--seeds (seeds 0..N-1)", "give --set seed with --seeds 1, or --seeds alone"),
 }
 SOLVER_INPUTS = ("head_dim", "aspect_ratio")  # they size a model from a budget, and do nothing without one
 
 
-def plan_trials(spec: StudySpec, profile, overrides: dict, seeds: int, workers: int, *,
-                max_trials: int = MAX_TRIALS, address: str | None = None) -> list[dict]:
+def plan_trials(
+    spec: StudySpec,
+    profile,
+    overrides: dict,
+    seeds: int,
+    workers: int,
+    *,
+    max_trials: int = MAX_TRIALS,
+    address: str | None = None,
+) -> list[dict]:
     """Grid studies: every trial's resolved config, validated (GPTConfig/TrainConfig/solver, each --set kept, the
     device) and named. The trials are counted before the grid is expanded."""
     from search_spaces.common import tokenizer_vocab_size
@@ -147,8 +201,10 @@ def plan_trials(spec: StudySpec, profile, overrides: dict, seeds: int, workers: 
         raise UsageError(f"--max-trials {max_trials}: must be >= 1")
     count = math.prod(len(values) for values in grid_axes(spec, profile, overrides, seeds)[1].values())
     if count > max_trials:
-        raise UsageError(f"{spec.name} would plan {count:,} trials (its axes x --seeds {seeds}): more than --max-trials "
-                         f"{max_trials:,}; use fewer seeds or axis values, or raise the cap with --max-trials {count}")
+        raise UsageError(
+            f"{spec.name} would plan {count:,} trials (its axes x --seeds {seeds}): more than --max-trials "
+            f"{max_trials:,}; use fewer seeds or axis values, or raise the cap with --max-trials {count}"
+        )
     trials, names = [], set()
     for searched in grid_configs(spec, profile, overrides, seeds):
         _checked(lambda: TrainConfig.from_dict(searched))  # ranges first: the study derives dims from budget, head_dim
@@ -159,35 +215,54 @@ def plan_trials(spec: StudySpec, profile, overrides: dict, seeds: int, workers: 
             raise UsageError(f"two trials would both be named {name!r}: vary an axis or use --seeds")
         names.add(name)
         _check_trial(spec, overrides, searched, config, gpt, tc, workers, name)
-        trials.append(dict(name=name, searched=searched, config=config, gpt=gpt, train=tc,
-                           tokens=_planned_tokens(tc, gpt, workers)))
+        trials.append(
+            dict(
+                name=name, searched=searched, config=config, gpt=gpt, train=tc, tokens=_planned_tokens(tc, gpt, workers)
+            )
+        )
     check_epochs([(t["name"], t["config"], t["train"], t["tokens"]) for t in trials])
     for device in sorted({t["train"].device for t in trials}):
         check_device(device, address)
     return trials
 
 
-def validate_search(spec: StudySpec, profile, overrides: dict, n: int = 16, *, workers: int = 1,
-                    num_samples: int | None = None, max_trials: int = MAX_TRIALS, address: str | None = None) -> list[dict]:
+def validate_search(
+    spec: StudySpec,
+    profile,
+    overrides: dict,
+    n: int = 16,
+    *,
+    workers: int = 1,
+    num_samples: int | None = None,
+    max_trials: int = MAX_TRIALS,
+    address: str | None = None,
+) -> list[dict]:
     """Optuna studies: draw configs from the space and check they all build, keep each --set and name a device
     that exists (fixed RNG: reproducible). Returns the draws, as plan_trials returns trials."""
     import random
+
+    from ray import tune  # noqa: F401  (the space is made of Tune domains; importing tune starts nothing)
+
     from search_spaces.common import tokenizer_vocab_size
     from trainables.train import TrainConfig, resolve_configs
-    from ray import tune  # noqa: F401  (the space is made of Tune domains; importing tune starts nothing)
 
     if max_trials < 1:
         raise UsageError(f"--max-trials {max_trials}: must be >= 1")
     if num_samples is not None and num_samples > max_trials:
-        raise UsageError(f"--num-samples {num_samples:,}: more than --max-trials {max_trials:,}; ask for fewer, or raise "
-                         f"the cap with --max-trials {num_samples}")
+        raise UsageError(
+            f"--num-samples {num_samples:,}: more than --max-trials {max_trials:,}; ask for fewer, or raise "
+            f"the cap with --max-trials {num_samples}"
+        )
     space = spec.axes(profile)
     base = {**spec.base(profile), **overrides}
     rng = random.Random(0)
     draws = []
     for _ in range(n):
-        drawn = {k: (v.sample(random_state=rng.randint(0, 2**31)) if hasattr(v, "sample") else v)
-                 for k, v in space.items() if k not in overrides}
+        drawn = {
+            k: (v.sample(random_state=rng.randint(0, 2**31)) if hasattr(v, "sample") else v)
+            for k, v in space.items()
+            if k not in overrides
+        }
         searched = {**base, **drawn}
         _checked(lambda: TrainConfig.from_dict(searched))  # ranges first: the study derives dims from budget, head_dim
         config = _checked(lambda: spec.resolve(searched))
@@ -199,7 +274,9 @@ def validate_search(spec: StudySpec, profile, overrides: dict, n: int = 16, *, w
     return draws
 
 
-def _check_trial(spec: StudySpec, overrides: dict, searched: dict, config: dict, gpt, tc, workers: int, name: str | None):
+def _check_trial(
+    spec: StudySpec, overrides: dict, searched: dict, config: dict, gpt, tc, workers: int, name: str | None
+):
     """What only a whole trial shows: each --set holds in the model and training it builds (a key the study derives
     would be silently replaced), and its batch splits into micro-steps."""
     built = {**vars(tc), **vars(gpt)}
@@ -207,20 +284,25 @@ def _check_trial(spec: StudySpec, overrides: dict, searched: dict, config: dict,
     for key, value in overrides.items():
         value = searched[key] if isinstance(value, list) else value  # an axis: this trial's value of it
         if key in SOLVER_INPUTS and searched.get("budget") is None:
-            raise UsageError(f"--set {key}={value}: {key} sizes a model from a budget, and {spec.name}'s trials have "
-                             f"none (budget=none); set n_layer, n_embd and n_head instead, or a budget")
+            raise UsageError(
+                f"--set {key}={value}: {key} sizes a model from a budget, and {spec.name}'s trials have "
+                f"none (budget=none); set n_layer, n_embd and n_head instead, or a budget"
+            )
         # None asks for a field's default (n_kv_head=None: n_head); a key gone from the config was consumed by the
         # study to derive others (budget, vocab_depth's vocab_size)
         if key not in built or key not in config or value is None or built[key] == value:
             continue
         own = f"its own keys ({', '.join(spec.study_keys)})" if spec.study_keys else "its axes"
         source, instead = spec.derived.get(key) or DERIVED_FROM.get(key) or (own, "set those instead")
-        raise UsageError(f"--set {key}={value}: {spec.name} derives {key} from {source}, so {where} gets "
-                         f"{built[key]!r}; {instead}")
+        raise UsageError(
+            f"--set {key}={value}: {spec.name} derives {key} from {source}, so {where} gets {built[key]!r}; {instead}"
+        )
     per_micro = tc.batch_size * gpt.seq_len * workers
     if tc.total_batch_tokens and tc.total_batch_tokens % per_micro:
-        raise UsageError(f"TrainConfig.total_batch_tokens={tc.total_batch_tokens}: must be a multiple of batch_size x "
-                         f"seq_len x workers = {tc.batch_size} x {gpt.seq_len} x {workers} = {per_micro}")
+        raise UsageError(
+            f"TrainConfig.total_batch_tokens={tc.total_batch_tokens}: must be a multiple of batch_size x "
+            f"seq_len x workers = {tc.batch_size} x {gpt.seq_len} x {workers} = {per_micro}"
+        )
 
 
 def _checked(fn):
@@ -251,16 +333,18 @@ def _planned_tokens(tc, gpt, workers: int) -> int:
     return steps * per_step
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _corpus_train_tokens(source: str, tokenizer: str, cache: str) -> tuple[int, bool] | None:
     """(train tokens, exact) of a corpus under a tokenizer, without tokenizing it; None for a hub corpus not fetched."""
     from trainables.data.tokens import train_tokens
+
     return _checked(lambda: train_tokens(source, tokenizer, cache))
 
 
 def _epochs(config: dict, tokens: int) -> tuple[float, int, bool] | None:
     """(epochs, train tokens, exact): how many passes over its corpus' train split a trial's tokens make."""
     from trainables.data._cache import cache_root
+
     known = _corpus_train_tokens(config.get("corpus", "wiki"), config["tokenizer"], str(cache_root()))
     return None if known is None else (tokens / known[0], *known)
 
@@ -275,32 +359,41 @@ def _epochs_text(epochs: tuple[float, int, bool] | None) -> str:
 def _corpora_text(configs: list[dict]) -> str:
     """Each corpus' train tokens under each tokenizer, as the epochs column divides by them."""
     sizes = {(c.get("corpus", "wiki"), c["tokenizer"]): _epochs(c, 1) for c in configs}
-    text = "; ".join(f"{corpus} with {tokenizer}: " + ("?" if e is None else f"{'' if e[2] else '~'}{e[1]:,}")
-                     for (corpus, tokenizer), e in sorted(sizes.items()))
-    notes = (["~ estimated from its bytes"] * any(e and not e[2] for e in sizes.values())
-             + ["? a hub corpus not fetched yet, counted when the run fetches it"] * (None in sizes.values()))
+    text = "; ".join(
+        f"{corpus} with {tokenizer}: " + ("?" if e is None else f"{'' if e[2] else '~'}{e[1]:,}")
+        for (corpus, tokenizer), e in sorted(sizes.items())
+    )
+    notes = ["~ estimated from its bytes"] * any(e and not e[2] for e in sizes.values()) + [
+        "? a hub corpus not fetched yet, counted when the run fetches it"
+    ] * (None in sizes.values())
     return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def check_epochs(planned: list[tuple[str, dict, object, int]]):
     """(name, config, TrainConfig, tokens) of each trial: a plan over max_epochs passes of its corpus measures
     memorisation, so it is refused, naming the trial that loops most. An estimate (~) counts as the figure."""
-    over = [(e[0] / tc.max_epochs, name, config, tc, tokens, e) for name, config, tc, tokens in planned
-            if (e := _epochs(config, tokens)) is not None and e[0] > tc.max_epochs]
+    over = [
+        (e[0] / tc.max_epochs, name, config, tc, tokens, e)
+        for name, config, tc, tokens in planned
+        if (e := _epochs(config, tokens)) is not None and e[0] > tc.max_epochs
+    ]
     if over:
         _refuse_epochs(*max(over, key=lambda o: o[0])[1:])
 
 
 def _refuse_epochs(name: str, config: dict, tc, tokens: int, e: tuple[float, int, bool]):
-    raise UsageError(f"{name} plans {tokens:,} tokens: {_epochs_text(e)} epochs of corpus {config.get('corpus', 'wiki')!r} "
-                     f"({'' if e[2] else '~'}{e[1]:,} train tokens with {config['tokenizer']}), more than max_epochs="
-                     f"{tc.max_epochs:g}, so it would measure memorisation; give a bigger corpus (--set corpus=...), "
-                     f"fewer tokens, or --set max_epochs={math.ceil(e[0])}")
+    raise UsageError(
+        f"{name} plans {tokens:,} tokens: {_epochs_text(e)} epochs of corpus {config.get('corpus', 'wiki')!r} "
+        f"({'' if e[2] else '~'}{e[1]:,} train tokens with {config['tokenizer']}), more than max_epochs="
+        f"{tc.max_epochs:g}, so it would measure memorisation; give a bigger corpus (--set corpus=...), "
+        f"fewer tokens, or --set max_epochs={math.ceil(e[0])}"
+    )
 
 
 def print_dry_run(spec: StudySpec, trials: list[dict]):
     from trainables.model import count_params, flops_per_token, nanohead_split
-    variants = [spec.variant({**t['config'], **t['gpt'].to_dict()}) for t in trials]
+
+    variants = [spec.variant({**t["config"], **t["gpt"].to_dict()}) for t in trials]
     tw, vw = max([34, *(len(t["name"]) for t in trials)]), max([14, *map(len, variants)])  # long names stay aligned
     header = f"{'trial':{tw}} {'variant':{vw}} {'L':>3} {'width':>5} {'heads':>5} {'nano':>6} {'vocab':>6} {'params':>11} {'embed':>10} {'lm_head':>10} {'blocks':>11} {'tokens':>11} {'epochs':>7} {'FLOPs':>9}"
     print(f"{spec.name}: {len(trials)} trials\n{header}\n{'-' * len(header)}")
@@ -310,87 +403,128 @@ def print_dry_run(spec: StudySpec, trials: list[dict]):
         flops = flops_per_token(g) * t["tokens"]
         split = nanohead_split(g) if g.mixer == "attention" else None
         nano = f"{split.n_nano}x{split.nano_dim}" if split and split.n_nano else "-"  # nano heads x their dim
-        print(f"{t['name']:{tw}} {variant:{vw}} {g.n_layer:>3} {g.n_embd:>5} {g.n_head:>5} {nano:>6} "
-              f"{g.vocab_size:>6} {p['total']:>11,} {p['embedding']:>10,} {p['lm_head']:>10,} {p['blocks']:>11,} "
-              f"{t['tokens']:>11,} {_epochs_text(_epochs(t['config'], t['tokens'])):>7} {flops:>9.2e}")
+        print(
+            f"{t['name']:{tw}} {variant:{vw}} {g.n_layer:>3} {g.n_embd:>5} {g.n_head:>5} {nano:>6} "
+            f"{g.vocab_size:>6} {p['total']:>11,} {p['embedding']:>10,} {p['lm_head']:>10,} {p['blocks']:>11,} "
+            f"{t['tokens']:>11,} {_epochs_text(_epochs(t['config'], t['tokens'])):>7} {flops:>9.2e}"
+        )
     print("\nepochs = tokens / train tokens of the corpus: " + _corpora_text([t["config"] for t in trials]))
-    axes = sorted({k for t in trials for k in t["searched"] if len({str(u['searched'].get(k)) for u in trials}) > 1})
+    axes = sorted({k for t in trials for k in t["searched"] if len({str(u["searched"].get(k)) for u in trials}) > 1})
     if axes:
         print("\naxes: " + "; ".join(f"{k} = {sorted({str(t['searched'][k]) for t in trials})}" for k in axes))
 
 
 # ----------------------------------------------------------------------------- the note vs this run
 
+
 def note_vs_run(spec: StudySpec, profile, overrides: dict, seeds: int, workers: int, trials: list[dict]) -> dict:
     """study.json's "fidelity": the study's note beside this plan (spec.fidelity), each difference with its reason.
     A row that this run changes from the paper profile's plan (another profile, a --set, --seeds, more workers)
     names the change and the paper profile's value; of its own reason it keeps only one the paper profile gives too."""
     if spec.fidelity is None:
-        return dict(note=None, rows=[], text=f"{spec.name} has no single note: it runs a variant from one note "
-                    f"(--set scaling_variant) beside the baseline at parameter budgets that no note ran; each variant's "
-                    f"own study lists its note's settings (e.g. nanohead_grid --profile paper --dry-run)")
+        return dict(
+            note=None,
+            rows=[],
+            text=f"{spec.name} has no single note: it runs a variant from one note "
+            f"(--set scaling_variant) beside the baseline at parameter budgets that no note ran; each variant's "
+            f"own study lists its note's settings (e.g. nanohead_grid --profile paper --dry-run)",
+        )
     rows = spec.fidelity(_fidelity_trials(trials, workers), workers)
-    changes = ([f"--profile {profile.name}"] if profile.name != "paper" else []) + [
-        f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in sorted(overrides.items())] + (
-        [f"--seeds {seeds}"] if seeds > 1 else []) + ([f"--workers-per-trial {workers}"] if workers != 1 else [])
+    changes = (
+        ([f"--profile {profile.name}"] if profile.name != "paper" else [])
+        + [f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in sorted(overrides.items())]
+        + ([f"--seeds {seeds}"] if seeds > 1 else [])
+        + ([f"--workers-per-trial {workers}"] if workers != 1 else [])
+    )
     text = None
     if changes:
         paper = PROFILES["paper"]
         try:
-            planned = plan_trials(spec, paper, {}, 1, 1) if spec.searcher == "grid" else validate_search(spec, paper, {})
+            planned = (
+                plan_trials(spec, paper, {}, 1, 1) if spec.searcher == "grid" else validate_search(spec, paper, {})
+            )
             default = {r.aspect: r for r in spec.fidelity(_fidelity_trials(planned, 1), 1)}
         except UsageError as e:
-            default, text = {}, f"(the paper profile's plan could not be built here: {e}; each reason is the paper profile's)"
+            default, text = (
+                {},
+                f"(the paper profile's plan could not be built here: {e}; each reason is the paper profile's)",
+            )
 
         def changed(r, paper):  # a reason the paper profile gives too is not about the changed value: it stays
             kept = f"; {r.reason}" if r.reason and r.reason == paper.reason else ""
             return replace(r, reason=f"changed by {', '.join(changes)}; the paper profile runs: {paper.this_run}{kept}")
-        rows = [r if r.aspect not in default or default[r.aspect].this_run == r.this_run else changed(r, default[r.aspect])
-                for r in rows]
+
+        rows = [
+            r if r.aspect not in default or default[r.aspect].this_run == r.this_run else changed(r, default[r.aspect])
+            for r in rows
+        ]
     return dict(note=spec.seed_note, rows=[asdict(r) for r in rows], **({"text": text} if text else {}))
 
 
 def _fidelity_trials(trials: list[dict], workers: int) -> list[dict]:
     """Planned trials (or Optuna draws) with their tokens and tokens per step, as the rows read them."""
-    return [dict(t, tokens=_planned_tokens(t["train"], t["gpt"], workers),
-                 per_step=_tokens_per_step(t["train"], t["gpt"], workers)) for t in trials]
+    return [
+        dict(
+            t,
+            tokens=_planned_tokens(t["train"], t["gpt"], workers),
+            per_step=_tokens_per_step(t["train"], t["gpt"], workers),
+        )
+        for t in trials
+    ]
 
 
 def print_note_vs_run(fidelity: dict, width: int = 118):
     import textwrap
+
     rows = fidelity["rows"]
     if not rows:
         print(f"\nnote vs this run: {fidelity['text']}")
         return
-    print(f"\nnote vs this run ({fidelity['note']}): {len(rows)} aspects, {sum(bool(r['reason']) for r in rows)} differ")
+    print(
+        f"\nnote vs this run ({fidelity['note']}): {len(rows)} aspects, {sum(bool(r['reason']) for r in rows)} differ"
+    )
     if fidelity.get("text"):
         print(fidelity["text"])
     pad = max(len(r["aspect"]) for r in rows) + 2
     for r in rows:
-        for i, (label, text) in enumerate((("note", r["note"]), ("this run", r["this_run"]),
-                                           ("differs", r["reason"] or "no"))):
+        for i, (label, text) in enumerate(
+            (("note", r["note"]), ("this run", r["this_run"]), ("differs", r["reason"] or "no"))
+        ):
             head = f"{r['aspect'] if i == 0 else '':{pad}}{label + ':':10}"
-            print(textwrap.fill(text, width, initial_indent=head, subsequent_indent=" " * len(head),
-                                break_on_hyphens=False, break_long_words=False))
+            print(
+                textwrap.fill(
+                    text,
+                    width,
+                    initial_indent=head,
+                    subsequent_indent=" " * len(head),
+                    break_on_hyphens=False,
+                    break_long_words=False,
+                )
+            )
 
 
 # ----------------------------------------------------------------------------- checks of the environment
+
 
 def check_storage(url: str | None):
     if url is None:
         return
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise UsageError(f"--storage {url!r}: not a database URL; use e.g. sqlite:///optuna.db or "
-                         f"postgresql://user@host/db") from None
+        raise UsageError(
+            f"--storage {url!r}: not a database URL; use e.g. sqlite:///optuna.db or postgresql://user@host/db"
+        ) from None
     try:
         parsed.get_dialect()  # the dialect only, not its driver (a --dry-run may check a URL meant for a cluster)
     except ArgumentError:  # NoSuchModuleError: no such dialect
-        raise UsageError(f"--storage {parsed.render_as_string(hide_password=True)}: unknown database kind "
-                         f"{parsed.drivername!r}; use sqlite:///PATH, postgresql://..., mysql://... (any SQLAlchemy URL)") from None
+        raise UsageError(
+            f"--storage {parsed.render_as_string(hide_password=True)}: unknown database kind "
+            f"{parsed.drivername!r}; use sqlite:///PATH, postgresql://..., mysql://... (any SQLAlchemy URL)"
+        ) from None
 
 
 def check_storage_reachable(url: str | None):
@@ -401,14 +535,19 @@ def check_storage_reachable(url: str | None):
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
+
     parsed = make_url(url)
     shown = parsed.render_as_string(hide_password=True)
     backend = parsed.get_backend_name()
     try:
-        engine = create_engine(parsed, **({"connect_args": {"connect_timeout": 5}} if backend in ("postgresql", "mysql") else {}))
+        engine = create_engine(
+            parsed, **({"connect_args": {"connect_timeout": 5}} if backend in ("postgresql", "mysql") else {})
+        )
     except ImportError as e:
-        raise UsageError(f"--storage {shown}: the {parsed.drivername} driver is not installed ({e}); install it or "
-                         f"use sqlite:///PATH") from None
+        raise UsageError(
+            f"--storage {shown}: the {parsed.drivername} driver is not installed ({e}); install it or "
+            f"use sqlite:///PATH"
+        ) from None
     if backend == "sqlite":
         folder = Path(parsed.database or ".").expanduser().resolve().parent
         if parsed.database not in (None, "", ":memory:") and not folder.is_dir():
@@ -431,6 +570,7 @@ def redacted_argv(argv: list[str]) -> list[str]:
         value = a.split("=", 1)[1] if a.startswith("--storage=") else a if after_storage else None
         if value is not None and "@" in value and "://" in value:
             from sqlalchemy.engine import make_url
+
             try:
                 safe = make_url(value).render_as_string(hide_password=True)
             except Exception:
@@ -445,11 +585,30 @@ OUTPUT_URI_HELP = "a folder, or a storage URI such as s3://BUCKET/PATH, gs://BUC
 OUTPUT_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")  # pyarrow.fs.FileSystem.from_uri's
 # The query options of pyarrow's S3, GCS, Azure and HDFS from_uri that never hold a secret; anything else
 # (client_secret, a SAS token's sig, ...) may, and would be copied wherever --output is recorded.
-OUTPUT_URI_OPTIONS = {"region", "scheme", "endpoint_override", "allow_bucket_creation", "allow_bucket_deletion",
-                      "allow_delayed_open", "tls_ca_file_path", "tls_ca_dir_path", "tls_verify_certificates",
-                      "smart_defaults", "location", "retry_limit_seconds", "blob_storage_authority",
-                      "dfs_storage_authority", "blob_storage_scheme", "dfs_storage_scheme", "enable_tls",
-                      "background_writes", "credential_kind", "replication", "buffer_size", "default_block_size"}
+OUTPUT_URI_OPTIONS = {
+    "region",
+    "scheme",
+    "endpoint_override",
+    "allow_bucket_creation",
+    "allow_bucket_deletion",
+    "allow_delayed_open",
+    "tls_ca_file_path",
+    "tls_ca_dir_path",
+    "tls_verify_certificates",
+    "smart_defaults",
+    "location",
+    "retry_limit_seconds",
+    "blob_storage_authority",
+    "dfs_storage_authority",
+    "blob_storage_scheme",
+    "dfs_storage_scheme",
+    "enable_tls",
+    "background_writes",
+    "credential_kind",
+    "replication",
+    "buffer_size",
+    "default_block_size",
+}
 
 
 def check_output(output: str) -> str:
@@ -457,9 +616,11 @@ def check_output(output: str) -> str:
     returned unchanged and checked by its form alone: a --dry-run makes no network call (pyarrow's s3
     from_uri asks AWS for the bucket's region). file:// URIs become plain paths."""
     from urllib.parse import parse_qsl, urlsplit
+
     from trainables.storage import is_uri
+
     if output.startswith("file://"):
-        output = output[len("file://"):]
+        output = output[len("file://") :]
     if not is_uri(output):
         return check_folder(output, "--output")
     try:
@@ -472,16 +633,22 @@ def check_output(output: str) -> str:
     userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else None
     # abfs names the container as user-info (container@account.dfs.core.windows.net); elsewhere it is a key
     if userinfo is not None and (":" in userinfo or parts.scheme not in ("abfs", "abfss")):
-        raise UsageError(f"--output {shown}: credentials in the URI would be written into study.json, the job list "
-                         f"and the logs; put them in the environment (AWS_ACCESS_KEY_ID, ...)")
+        raise UsageError(
+            f"--output {shown}: credentials in the URI would be written into study.json, the job list "
+            f"and the logs; put them in the environment (AWS_ACCESS_KEY_ID, ...)"
+        )
     unsafe = sorted({key for key, _ in query} - OUTPUT_URI_OPTIONS)
     if unsafe:
-        raise UsageError(f"--output {shown}: the URI option(s) {', '.join(unsafe)} may hold credentials, which would be "
-                         f"written into study.json and the logs; put them in the environment (AWS_*, AZURE_*, ...); "
-                         f"allowed options: region, endpoint_override, scheme and pyarrow's other non-secret ones")
+        raise UsageError(
+            f"--output {shown}: the URI option(s) {', '.join(unsafe)} may hold credentials, which would be "
+            f"written into study.json and the logs; put them in the environment (AWS_*, AZURE_*, ...); "
+            f"allowed options: region, endpoint_override, scheme and pyarrow's other non-secret ones"
+        )
     if parts.scheme not in OUTPUT_SCHEMES:
-        raise UsageError(f"--output {shown}: unknown storage scheme {parts.scheme!r} (known: "
-                         f"{', '.join(OUTPUT_SCHEMES)}); give {OUTPUT_URI_HELP}")
+        raise UsageError(
+            f"--output {shown}: unknown storage scheme {parts.scheme!r} (known: "
+            f"{', '.join(OUTPUT_SCHEMES)}); give {OUTPUT_URI_HELP}"
+        )
     if (not host and parts.scheme not in ("hdfs", "viewfs")) or not (host + parts.path).strip("/"):
         raise UsageError(f"--output {output}: no bucket or path after the scheme; give {OUTPUT_URI_HELP}")
     return output
@@ -494,23 +661,29 @@ def check_folder(path: str, option: str) -> str:
     real = os.path.realpath(folder)
     if any(real == top or real.startswith(top + "/") for top in ("/proc", "/sys")):
         # kernel filesystems: root passes os.access there, yet they hold no files of ours
-        raise UsageError(f"{option} {path}: {real} is in a kernel filesystem (/proc, /sys); give a folder for the results")
+        raise UsageError(
+            f"{option} {path}: {real} is in a kernel filesystem (/proc, /sys); give a folder for the results"
+        )
     existing = folder
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise UsageError(f"{option} {path}: {existing} exists and is not a folder; give a folder (new or existing)")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: cannot write in {existing} (permission denied); give a folder you can write")
+        raise UsageError(
+            f"{option} {path}: cannot write in {existing} (permission denied); give a folder you can write"
+        )
     return folder
 
 
 def check_output_reachable(output: str):
     """Before a run: a URI's bucket (or container) must exist and these credentials must reach it."""
     from trainables.storage import is_uri, open_location
+
     if not is_uri(output):
         return
     import pyarrow.fs as pafs
+
     try:
         fs, path = open_location(output)  # only here: for s3 without ?region= this asks AWS for the bucket's region
     except (ValueError, OSError) as e:
@@ -519,19 +692,27 @@ def check_output_reachable(output: str):
     try:
         info = fs.get_file_info(bucket)
     except OSError as e:
-        raise UsageError(f"--output {output}: cannot reach the storage ({str(e).splitlines()[0][:300]}); check the "
-                         f"credentials and endpoint in the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, ...)") from None
+        raise UsageError(
+            f"--output {output}: cannot reach the storage ({str(e).splitlines()[0][:300]}); check the "
+            f"credentials and endpoint in the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, ...)"
+        ) from None
     if info.type == pafs.FileType.NotFound:
-        raise UsageError(f"--output {output}: the bucket {bucket!r} does not exist (or these credentials cannot see "
-                         f"it); create it first")
+        raise UsageError(
+            f"--output {output}: the bucket {bucket!r} does not exist (or these credentials cannot see "
+            f"it); create it first"
+        )
 
 
 def check_address(address: str | None):
     """Fails fast (exit 2) on an address nothing listens on, before any Ray call could hang on it."""
     if address in (None, "auto", "local"):
-        if address == "auto" and not os.environ.get("RAY_ADDRESS") and not local_cluster_running():  # Ray Jobs set RAY_ADDRESS
-            raise UsageError("--address auto: no Ray cluster is running on this machine; start one with "
-                             "`ray start --head` or omit --address to start a local one")
+        if (
+            address == "auto" and not os.environ.get("RAY_ADDRESS") and not local_cluster_running()
+        ):  # Ray Jobs set RAY_ADDRESS
+            raise UsageError(
+                "--address auto: no Ray cluster is running on this machine; start one with "
+                "`ray start --head` or omit --address to start a local one"
+            )
         return
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
@@ -547,16 +728,21 @@ def check_local_resources(profile, workers: int, gpus: int, cpus_per_worker: flo
     """A local cluster is this machine: a trial asking for more than it has would wait forever, not fail."""
     if gpus > 0:
         import torch
+
         have = torch.cuda.device_count()
         if have < workers:
-            raise UsageError(f"{gpus} GPU per trial (--gpus-per-trial, or the {profile.name} profile's default) for "
-                             f"{workers} worker(s): this machine has {have} GPU(s); use --gpus-per-trial 0, a smaller "
-                             f"--workers-per-trial, or --address a cluster with GPUs")
+            raise UsageError(
+                f"{gpus} GPU per trial (--gpus-per-trial, or the {profile.name} profile's default) for "
+                f"{workers} worker(s): this machine has {have} GPU(s); use --gpus-per-trial 0, a smaller "
+                f"--workers-per-trial, or --address a cluster with GPUs"
+            )
     have = os.cpu_count() or 1
     if workers * cpus_per_worker > have:
-        raise UsageError(f"--workers-per-trial {workers} x --cpus-per-worker {cpus_per_worker:g} needs "
-                         f"{workers * cpus_per_worker:g} CPUs per trial: this machine has {have}; ask for fewer or "
-                         f"--address a larger cluster")
+        raise UsageError(
+            f"--workers-per-trial {workers} x --cpus-per-worker {cpus_per_worker:g} needs "
+            f"{workers * cpus_per_worker:g} CPUs per trial: this machine has {have}; ask for fewer or "
+            f"--address a larger cluster"
+        )
 
 
 def check_device(device: str, address: str | None):
@@ -565,19 +751,27 @@ def check_device(device: str, address: str | None):
     if address not in (None, "local") or device in ("auto", "cpu"):
         return
     import torch
+
     n = torch.cuda.device_count()
     mps = torch.backends.mps.is_available()
     index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
     if (index is not None and index < n) or (device == "mps" and mps):
         return
-    have = ["auto", "cpu"] + ([f"cuda, cuda:0{f'..cuda:{n - 1}' if n > 1 else ''}"] if n else []) + (["mps"] if mps else [])
-    raise UsageError(f"device={device}: not on this machine ({n} CUDA device(s){', mps' if mps else ', no mps'}); use "
-                     f"{', '.join(have)}, or --address a cluster whose nodes have it")
+    have = (
+        ["auto", "cpu"]
+        + ([f"cuda, cuda:0{f'..cuda:{n - 1}' if n > 1 else ''}"] if n else [])
+        + (["mps"] if mps else [])
+    )
+    raise UsageError(
+        f"device={device}: not on this machine ({n} CUDA device(s){', mps' if mps else ', no mps'}); use "
+        f"{', '.join(have)}, or --address a cluster whose nodes have it"
+    )
 
 
 def local_cluster_running() -> bool:
     """Whether a cluster that `ray start` left on this machine (ray_current_cluster names it) answers."""
     import tempfile
+
     marker = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
     if not marker.exists():
         return False
@@ -592,6 +786,7 @@ def local_cluster_running() -> bool:
 def check_corpora(configs: list[dict]):
     """Each corpus a trial names can be read and split, checked for a --dry-run too (no tokenizing)."""
     from trainables.data import check_corpus
+
     for source in sorted({c.get("corpus", "wiki") for c in configs}):
         _checked(lambda: check_corpus(source))
 
@@ -600,14 +795,18 @@ def prepare_data(configs: list[dict]):
     """Tokenizers and token shards, once per (corpus, tokenizer), before any trial starts."""
     from trainables.data import prepare_tokens
     from trainables.train import resolve_configs
+
     prepared = {}
     for c in configs:
         key = (c.get("corpus", "wiki"), c["tokenizer"])
         if key not in prepared:
             t0 = time.time()
             data = prepared[key] = _checked(lambda: prepare_tokens(*key))
-            print(f"data: {key[0]} / {key[1]}: {data.n_train_tokens:,} train + {data.n_val_tokens:,} val tokens "
-                  f"({time.time() - t0:.1f}s)", flush=True)
+            print(
+                f"data: {key[0]} / {key[1]}: {data.n_train_tokens:,} train + {data.n_val_tokens:,} val tokens "
+                f"({time.time() - t0:.1f}s)",
+                flush=True,
+            )
         # The plan could not count a hub corpus it had not fetched: the same check, now on the prepared shards.
         # Tokens at one worker are no more than the plan's (workers add tokens per step): it refuses only what the plan would.
         gpt, tc = _checked(lambda: resolve_configs(c, prepared[key].vocab_size))
@@ -635,14 +834,20 @@ def check_resume_matches(study, args, overrides: dict):
     profile = get_profile(started.get("profile"))
 
     def effective(d: dict) -> dict:  # an option left out means its default
-        return dict(profile=d.get("profile"), seeds=d.get("seeds", 1),
-                    workers_per_trial=d.get("workers_per_trial") or profile.workers_per_trial,
-                    ray_train=bool(d.get("ray_train")), cpus_per_worker=float(d.get("cpus_per_worker") or 1.0))
+        return dict(
+            profile=d.get("profile"),
+            seeds=d.get("seeds", 1),
+            workers_per_trial=d.get("workers_per_trial") or profile.workers_per_trial,
+            ray_train=bool(d.get("ray_train")),
+            cpus_per_worker=float(d.get("cpus_per_worker") or 1.0),
+        )
+
     then = effective(started)
     then["set"] = parse_overrides(started.get("set") or [], get_study(started.get("study") or args.study), profile)
     now = {**effective(vars(args)), "set": overrides}
     diff = [k for k in then if then[k] != now[k]]
     if diff:
+
         def option(k, d):
             if k == "set":
                 return " ".join(f"--set {k}={v}" for k, v in sorted(d["set"].items())) or "no --set"
@@ -652,8 +857,11 @@ def check_resume_matches(study, args, overrides: dict):
 
         def show(d):
             return " ".join(option(k, d) for k in diff)
-        raise UsageError(f"--resume: {study.shown} was started with {show(then)}, not {show(now)}; resume with the "
-                         f"options it was started with, or start a new study with another --output")
+
+        raise UsageError(
+            f"--resume: {study.shown} was started with {show(then)}, not {show(now)}; resume with the "
+            f"options it was started with, or start a new study with another --output"
+        )
 
 
 def main(argv=None):
@@ -686,9 +894,13 @@ def run(args) -> int:
     if args.num_samples is not None and args.num_samples < 1:
         raise UsageError(f"--num-samples {args.num_samples}: must be >= 1")
     if args.seeds > 1 and spec.searcher == "optuna":
-        raise UsageError(f"--seeds: {spec.name} is an Optuna search (each trial is a new config); seeds apply to grid studies")
+        raise UsageError(
+            f"--seeds: {spec.name} is an Optuna search (each trial is a new config); seeds apply to grid studies"
+        )
     if args.storage and spec.searcher != "optuna":
-        raise UsageError(f"--storage: {spec.name} uses no Optuna storage; it applies to {', '.join(s for s in STUDIES if STUDIES[s].searcher == 'optuna')}")
+        raise UsageError(
+            f"--storage: {spec.name} uses no Optuna storage; it applies to {', '.join(s for s in STUDIES if STUDIES[s].searcher == 'optuna')}"
+        )
     workers = profile.workers_per_trial if args.workers_per_trial is None else args.workers_per_trial
     gpus = profile.gpus_per_trial if args.gpus_per_trial is None else args.gpus_per_trial
     if workers < 1:
@@ -704,7 +916,9 @@ def run(args) -> int:
     args.output = check_output(args.output)
 
     if spec.searcher == "grid":
-        trials = plan_trials(spec, profile, overrides, args.seeds, workers, max_trials=args.max_trials, address=args.address)
+        trials = plan_trials(
+            spec, profile, overrides, args.seeds, workers, max_trials=args.max_trials, address=args.address
+        )
         data_configs = [t["config"] for t in trials]
         check_corpora(data_configs)
         fidelity = note_vs_run(spec, profile, overrides, args.seeds, workers, trials)
@@ -713,24 +927,36 @@ def run(args) -> int:
             print_note_vs_run(fidelity)
             return 0
     else:
-        draws = validate_search(spec, profile, overrides, workers=workers,
-                                num_samples=args.num_samples or spec.num_samples[profile.name],
-                                max_trials=args.max_trials, address=args.address)
+        draws = validate_search(
+            spec,
+            profile,
+            overrides,
+            workers=workers,
+            num_samples=args.num_samples or spec.num_samples[profile.name],
+            max_trials=args.max_trials,
+            address=args.address,
+        )
         data_configs = [d["config"] for d in draws]  # the space varies no corpus or tokenizer: the draws name them all
         check_corpora(data_configs)
         fidelity = note_vs_run(spec, profile, overrides, args.seeds, workers, draws)
         if args.dry_run:
             n = args.num_samples or spec.num_samples[profile.name]
-            print(f"{spec.name}: {n} trials drawn by Optuna ({'NSGA-II, val_bpb vs params' if overrides.get('objective') == 'multi' else 'TPE'}) "
-                  f"with {spec.scheduler} early stopping, from:")
+            print(
+                f"{spec.name}: {n} trials drawn by Optuna ({'NSGA-II, val_bpb vs params' if overrides.get('objective') == 'multi' else 'TPE'}) "
+                f"with {spec.scheduler} early stopping, from:"
+            )
             for k, v in spec.axes(profile).items():
                 print(f"  {k}: {_describe_domain(v)}")
-            planned = [(f"a drawn trial ({i})", d["config"], d["train"], _planned_tokens(d["train"], d["gpt"], workers))
-                       for i, d in enumerate(draws)]
+            planned = [
+                (f"a drawn trial ({i})", d["config"], d["train"], _planned_tokens(d["train"], d["gpt"], workers))
+                for i, d in enumerate(draws)
+            ]
             check_epochs(planned)
             _, config, _, tokens = max(planned, key=lambda p: p[3])
-            print(f"tokens per trial: up to {tokens:,}, {_epochs_text(_epochs(config, tokens))} epochs; train tokens of "
-                  f"the corpus: {_corpora_text([d['config'] for d in draws])}")
+            print(
+                f"tokens per trial: up to {tokens:,}, {_epochs_text(_epochs(config, tokens))} epochs; train tokens of "
+                f"the corpus: {_corpora_text([d['config'] for d in draws])}"
+            )
             print_note_vs_run(fidelity)
             return 0
 
@@ -742,6 +968,7 @@ def run(args) -> int:
     from study.lock import StudyLock, StudyLocked
     from study.results import StudyStorage
     from trainables.storage import is_uri, join
+
     location = join(args.output, spec.name)
     made = [] if is_uri(location) else _make_folder(location)  # the lock file lives in the study's folder
     lock = StudyLock(location)
@@ -749,15 +976,19 @@ def run(args) -> int:
         lock.acquire()
     except StudyLocked as e:
         _remove_empty(made)
-        raise UsageError(f"{location} is being run by another driver ({e}); wait for it to end, or stop it "
-                         f"(a driver that died leaves a lock that --resume takes over)") from None
+        raise UsageError(
+            f"{location} is being run by another driver ({e}); wait for it to end, or stop it "
+            f"(a driver that died leaves a lock that --resume takes over)"
+        ) from None
     study = None
     try:
         study = StudyStorage.open(args.output, spec.name)  # with a URI: a staged copy of what is there
         existing = any(study.local.glob("tune*/tuner.pkl"))
         if existing and not args.resume:
-            raise UsageError(f"{study.shown} already holds a run of {spec.name}: add --resume to continue it, or "
-                             f"choose another --output")
+            raise UsageError(
+                f"{study.shown} already holds a run of {spec.name}: add --resume to continue it, or "
+                f"choose another --output"
+            )
         if args.resume and not existing:
             raise UsageError(f"--resume: {study.shown} holds no run of {spec.name} to resume")
         if existing:

@@ -2,6 +2,7 @@
 
 Only study.run calls this, after every user input has been checked.
 """
+
 import json
 import math
 import os
@@ -9,7 +10,7 @@ import shlex
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import ray
@@ -33,14 +34,19 @@ def start_ray(address: str | None, resources: TrialResources, stops_early: bool)
         cluster = ray.cluster_resources()
         concurrent = resources.max_concurrent(cluster)
         if cluster.get("train_driver", 0) < 1:
-            say("note: the cluster declares no train_driver resource; capping trials with max_concurrent_trials "
-                f"= {concurrent} (see trainables/tune.py)")
+            say(
+                "note: the cluster declares no train_driver resource; capping trials with max_concurrent_trials "
+                f"= {concurrent} (see trainables/tune.py)"
+            )
             resources = replace(resources, driver_resource=False)
         return concurrent, resources
     from study.run import local_cluster_running
+
     if local_cluster_running():
-        say("note: a Ray cluster started with `ray start` is running on this machine; this study runs on a Ray of "
-            "its own (--address auto joins that one)")
+        say(
+            "note: a Ray cluster started with `ray start` is running on this machine; this study runs on a Ray of "
+            "its own (--address auto joins that one)"
+        )
     cpus = os.cpu_count() or 1
     concurrent = resources.max_concurrent({"CPU": cpus, "GPU": _local_gpus()})
     # address="local": always a Ray of our own, never the cluster a `ray start` (or a crashed run) left behind.
@@ -48,11 +54,23 @@ def start_ray(address: str | None, resources: TrialResources, stops_early: bool)
     # all run to their end starts without it, 1-1.5 s sooner (benchmarks/bench_service.py). It binds to
     # 127.0.0.1 only.
     mark("ray_init_start")
-    ray.init(address="local", num_cpus=cpus, num_gpus=_local_gpus(), resources={"train_driver": concurrent},
-             include_dashboard=stops_early, dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True,
-             logging_level="ERROR",
-             runtime_env={"env_vars": {**TRAIN_ENV, **{k: os.environ[k] for k in ("NANOSTUDIES_CACHE", TIMELINE_ENV, *TRAIN_ENV)
-                                                       if k in os.environ}}})
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        num_gpus=_local_gpus(),
+        resources={"train_driver": concurrent},
+        include_dashboard=stops_early,
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level="ERROR",
+        runtime_env={
+            "env_vars": {
+                **TRAIN_ENV,
+                **{k: os.environ[k] for k in ("NANOSTUDIES_CACHE", TIMELINE_ENV, *TRAIN_ENV) if k in os.environ},
+            }
+        },
+    )
     mark("ray_init_end")
     return concurrent, resources
 
@@ -60,6 +78,7 @@ def start_ray(address: str | None, resources: TrialResources, stops_early: bool)
 def _local_gpus() -> int:
     try:
         import torch
+
         return torch.cuda.device_count()
     except Exception:
         return 0
@@ -86,9 +105,11 @@ class Progress(tune.Callback):
             remaining = self.total - done
             eta = f" | ETA {_fmt(sum(self.durations) / len(self.durations) * remaining / max(1, self.concurrent))}"
         best = f" | best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best[1] else ""
-        say(f"[{datetime.now():%H:%M:%S}] {event:42.42} | {done}/{self.total} done ({counts['ERROR']} failed), "
+        say(
+            f"[{datetime.now():%H:%M:%S}] {event:42.42} | {done}/{self.total} done ({counts['ERROR']} failed), "
             f"{counts['RUNNING']} running, {max(0, self.total - done - counts['RUNNING'])} pending{best} | "
-            f"elapsed {_fmt(elapsed)}{eta}")
+            f"elapsed {_fmt(elapsed)}{eta}"
+        )
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.time()
@@ -100,7 +121,10 @@ class Progress(tune.Callback):
         if isinstance(value, (int, float)) and math.isfinite(value) and value < self.best[0]:
             self.best = (value, str(trial))
         if "step" in result:
-            self._line(trials, f"{trial} step {result['step']} {self.metric} {value:.4f}" if isinstance(value, float) else str(trial))
+            self._line(
+                trials,
+                f"{trial} step {result['step']} {self.metric} {value:.4f}" if isinstance(value, float) else str(trial),
+            )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.durations.append(time.time() - self.started.get(trial.trial_id, self.t0))
@@ -133,8 +157,11 @@ class PushStudyFiles(tune.Callback):
         try:
             _ACTIVE.files.push()
         except OSError as e:
-            say(f"warning: could not push the study's files to {_ACTIVE.uri} ({str(e).strip().splitlines()[0]}); "
-                f"trying again at the next trial event", err=True)
+            say(
+                f"warning: could not push the study's files to {_ACTIVE.uri} ({str(e).strip().splitlines()[0]}); "
+                f"trying again at the next trial event",
+                err=True,
+            )
 
 
 class StudyWandb(WandbLoggerCallback):
@@ -155,8 +182,17 @@ def _fmt(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def build_tuner(spec, profile, args, overrides, study: StudyStorage, resources, concurrent: int, exp_name: str,
-                num_samples: int | None):
+def build_tuner(
+    spec,
+    profile,
+    args,
+    overrides,
+    study: StudyStorage,
+    resources,
+    concurrent: int,
+    exp_name: str,
+    num_samples: int | None,
+):
     metric, mode = spec.metric, spec.mode
     study_dir = study.local
     trainable = make_trainable(study.root, resources, resolve=spec.resolve)
@@ -165,6 +201,7 @@ def build_tuner(spec, profile, args, overrides, study: StudyStorage, resources, 
     tune_metric, tune_mode = metric, mode
     if spec.searcher == "grid":
         from study.catalog import grid_configs
+
         axes = {**spec.axes(profile), **{k: v for k, v in overrides.items() if isinstance(v, list)}}
         axes = {k: v for k, v in axes.items() if k not in base or isinstance(overrides.get(k), list)}
         if args.seeds > 1 or "seed" not in base:
@@ -178,6 +215,7 @@ def build_tuner(spec, profile, args, overrides, study: StudyStorage, resources, 
     else:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
+
         space = {**base, **{k: v for k, v in spec.axes(profile).items() if k not in overrides}}
         storage_url = args.storage or f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
         storage = optuna.storages.RDBStorage(storage_url)
@@ -185,12 +223,22 @@ def build_tuner(spec, profile, args, overrides, study: StudyStorage, resources, 
         # run's seed would draw the first run's configs again (TPE's startup trials are random draws).
         seed = len(_optuna_trials(optuna, storage, spec.name))
         if overrides.get("objective", base.get("objective")) == "multi":
-            optuna_search = OptunaSearch(metric=[metric, "params_total"], mode=[mode, "min"], storage=storage,
-                                         study_name=spec.name, sampler=optuna.samplers.NSGAIISampler(seed=seed))
+            optuna_search = OptunaSearch(
+                metric=[metric, "params_total"],
+                mode=[mode, "min"],
+                storage=storage,
+                study_name=spec.name,
+                sampler=optuna.samplers.NSGAIISampler(seed=seed),
+            )
             tune_metric, tune_mode = None, None
         else:
-            optuna_search = OptunaSearch(metric=metric, mode=mode, storage=storage, study_name=spec.name,
-                                         sampler=optuna.samplers.TPESampler(seed=seed))
+            optuna_search = OptunaSearch(
+                metric=metric,
+                mode=mode,
+                storage=storage,
+                study_name=spec.name,
+                sampler=optuna.samplers.TPESampler(seed=seed),
+            )
         searcher = ConcurrencyLimiter(optuna_search, max_concurrent=concurrent)
         samples = num_samples
         n_trials = samples
@@ -202,26 +250,42 @@ def build_tuner(spec, profile, args, overrides, study: StudyStorage, resources, 
             ot_trial = optuna_search._ot_trials.get(trial.trial_id)
             index = ot_trial.number if ot_trial is not None else len(_optuna_trials(optuna, storage, spec.name)) - 1
             return f"{spec.name}_{index:04d}"
+
     if spec.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
+
         max_t = max(1, profile.max_steps // profile.eval_every)  # rungs counted in evals (training_iteration)
         # Single objective: ASHA takes the metric from TuneConfig. Multi-objective: TuneConfig has none, so
         # ASHA stops on val_bpb alone while NSGA-II samples for the Pareto front.
         asha_metric = {} if tune_metric else dict(metric=metric, mode=mode)
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=max(1, max_t // 4),
-                                  reduction_factor=3, **asha_metric)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max_t,
+            grace_period=max(1, max_t // 4),
+            reduction_factor=3,
+            **asha_metric,
+        )
     callbacks = [Progress(n_trials, metric, concurrent, name_of)]
     if study.uri:
         callbacks.append(PushStudyFiles())
     if args.wandb != "disabled":
         callbacks.append(wandb_callback(spec, args.wandb))
     tuner = tune.Tuner(
-        trainable, param_space=space,
-        tune_config=tune.TuneConfig(metric=tune_metric, mode=tune_mode, search_alg=searcher, scheduler=scheduler,
-                                    num_samples=samples, max_concurrent_trials=concurrent,
-                                    trial_name_creator=name_of, trial_dirname_creator=name_of),
-        run_config=tune.RunConfig(name=exp_name, storage_path=study.root, callbacks=callbacks, verbose=0,
-                                  **tune_run_settings(resources)),
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=tune_metric,
+            mode=tune_mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=samples,
+            max_concurrent_trials=concurrent,
+            trial_name_creator=name_of,
+            trial_dirname_creator=name_of,
+        ),
+        run_config=tune.RunConfig(
+            name=exp_name, storage_path=study.root, callbacks=callbacks, verbose=0, **tune_run_settings(resources)
+        ),
     )
     return tuner, n_trials, callbacks
 
@@ -237,20 +301,45 @@ def wandb_callback(spec, mode: str) -> StudyWandb:
     """Ray's wandb integration: offline by default (runs land in the study dir; `wandb sync` later)."""
     if mode == "online" and not os.environ.get("WANDB_API_KEY"):
         say("note: --wandb online without WANDB_API_KEY: wandb will use its stored login")
-    return StudyWandb(project=f"nanostudies-{spec.name}", group=f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}",
-                      mode=mode, excludes=["config"], log_config=False)
+    return StudyWandb(
+        project=f"nanostudies-{spec.name}",
+        group=f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}",
+        mode=mode,
+        excludes=["config"],
+        log_config=False,
+    )
 
 
-def write_study_json(spec, profile, args, study_dir: Path, started: str, ended: str | None, interrupted: bool,
-                     fidelity: dict | None = None):
+def write_study_json(
+    spec,
+    profile,
+    args,
+    study_dir: Path,
+    started: str,
+    ended: str | None,
+    interrupted: bool,
+    fidelity: dict | None = None,
+):
     """fidelity: study.run.note_vs_run's table (the note beside this plan), which the report shows."""
     env = environment()
-    meta = dict(study=spec.name, family=spec.family, profile=profile.name, hypothesis=spec.hypothesis,
-                seed_note=spec.seed_note, args={k: v for k, v in vars(args).items()}, versions=env.pop("versions"),
-                git_commit=env.pop("git_commit"), started=started, ended=ended, interrupted=interrupted,
-                metric=spec.metric, mode=spec.mode, environment=env,
-                **({"baseline": {"variant": spec.baseline}} if spec.baseline else {}),
-                **({"fidelity": fidelity} if fidelity else {}))
+    meta = dict(
+        study=spec.name,
+        family=spec.family,
+        profile=profile.name,
+        hypothesis=spec.hypothesis,
+        seed_note=spec.seed_note,
+        args={k: v for k, v in vars(args).items()},
+        versions=env.pop("versions"),
+        git_commit=env.pop("git_commit"),
+        started=started,
+        ended=ended,
+        interrupted=interrupted,
+        metric=spec.metric,
+        mode=spec.mode,
+        environment=env,
+        **({"baseline": {"variant": spec.baseline}} if spec.baseline else {}),
+        **({"fidelity": fidelity} if fidelity else {}),
+    )
     if args.storage:  # a database URL may carry a password: keep only its form
         meta["args"]["storage"] = _redact_url(args.storage)
     path = study_dir / "study.json"
@@ -266,6 +355,7 @@ def write_study_json(spec, profile, args, study_dir: Path, started: str, ended: 
 
 def _redact_url(url: str) -> str:
     from sqlalchemy.engine import make_url
+
     return make_url(url).render_as_string(hide_password=True)
 
 
@@ -295,8 +385,10 @@ class Console:
         sys.stdout.flush()
         sys.stderr.flush()
         self.log = open(self.log_path, "a", buffering=1)
-        self.log.write(f"\n==== {datetime.now(timezone.utc).isoformat(timespec='seconds')} python -m study.run "
-                       f"{shlex.join(redacted_argv(sys.argv[1:]))}\n")
+        self.log.write(
+            f"\n==== {datetime.now(UTC).isoformat(timespec='seconds')} python -m study.run "
+            f"{shlex.join(redacted_argv(sys.argv[1:]))}\n"
+        )
         self.saved = None
         if not self.verbose:
             self.saved = (os.dup(1), os.dup(2))
@@ -325,8 +417,17 @@ class Console:
         self.log.close()
 
 
-def execute(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus: int, resuming: bool,
-            fidelity: dict | None = None) -> int:
+def execute(
+    spec,
+    profile,
+    args,
+    overrides,
+    study: StudyStorage,
+    workers: int,
+    gpus: int,
+    resuming: bool,
+    fidelity: dict | None = None,
+) -> int:
     """Runs the study and returns the exit status: 0 done, 1 every trial failed (or the results could not be
     written), 130 interrupted (resume it). Whatever happens after the Tuner starts, the study's files are
     written and pushed as far as they can be, and a failure is one line (its traceback goes to driver.log)."""
@@ -339,36 +440,55 @@ def execute(spec, profile, args, overrides, study: StudyStorage, workers: int, g
             status = _run(spec, profile, args, overrides, study, workers, gpus, resuming, fidelity)
         except Exception as e:
             import traceback
+
             traceback.print_exc(file=console.log)
             again = "; continue with --resume" if any(study.local.glob("tune*/tuner.pkl")) else ""
-            say(f"error: the study stopped: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
-                f"(details in {join(study.shown, LOG_FILE)}{again})", err=True)
+            say(
+                f"error: the study stopped: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+                f"(details in {join(study.shown, LOG_FILE)}{again})",
+                err=True,
+            )
         finally:
             with span("ray_shutdown"):
                 ray.shutdown()
             try:
                 study.files.push()
             except OSError as e:
-                say(f"error: could not push the study's files to {study.uri}: {str(e).splitlines()[0]}; they are "
-                    f"kept in {study.local}", err=True)
+                say(
+                    f"error: could not push the study's files to {study.uri}: {str(e).splitlines()[0]}; they are "
+                    f"kept in {study.local}",
+                    err=True,
+                )
                 return 1
         study.discard()
         return status
 
 
-def _run(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus: int, resuming: bool,
-         fidelity: dict | None = None) -> int:
+def _run(
+    spec,
+    profile,
+    args,
+    overrides,
+    study: StudyStorage,
+    workers: int,
+    gpus: int,
+    resuming: bool,
+    fidelity: dict | None = None,
+) -> int:
     study_dir = study.local
-    started = datetime.now(timezone.utc).isoformat()
-    resources = TrialResources(num_workers=workers, cpus_per_worker=args.cpus_per_worker, use_gpu=gpus > 0,
-                               always_train=args.ray_train)
+    started = datetime.now(UTC).isoformat()
+    resources = TrialResources(
+        num_workers=workers, cpus_per_worker=args.cpus_per_worker, use_gpu=gpus > 0, always_train=args.ray_train
+    )
     concurrent, resources = start_ray(args.address, resources, stops_early=spec.scheduler == "asha")
     write_study_json(spec, profile, args, study_dir, started, None, False, fidelity)
     study.files.push()
     exps = experiment_dirs(study_dir)
     num_samples = args.num_samples or spec.num_samples[profile.name]
-    say(f"{spec.name} ({profile.name} profile): up to {concurrent} trials at once, {workers} worker(s) each; "
-        f"results in {study.shown}")
+    say(
+        f"{spec.name} ({profile.name} profile): up to {concurrent} trials at once, {workers} worker(s) each; "
+        f"results in {study.shown}"
+    )
     if resuming and spec.searcher == "optuna" and _finished(exps[-1]):
         exp_name = f"tune_{len(exps) + 1}"  # Tune cannot extend a finished experiment (ray#42221): a new one, same Optuna study
         say(f"extending the finished search with {num_samples} trials ({exp_name})")
@@ -377,19 +497,26 @@ def _run(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus
         exp = join(study.root, exps[-1].name)
         say(f"resuming {exp}: finished trials are kept, unfinished ones continue from their checkpoints")
         # The pickled Tuner brings back its callbacks, searcher state and trial names.
-        tuner = tune.Tuner.restore(exp, trainable=make_trainable(study.root, resources, resolve=spec.resolve),
-                                   resume_unfinished=True, resume_errored=False, restart_errored=False)
+        tuner = tune.Tuner.restore(
+            exp,
+            trainable=make_trainable(study.root, resources, resolve=spec.resolve),
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
     else:
         tuner, _, _ = build_tuner(spec, profile, args, overrides, study, resources, concurrent, "tune", num_samples)
     mark("fit_start")
     results = tuner.fit()
     mark("fit_end")
     study.refresh()
-    interrupted = any(r.metrics is None and r.error is None for r in results) or not _finished(experiment_dirs(study_dir)[-1])
+    interrupted = any(r.metrics is None and r.error is None for r in results) or not _finished(
+        experiment_dirs(study_dir)[-1]
+    )
     df = collect(study_dir, spec)
     write_trials(df, study_dir)
     write_family_outputs(df, spec.family, study_dir)
-    write_study_json(spec, profile, args, study_dir, started, datetime.now(timezone.utc).isoformat(), interrupted, fidelity)
+    write_study_json(spec, profile, args, study_dir, started, datetime.now(UTC).isoformat(), interrupted, fidelity)
     done = int((df["status"] == "done").sum()) if len(df) else 0
     failed = int((df["status"] == "failed").sum()) if len(df) else 0
     say(f"{len(df)} trials: {done} done, {failed} failed; {join(study.shown, 'trials.parquet')}")
@@ -398,8 +525,11 @@ def _run(spec, profile, args, overrides, study: StudyStorage, workers: int, gpus
     mark("results_end")
     if interrupted:
         # the same command (profile, --set, ...) plus --resume: the study is re-planned from what is typed
-        again = ([a for a in sys.argv[1:] if a != "--resume"] if spec.name in sys.argv[1:]
-                 else [spec.name, "--output", str(args.output)])
+        again = (
+            [a for a in sys.argv[1:] if a != "--resume"]
+            if spec.name in sys.argv[1:]
+            else [spec.name, "--output", str(args.output)]
+        )
         say(f"interrupted: continue with  python -m study.run {shlex.join(redacted_argv(again))} --resume")
         return 130
     if len(df) and failed == len(df):
@@ -424,6 +554,7 @@ def _finished(exp_dir: Path) -> bool:
 
 def build_report(study_dir: Path, shown: str):
     from reports.build import build_report as build
+
     try:
         out = build(study_dir)
         say(f"report: {join(shown, 'report.html')}")

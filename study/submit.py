@@ -20,6 +20,7 @@ names, or ~/.ray/auth_token (on the head: `ray get-auth-token`). Secrets never t
 the runtime_env carries only the code and NANOSTUDIES_CACHE; the cluster's nodes get WANDB_API_KEY and
 the like from their own environment.
 """
+
 import argparse
 import asyncio
 import logging
@@ -30,27 +31,62 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from study.catalog import STUDIES
-from study.run import (UsageError, build_parser as build_run_parser, check_folder, check_output as check_run_output,
-                       redacted_argv)
+from study.run import UsageError, check_folder, redacted_argv
+from study.run import build_parser as build_run_parser
+from study.run import check_output as check_run_output
 from trainables.storage import is_uri, join, open_location
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # What the job's working_dir leaves out (gitwildmatch, relative to the project; Ray also applies .gitignore).
-EXCLUDES = ["/results/", ".git", "__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/",
-            ".hypothesis/", ".benchmarks/", ".ipynb_checkpoints/", "*.egg-info/", ".venv/", "venv/", "/build/",
-            "/dist/", "node_modules/", "wandb/", "*.parquet", "*.pt", "*.ckpt", "*.db",
-            # secrets never travel with the job (the cluster's job list and its nodes would hold them)
-            ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "credentials", "*.credentials", ".aws/", ".ssh/",
-            ".netrc", ".pgpass", "id_rsa*", "id_ed25519*", "id_ecdsa*", "service-account*.json"]
-UPLOAD_LIMIT = 50 * 2**20   # the dashboard takes up to 100 MiB; a code upload should be far below
+EXCLUDES = [
+    "/results/",
+    ".git",
+    "__pycache__/",
+    "*.pyc",
+    ".pytest_cache/",
+    ".mypy_cache/",
+    ".ruff_cache/",
+    ".hypothesis/",
+    ".benchmarks/",
+    ".ipynb_checkpoints/",
+    "*.egg-info/",
+    ".venv/",
+    "venv/",
+    "/build/",
+    "/dist/",
+    "node_modules/",
+    "wandb/",
+    "*.parquet",
+    "*.pt",
+    "*.ckpt",
+    "*.db",
+    # secrets never travel with the job (the cluster's job list and its nodes would hold them)
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "credentials",
+    "*.credentials",
+    ".aws/",
+    ".ssh/",
+    ".netrc",
+    ".pgpass",
+    "id_rsa*",
+    "id_ed25519*",
+    "id_ecdsa*",
+    "service-account*.json",
+]
+UPLOAD_LIMIT = 50 * 2**20  # the dashboard takes up to 100 MiB; a code upload should be far below
 PASSED_ENV = ("NANOSTUDIES_CACHE",)
-META = "nanostudies."       # prefix of the job metadata keys this tool writes and reads
+META = "nanostudies."  # prefix of the job metadata keys this tool writes and reads
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -64,27 +100,38 @@ def build_parser() -> argparse.ArgumentParser:
     options = run_help.split("options:\n", 1)[-1]
     blocks = re.split(r"\n(?=  -)", options)  # one block per option; the job's --address is ours to set
     run_options = "\n".join(b for b in blocks if not b.startswith(("  -h,", "  --address")))
-    ap = _Parser(prog="python -m study.submit", allow_abbrev=False,
-                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                 usage="python -m study.submit STUDY [study.run options] --output ABS_PATH [--address URL] "
-                       "[--follow]\n       python -m study.submit --status JOB_ID | --stop JOB_ID | "
-                       "--fetch [JOB_ID|STUDY] [--dest DIR]",
-                 description="Submit a study to a Ray cluster (Ray Jobs); follow, inspect, stop it; fetch its results.",
-                 epilog="study.run options (passed through to the job; --address there is always auto):\n"
-                        + run_options)
-    ap.add_argument("--address", default=None,
-                    help=f"the Ray dashboard (Jobs API) address (default: $RAY_ADDRESS, else {DEFAULT_ADDRESS})")
+    ap = _Parser(
+        prog="python -m study.submit",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="python -m study.submit STUDY [study.run options] --output ABS_PATH [--address URL] "
+        "[--follow]\n       python -m study.submit --status JOB_ID | --stop JOB_ID | "
+        "--fetch [JOB_ID|STUDY] [--dest DIR]",
+        description="Submit a study to a Ray cluster (Ray Jobs); follow, inspect, stop it; fetch its results.",
+        epilog="study.run options (passed through to the job; --address there is always auto):\n" + run_options,
+    )
+    ap.add_argument(
+        "--address",
+        default=None,
+        help=f"the Ray dashboard (Jobs API) address (default: $RAY_ADDRESS, else {DEFAULT_ADDRESS})",
+    )
     ap.add_argument("--follow", action="store_true", help="after submitting, stream the job's logs until it ends")
     action = ap.add_mutually_exclusive_group()
     action.add_argument("--status", metavar="JOB_ID", help="print a job's status and exit")
     action.add_argument("--stop", metavar="JOB_ID", help="stop a running job")
-    action.add_argument("--fetch", nargs="?", const="", metavar="JOB_ID|STUDY",
-                        help="copy a job's study directory (or STUDY's, from --output or its latest job) to --dest")
+    action.add_argument(
+        "--fetch",
+        nargs="?",
+        const="",
+        metavar="JOB_ID|STUDY",
+        help="copy a job's study directory (or STUDY's, from --output or its latest job) to --dest",
+    )
     ap.add_argument("--dest", default=None, help="where --fetch puts the study directory (default results/)")
     return ap
 
 
 # ----------------------------------------------------------------------------- the cluster
+
 
 def resolve_address(address: str | None) -> str:
     address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
@@ -106,11 +153,14 @@ def connect(address: str | None):
     try:  # fail fast: requests has no timeout of its own and would hang on a silent address
         socket.create_connection((parts.hostname, parts.port), timeout=5).close()
     except OSError as e:
-        raise UsageError(f"--address {url}: cannot connect ({e.strerror or e}); is the Ray head running and its "
-                         f"dashboard port reachable (e.g. `ray dashboard cluster.yaml`)?") from None
+        raise UsageError(
+            f"--address {url}: cannot connect ({e.strerror or e}); is the Ray head running and its "
+            f"dashboard port reachable (e.g. `ray dashboard cluster.yaml`)?"
+        ) from None
     check_token_available()
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
+
     for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
         logging.getLogger(name).setLevel(logging.ERROR)  # Ray's packaging chatter: our own lines say what matters
     try:
@@ -126,27 +176,35 @@ def check_token_available():
         return
     from ray._raylet import AuthenticationTokenLoader
     from ray.exceptions import AuthenticationError
+
     try:
         found = AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
     except AuthenticationError as e:  # RAY_AUTH_TOKEN_PATH names a missing or empty file
         raise UsageError(str(getattr(e, "message", e)).split(". ")[0]) from None
     if not found:
-        raise UsageError("RAY_AUTH_MODE=token but no token found: put the cluster's token (`ray get-auth-token` on "
-                         "the head) in ~/.ray/auth_token, or name its file in RAY_AUTH_TOKEN_PATH")
+        raise UsageError(
+            "RAY_AUTH_MODE=token but no token found: put the cluster's token (`ray get-auth-token` on "
+            "the head) in ~/.ray/auth_token, or name its file in RAY_AUTH_TOKEN_PATH"
+        )
 
 
 def auth_message(url: str, error) -> str:
     text = str(getattr(error, "message", error))
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" or text.startswith("Authentication required"):
-        return (f"the cluster at {url} requires a token: export RAY_AUTH_MODE=token and put its token (`ray "
-                f"get-auth-token` on the head) in ~/.ray/auth_token or a file named by RAY_AUTH_TOKEN_PATH")
-    return (f"the cluster at {url} rejected the token (RAY_AUTH_MODE=token): the one in RAY_AUTH_TOKEN, "
-            f"RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token is not the head's (`ray get-auth-token` there)")
+        return (
+            f"the cluster at {url} requires a token: export RAY_AUTH_MODE=token and put its token (`ray "
+            f"get-auth-token` on the head) in ~/.ray/auth_token or a file named by RAY_AUTH_TOKEN_PATH"
+        )
+    return (
+        f"the cluster at {url} rejected the token (RAY_AUTH_MODE=token): the one in RAY_AUTH_TOKEN, "
+        f"RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token is not the head's (`ray get-auth-token` there)"
+    )
 
 
 def _call(client, fn, *args):
     """A Jobs API call; a missing job or a refused token becomes a one-line UsageError."""
     from ray.exceptions import AuthenticationError
+
     try:
         return fn(*args)
     except AuthenticationError as e:
@@ -165,17 +223,21 @@ def _first_line(e) -> str:
 
 # ----------------------------------------------------------------------------- submitting
 
+
 def validate_locally(run_argv: list[str]):
     """The study options exactly as the job will parse them, checked by study.run itself (no Ray)."""
-    proc = subprocess.run([sys.executable, "-m", "study.run", *run_argv, "--dry-run"], cwd=PROJECT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "study.run", *run_argv, "--dry-run"], cwd=PROJECT, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         lines = [l for l in proc.stderr.splitlines() if l.strip()] or ["study.run --dry-run failed"]
         line = lines[-1].replace("python -m study.run: ", "")
         if proc.returncode == 2:
             raise UsageError(line.removeprefix("error: "))
-        print(f"error: checking the study options failed (study.run --dry-run exit {proc.returncode}): {line}",
-              file=sys.stderr)
+        print(
+            f"error: checking the study options failed (study.run --dry-run exit {proc.returncode}): {line}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     return proc.stdout
 
@@ -187,9 +249,11 @@ def check_output(output: str):
         check_run_output(output)
         return
     if not os.path.isabs(output.removeprefix("file://")):
-        raise UsageError(f"--output {output}: give an absolute path on storage every node shares (e.g. --output "
-                         f"/shared/results) or a storage URI (s3://BUCKET/PATH, gs://BUCKET/PATH); the job runs in a "
-                         f"temporary copy of the project, where a relative path would be lost")
+        raise UsageError(
+            f"--output {output}: give an absolute path on storage every node shares (e.g. --output "
+            f"/shared/results) or a storage URI (s3://BUCKET/PATH, gs://BUCKET/PATH); the job runs in a "
+            f"temporary copy of the project, where a relative path would be lost"
+        )
 
 
 def _checkable_here(run_argv: list[str], output: str) -> list[str]:
@@ -202,6 +266,7 @@ def upload_size(root: Path = PROJECT) -> tuple[int, list[tuple[int, str]]]:
     """Bytes the working_dir upload holds at most (before compression) and its largest files; Ray's own
     packaging applies the same EXCLUDES (and .gitignore besides)."""
     import fnmatch
+
     names = [p.strip("/") for p in EXCLUDES]
     anchored = {p.strip("/") for p in EXCLUDES if p.startswith("/")}
 
@@ -247,31 +312,44 @@ def submit(sargs, run_argv: list[str]) -> int:
     if args.list:
         return subprocess.run([sys.executable, "-m", "study.run", "--list"], cwd=PROJECT).returncode
     if not args.study:
-        raise UsageError("no study given: python -m study.submit STUDY --output ABS_PATH (studies: "
-                         + ", ".join(STUDIES) + ")")
+        raise UsageError(
+            "no study given: python -m study.submit STUDY --output ABS_PATH (studies: " + ", ".join(STUDIES) + ")"
+        )
     if args.study not in STUDIES:
         raise UsageError(f"unknown study {args.study!r}; studies: {', '.join(STUDIES)}")
     if args.dry_run:  # what the job would run, shown here; nothing is submitted
-        return subprocess.run([sys.executable, "-m", "study.run", *_checkable_here(run_argv, args.output)],
-                              cwd=PROJECT).returncode
+        return subprocess.run(
+            [sys.executable, "-m", "study.run", *_checkable_here(run_argv, args.output)], cwd=PROJECT
+        ).returncode
     check_output(args.output)
     plan = validate_locally(_checkable_here(run_argv, args.output))
     client = connect(sargs.address)
     size, largest = upload_size()
     if size > UPLOAD_LIMIT:
-        raise UsageError(f"the project upload would be {size / 2**20:.0f} MiB (limit {UPLOAD_LIMIT / 2**20:.0f} MiB); "
-                         f"largest: " + ", ".join(f"{p} ({s / 2**20:.1f} MiB)" for s, p in largest)
-                         + "; add them to .gitignore or .rayignore")
+        raise UsageError(
+            f"the project upload would be {size / 2**20:.0f} MiB (limit {UPLOAD_LIMIT / 2**20:.0f} MiB); "
+            f"largest: "
+            + ", ".join(f"{p} ({s / 2**20:.1f} MiB)" for s, p in largest)
+            + "; add them to .gitignore or .rayignore"
+        )
     job_id = f"{args.study}-{datetime.now():%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
     if args.storage and "@" in args.storage:
-        print("note: --storage is part of the job's entrypoint, which the cluster's job list shows: prefer a URL "
-              "without a password (e.g. ~/.pgpass on the head)", file=sys.stderr)
-    metadata = {META + "study": args.study, META + "profile": args.profile,
-                META + "output": args.output if is_uri(args.output) else os.path.normpath(args.output)}
+        print(
+            "note: --storage is part of the job's entrypoint, which the cluster's job list shows: prefer a URL "
+            "without a password (e.g. ~/.pgpass on the head)",
+            file=sys.stderr,
+        )
+    metadata = {
+        META + "study": args.study,
+        META + "profile": args.profile,
+        META + "output": args.output if is_uri(args.output) else os.path.normpath(args.output),
+    }
     from ray.exceptions import AuthenticationError
+
     try:
-        job_id = client.submit_job(entrypoint=entrypoint(run_argv), submission_id=job_id, runtime_env=runtime_env(),
-                                   metadata=metadata)
+        job_id = client.submit_job(
+            entrypoint=entrypoint(run_argv), submission_id=job_id, runtime_env=runtime_env(), metadata=metadata
+        )
     except AuthenticationError as e:
         raise UsageError(auth_message(client.get_address(), e)) from None
     trials = plan.splitlines()[0] if plan.strip() else args.study
@@ -301,12 +379,16 @@ def follow(client, job_id: str) -> int:
             print(f"warning: the log stream ended early ({_first_line(e)})", file=sys.stderr)
         status = _wait_terminal(client, job_id, timeout=30)
     except KeyboardInterrupt:
-        print(f"\nstopped following; the job goes on: python -m study.submit --status {job_id} (or --stop {job_id})",
-              file=sys.stderr)
+        print(
+            f"\nstopped following; the job goes on: python -m study.submit --status {job_id} (or --stop {job_id})",
+            file=sys.stderr,
+        )
         return 130
     info = _call(client, client.get_job_info, job_id)
-    print(f"job {job_id}: {status}" + ("" if status == "SUCCEEDED" else f" ({_first_line(info.message or '')})"),
-          flush=True)
+    print(
+        f"job {job_id}: {status}" + ("" if status == "SUCCEEDED" else f" ({_first_line(info.message or '')})"),
+        flush=True,
+    )
     if status == "SUCCEEDED":
         print(f"fetch the results: python -m study.submit --fetch {job_id}")
     return 0 if status == "SUCCEEDED" else 1
@@ -323,8 +405,9 @@ def _wait_terminal(client, job_id: str, timeout: float) -> str:
 
 # ----------------------------------------------------------------------------- status, stop
 
+
 def _when(ms) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
 
 
 def status(sargs) -> int:
@@ -333,8 +416,10 @@ def status(sargs) -> int:
     meta = info.metadata or {}
     print(f"{sargs.status}: {info.status}")
     if META + "study" in meta:
-        print(f"  study {meta[META + 'study']} ({meta.get(META + 'profile', '?')} profile), results in "
-              f"{join(meta.get(META + 'output', '?'), meta[META + 'study'])}")
+        print(
+            f"  study {meta[META + 'study']} ({meta.get(META + 'profile', '?')} profile), results in "
+            f"{join(meta.get(META + 'output', '?'), meta[META + 'study'])}"
+        )
     else:
         print(f"  entrypoint: {info.entrypoint}")
     duration = ""
@@ -360,6 +445,7 @@ def stop(sargs) -> int:
 
 
 # ----------------------------------------------------------------------------- fetching results
+
 
 def fetch(sargs, run_argv: list[str]) -> int:
     """Copies OUTPUT/STUDY (a shared path or a cloud URI) to DEST/STUDY with pyarrow.fs."""
@@ -403,13 +489,16 @@ def check_study_name(study) -> str:
     """A study name from a job's metadata, which any Jobs API user can set: it names a folder under --dest, so
     only a plain name passes (no '..', no '/', not absolute)."""
     if not isinstance(study, str) or not re.fullmatch(r"[a-z0-9_]+", study):
-        raise UsageError(f"--fetch: the job's study name {str(study)[:80]!r} is not a study name (only a-z, 0-9 and _); "
-                         f"nothing was copied")
+        raise UsageError(
+            f"--fetch: the job's study name {str(study)[:80]!r} is not a study name (only a-z, 0-9 and _); "
+            f"nothing was copied"
+        )
     return study
 
 
 def copy_study(output: str, study: str, dest: str) -> int:
     import pyarrow.fs as pafs
+
     study, dest = check_study_name(study), check_folder(dest, "--dest")
     source = join(output, study)
     try:
@@ -418,16 +507,23 @@ def copy_study(output: str, study: str, dest: str) -> int:
     except (OSError, ValueError, TypeError) as e:
         raise UsageError(f"--fetch: cannot read {source}: {_first_line(e)}") from None
     if info.type != pafs.FileType.Directory:
-        raise UsageError(f"--fetch: {source} is not there from this machine; mount the shared storage at the same "
-                         f"path, or give --output PATH|URI with the study")
+        raise UsageError(
+            f"--fetch: {source} is not there from this machine; mount the shared storage at the same "
+            f"path, or give --output PATH|URI with the study"
+        )
     target = Path(dest) / study
     if not is_uri(source) and target.exists() and target.resolve() == Path(source).resolve():
         print(f"{target} is the study directory itself: nothing to copy")
         return 0
     files = [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if f.type == pafs.FileType.File]
     target.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(path, str(target.resolve()), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem(),
-                    use_threads=True)
+    pafs.copy_files(
+        path,
+        str(target.resolve()),
+        source_filesystem=fs,
+        destination_filesystem=pafs.LocalFileSystem(),
+        use_threads=True,
+    )
     size = sum(f.size or 0 for f in files)
     print(f"fetched {len(files)} files ({size / 2**20:.1f} MiB) from {source} into {target}")
     if (target / "trials.parquet").exists():
@@ -438,6 +534,7 @@ def copy_study(output: str, study: str, dest: str) -> int:
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)

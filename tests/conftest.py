@@ -16,7 +16,13 @@ def ray_local(token_cache):
     """A local Ray cluster on this machine (2 CPUs), with the train_driver resource trials need."""
     import ray
 
-    ray.init(num_cpus=2, resources={"train_driver": 2}, include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=False, runtime_env={"env_vars": {"NANOSTUDIES_CACHE": token_cache}})
+    ray.init(
+        num_cpus=2,
+        resources={"train_driver": 2},
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"NANOSTUDIES_CACHE": token_cache}},
+    )
     yield ray
     ray.shutdown()

@@ -41,9 +41,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 def _requirement(name: str, extra: str | None = None) -> Requirement:
     deps = (
-        PYPROJECT["project"]["dependencies"]
-        if extra is None
-        else PYPROJECT["project"]["optional-dependencies"][extra]
+        PYPROJECT["project"]["dependencies"] if extra is None else PYPROJECT["project"]["optional-dependencies"][extra]
     )
     for line in deps:
         req = Requirement(line)
@@ -92,7 +90,7 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
 def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
     starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
     assert starts, "no FROM instruction"
-    return instructions[starts[-1]:]
+    return instructions[starts[-1] :]
 
 
 def from_image(instructions: list[tuple[str, str]]) -> str:

@@ -6,4 +6,5 @@ def test_packages_import_without_side_effects():
     for name in ["study", "trainables", "trainables.model", "trainables.data", "search_spaces", "reports"]:
         importlib.import_module(name)
     import ray
+
     assert not ray.is_initialized()

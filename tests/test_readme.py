@@ -1,6 +1,7 @@
 """Every command the README tells a user to type is run by a test as written (with `--profile smoke` added
 where a profile applies, in a fresh working folder), or this file says why it is not. A README command that
 is neither fails the first test, so the README and the tests cannot drift apart."""
+
 import re
 import subprocess
 import sys
@@ -23,38 +24,32 @@ COVERED = {
     "python -m study.run softmax1_ab --help": "tests/test_readme.py::test_cheap_commands_run_as_written",
     "python -m study.run nanohead_grid --dry-run": "tests/test_readme.py::test_cheap_commands_run_as_written",
     "python -m study.run softmax1_ab --seeds 3": "tests/test_readme.py::test_study_commands_run_at_the_smoke_profile",
-    "python -m study.run nanohead_grid --set nanohead_dim=2 --set nanohead_proportion=0,0.3,0.6":
-        "tests/test_readme.py::test_study_commands_run_at_the_smoke_profile",
-    "python -m study.run vocab_depth --profile gpu --workers-per-trial 2":
-        "needs 2 GPUs per trial (this machine has none); its plan is checked by "
-        "tests/test_readme.py::test_cheap_commands_run_as_written with --dry-run",
+    "python -m study.run nanohead_grid --set nanohead_dim=2 --set nanohead_proportion=0,0.3,0.6": "tests/test_readme.py::test_study_commands_run_at_the_smoke_profile",
+    "python -m study.run vocab_depth --profile gpu --workers-per-trial 2": "needs 2 GPUs per trial (this machine has none); its plan is checked by "
+    "tests/test_readme.py::test_cheap_commands_run_as_written with --dry-run",
     "python -m study.run STUDY": "the form of the commands above, not a command",
     "python -m reports.serve results": "tests/reports/test_reports_serve.py::test_index_lists_studies_escaped_with_links",
-    "python -m study.run nanohead_search --resume --num-samples 20":
-        "tests/study/test_study_ray.py::test_optuna_search_extended_with_more_trials",
+    "python -m study.run nanohead_search --resume --num-samples 20": "tests/study/test_study_ray.py::test_optuna_search_extended_with_more_trials",
     "wandb sync results/STUDY/wandb/offline-run-*": "uploads to wandb.ai: needs an account and the network",
-    "python -m study.run nanohead_grid --address auto --profile gpu":
-        "needs a GPU; --address auto on a head: tests/study/test_submit.py::test_address_auto_joins_the_head",
+    "python -m study.run nanohead_grid --address auto --profile gpu": "needs a GPU; --address auto on a head: tests/study/test_submit.py::test_address_auto_joins_the_head",
     "python -m study.run nanohead_grid --address auto": "tests/study/test_submit.py::test_address_auto_joins_the_head",
     "python -m study.submit nanohead_grid --address http://127.0.0.1:8265 --profile gpu --output "
     "s3://my-bucket/studies --follow": "needs a GPU cluster and a bucket; the same at the smoke profile: "
-                                       "tests/study/test_submit.py::test_submit_follow_status_fetch",
+    "tests/study/test_submit.py::test_submit_follow_status_fetch",
     "python -m study.submit --status JOB_ID": "tests/study/test_submit.py::test_submit_follow_status_fetch",
     "python -m study.submit --fetch JOB_ID --dest results/": "tests/study/test_submit.py::test_submit_follow_status_fetch",
-    "python -m study.submit STUDY --fetch --output s3://my-bucket/studies":
-        "tests/study/test_study_s3.py::test_fetch_brings_the_study_back_for_the_report",
+    "python -m study.submit STUDY --fetch --output s3://my-bucket/studies": "tests/study/test_study_s3.py::test_fetch_brings_the_study_back_for_the_report",
     "ray up docker/cluster.yaml": "starts machines on AWS",
     "ray dashboard docker/cluster.yaml": "tunnels to a cluster started on AWS",
     "ray start --head --resources '{\"train_driver\": K}'": "tests/study/test_submit.py::test_submit_follow_status_fetch "
-                                                             "(its head fixture)",
+    "(its head fixture)",
     "python benchmarks/bench_model.py": "a benchmark (minutes); its numbers are in the README",
-    "python benchmarks/bench_model.py --models gpt --modes eager,compile,compile-fp32 --repeats 21 --steps 2":
-        "a benchmark (minutes); its numbers are in the README",
+    "python benchmarks/bench_model.py --models gpt --modes eager,compile,compile-fp32 --repeats 21 --steps 2": "a benchmark (minutes); its numbers are in the README",
     "python benchmarks/bench_data.py": "a benchmark; its numbers are in the README",
     "python benchmarks/bench_service.py --max-steps 400": "a benchmark (minutes); its numbers are in the README",
     "python benchmarks/bench_ddp.py": "a benchmark; its numbers are in the README",
     "python benchmarks/bench_paper_step.py": "a benchmark (minutes); its numbers are in the README, and "
-                                             "tests/test_paper_shapes.py checks the shapes it steps",
+    "tests/test_paper_shapes.py checks the shapes it steps",
 }
 COMMAND_START = re.compile(r"^(python |bash |ray |wandb )")
 
@@ -86,29 +81,42 @@ def test_every_readme_command_is_run_by_a_test_or_says_why():
             assert f"def {ref[1]}(" in (ROOT / ref[0]).read_text(), f"{ref[0]}::{ref[1]} does not exist"
 
 
-@pytest.mark.parametrize("command", [
-    "python -m study.run --list",
-    "python -m study.run softmax1_ab --help",
-    "python -m study.run nanohead_grid --dry-run",
-    "python -m study.run vocab_depth --profile gpu --workers-per-trial 2 --dry-run",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "python -m study.run --list",
+        "python -m study.run softmax1_ab --help",
+        "python -m study.run nanohead_grid --dry-run",
+        "python -m study.run vocab_depth --profile gpu --workers-per-trial 2 --dry-run",
+    ],
+)
 def test_cheap_commands_run_as_written(command, token_cache, tmp_path):
-    proc = subprocess.run([sys.executable, *command.split()[1:]], cwd=tmp_path, env=cli_env(token_cache),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, *command.split()[1:]],
+        cwd=tmp_path,
+        env=cli_env(token_cache),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "" and proc.stdout.strip()
     assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("command, trials", [
-    ("python -m study.run softmax1_ab --seeds 3", 6),
-    ("python -m study.run nanohead_grid --set nanohead_dim=2 --set nanohead_proportion=0,0.3,0.6", 3),
-])
+@pytest.mark.parametrize(
+    "command, trials",
+    [
+        ("python -m study.run softmax1_ab --seeds 3", 6),
+        ("python -m study.run nanohead_grid --set nanohead_dim=2 --set nanohead_proportion=0,0.3,0.6", 3),
+    ],
+)
 def test_study_commands_run_at_the_smoke_profile(command, trials, token_cache, tmp_path):
     args = [*command.split()[1:], "--profile", "smoke"]
-    proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=cli_env(token_cache),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=tmp_path, env=cli_env(token_cache), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     study = tmp_path / "results" / command.split()[3]
     rows = pd.read_parquet(study / "trials.parquet")

@@ -32,6 +32,7 @@ Conventions:
     Statistics are accumulated in float64.
   - a torch.compile'd or DDP-wrapped model is unwrapped (hooks need the eager modules).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,12 +49,13 @@ from .model.gpt import softcap_cross_entropy
 from .model.nanogpt import CausalSelfAttention as NanoGPTAttention
 from .model.toeplitz import ToeplitzMixer
 
-MAX_ABLATION_HEADS = 64          # head_ablation costs one forward per head: beyond this, a fixed sample
+MAX_ABLATION_HEADS = 64  # head_ablation costs one forward per head: beyond this, a fixed sample
 PROBS_CHUNK_BYTES = 256 * 2**20  # head_stats materialises [rows, H, T, T] per layer: bounded by this
 ABLATION_SEED = 0
 
 
 # ------------------------------------------------------------------------------------------ statistics
+
 
 def kurtosis(x: Tensor) -> float:
     """Pearson kurtosis E[(x-mu)^4] / sigma^4 over all elements, population moments (a normal -> 3,
@@ -84,6 +86,7 @@ def receptive_field(w: Tensor, mass: float = 0.9) -> int:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The eager module under torch.compile (_orig_mod) and DDP (module) wrappers."""
@@ -120,8 +123,9 @@ def _hooks(handles: list):
 def _attn_layers(model: nn.Module) -> list[CausalSelfAttention | NanoGPTAttention]:
     layers = [b.attn for b in model.transformer.h]
     if not all(isinstance(a, (CausalSelfAttention, NanoGPTAttention)) for a in layers):
-        raise ValueError("attention probes need an attention model (mixer='attention'); this one uses "
-                         f"{type(layers[0]).__name__}")
+        raise ValueError(
+            f"attention probes need an attention model (mixer='attention'); this one uses {type(layers[0]).__name__}"
+        )
     return layers
 
 
@@ -149,6 +153,7 @@ def _capture_attn_inputs(model: nn.Module, idx: Tensor) -> list[tuple[Tensor, ..
         def fn(module, args, kwargs):
             vals = [a for a in args if isinstance(a, Tensor)] + [kwargs[n] for n in ("x", "cos", "sin") if n in kwargs]
             captured[i] = tuple(v.detach() for v in vals)
+
         return fn
 
     with _hooks([a.register_forward_pre_hook(hook(i), with_kwargs=True) for i, a in enumerate(layers)]):
@@ -164,12 +169,13 @@ def _probs_from_input(attn: CausalSelfAttention | NanoGPTAttention, x: Tensor, *
     for q, k, _ in attn.qkv(x, *rope).values():  # normal heads, then nano heads
         if q.size(2) == 0:
             continue
-        q, k = q.transpose(1, 2).to(dtype), k.transpose(1, 2).to(dtype)       # [B, H, T, D]
+        q, k = q.transpose(1, 2).to(dtype), k.transpose(1, 2).to(dtype)  # [B, H, T, D]
         out.append(causal_probs(q, k, attn.cfg.softmax1))
     return torch.cat(out, dim=1)
 
 
 # ------------------------------------------------------------------------------------------ attention probes
+
 
 def attention_probs(model: nn.Module, idx: Tensor) -> list[Tensor]:
     """Per layer, the explicit attention probabilities [B, H_total, T, T] (normal heads, then nano heads),
@@ -195,16 +201,16 @@ def head_stats(model: nn.Module, idx: Tensor) -> list[dict]:
     layers = _attn_layers(model)
     n_heads = [len(_head_kinds(a)) for a in layers]
     rows = max(1, PROBS_CHUNK_BYTES // (4 * max(n_heads) * T * T))
-    sums = [torch.zeros(4, h, dtype=torch.float64) for h in n_heads]   # entropy, prev, first, mass
+    sums = [torch.zeros(4, h, dtype=torch.float64) for h in n_heads]  # entropy, prev, first, mass
     with _evaluating(model):
         for chunk in idx.split(rows):
             inputs = _capture_attn_inputs(model, chunk)
             for i, (attn, inp) in enumerate(zip(layers, inputs)):
-                p = _probs_from_input(attn, *inp)[:, :, 1:, :]              # [b, H, T-1, T], queries t >= 1
+                p = _probs_from_input(attn, *inp)[:, :, 1:, :]  # [b, H, T-1, T], queries t >= 1
                 mass = p.sum(-1)
                 q = p / mass.clamp(min=torch.finfo(p.dtype).tiny).unsqueeze(-1)
                 entropy = -torch.xlogy(q, q).sum(-1)
-                prev = torch.diagonal(p, offset=0, dim1=-2, dim2=-1)        # row t-1 of p[:, :, 1:] is query t; key t-1
+                prev = torch.diagonal(p, offset=0, dim1=-2, dim2=-1)  # row t-1 of p[:, :, 1:] is query t; key t-1
                 first = p[..., 0]
                 for j, stat in enumerate((entropy, prev, first, mass)):
                     sums[i][j] += stat.to(torch.float64).sum(dim=(0, 2)).cpu()
@@ -244,6 +250,7 @@ def _block_inputs(model: nn.Module, idx: Tensor, targets: Tensor) -> tuple[list[
     def hook(i):
         def fn(module, args, kwargs):
             captured[i] = (args, kwargs)
+
         return fn
 
     with _hooks([b.register_forward_pre_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]):
@@ -264,7 +271,9 @@ def _loss_from_layer(model: nn.Module, inputs: list[tuple[tuple, dict]], start: 
     return float(softcap_cross_entropy(model.lm_head(final_norm(x)), targets, model.cfg.logit_softcap))
 
 
-def head_ablation(model: nn.Module, idx: Tensor, targets: Tensor, *, max_heads: int | None = MAX_ABLATION_HEADS) -> list[dict]:
+def head_ablation(
+    model: nn.Module, idx: Tensor, targets: Tensor, *, max_heads: int | None = MAX_ABLATION_HEADS
+) -> list[dict]:
     """Per (layer, head): {"layer", "head", "kind", "loss_increase"}: the mean loss with that head's slice
     of the concatenated attention output zeroed (a forward_pre_hook on attn.c_proj) minus the base loss.
 
@@ -295,6 +304,7 @@ def head_ablation(model: nn.Module, idx: Tensor, targets: Tensor, *, max_heads: 
 
 # ------------------------------------------------------------------------------------------ activations, quantization
 
+
 def activation_stats(model: nn.Module, idx: Tensor) -> list[dict]:
     """Per layer: {"layer", "resid_inf_norm", "resid_kurtosis", "attn_inf_norm", "attn_kurtosis"}: the
     block's output (the residual stream after the layer) and the mixer's output (attention or Toeplitz,
@@ -307,6 +317,7 @@ def activation_stats(model: nn.Module, idx: Tensor) -> list[dict]:
         def fn(module, args, output):
             stats[i][f"{prefix}_inf_norm"] = inf_norm(output)
             stats[i][f"{prefix}_kurtosis"] = kurtosis(output)
+
         return fn
 
     handles = [b.register_forward_hook(hook(i, "resid")) for i, b in enumerate(blocks)]
@@ -349,6 +360,7 @@ def w8a8_loss(model: nn.Module, idx: Tensor, targets: Tensor) -> tuple[float, fl
 
 # ------------------------------------------------------------------------------------------ Toeplitz
 
+
 def toeplitz_filters(model: nn.Module) -> list[dict]:
     """Per (layer, head): {"layer", "head", "filter", "effective", "receptive_field"}.
 
@@ -366,12 +378,20 @@ def toeplitz_filters(model: nn.Module) -> list[dict]:
             w = mixer.filters().detach().to(torch.float64).cpu()
             eff = w / w.sum(dim=1, keepdim=True) if mixer.mean else w
             for h in range(mixer.n_head):
-                out.append(dict(layer=i, head=h, filter=w[h].tolist(), effective=eff[h].tolist(),
-                                receptive_field=receptive_field(eff[h])))
+                out.append(
+                    dict(
+                        layer=i,
+                        head=h,
+                        filter=w[h].tolist(),
+                        effective=eff[h].tolist(),
+                        receptive_field=receptive_field(eff[h]),
+                    )
+                )
     return out
 
 
 # ------------------------------------------------------------------------------------------ all of them
+
 
 def _probe_batches(data, seq_len: int, batch_size: int, batches: int) -> tuple[Tensor, Tensor]:
     """The first `batches` fixed val batches of a TokenData (trainables.data.val_batches), or of any
@@ -390,8 +410,16 @@ def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
-def run_probes(model: nn.Module, data, seq_len: int, batch_size: int = 8, batches: int = 2, device="cpu",
-               *, max_ablation_heads: int | None = MAX_ABLATION_HEADS) -> tuple[dict, dict]:
+def run_probes(
+    model: nn.Module,
+    data,
+    seq_len: int,
+    batch_size: int = 8,
+    batches: int = 2,
+    device="cpu",
+    *,
+    max_ablation_heads: int | None = MAX_ABLATION_HEADS,
+) -> tuple[dict, dict]:
     """Runs the probes that apply to the model's config on the first `batches` fixed val batches, in eval
     mode without grad (the train mode is restored after). data: a TokenData, or an iterable of (x, y).
 
@@ -433,8 +461,13 @@ def run_probes(model: nn.Module, data, seq_len: int, batch_size: int = 8, batche
             # One forward per head: on the first batch only, so a few dozen heads stay a few seconds on CPU.
             xa, ya = x[:batch_size], y[:batch_size]
             ablation = head_ablation(model, xa, ya, max_heads=max_ablation_heads)
-            details.update(heads=heads, ablation=ablation, ablated_heads=len(ablation), total_heads=len(heads),
-                           ablation_tokens=int(ya.numel()))
+            details.update(
+                heads=heads,
+                ablation=ablation,
+                ablated_heads=len(ablation),
+                total_heads=len(heads),
+                ablation_tokens=int(ya.numel()),
+            )
             scalars["probe_sink_mass"] = _mean([h["first_token"] for h in heads])
             scalars["probe_attn_mass"] = _mean([h["mass"] for h in heads])
             kinds = ["normal"] + (["nano"] if any(h["kind"] == "nano" for h in heads) else [])

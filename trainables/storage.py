@@ -9,18 +9,20 @@ train.py, results.py and reports/ free of any storage layer. Credentials and end
 environment the way pyarrow reads them (AWS_* incl. AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, ...);
 none of them is ever written into a file.
 """
+
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pyarrow.fs as pafs
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes | None = None, *,
-                 writer: Callable[[Path], object] | None = None):
+def write_atomic(
+    path: str | os.PathLike, data: str | bytes | None = None, *, writer: Callable[[Path], object] | None = None
+):
     """Writes the file at path whole or not at all: a reader, or whatever a crash leaves, sees the old file or
     the new one, never part of one. Give the content as data (str is written as UTF-8), or a writer(tmp_path)
     that writes it (pandas' to_parquet and to_csv want a path)."""
@@ -103,7 +105,7 @@ def pull(location: str, local: Path, skip=lambda rel: False):
     skip(rel) refuses."""
     fs, root = open_location(location)
     for f in _files(fs, root):
-        rel = f.path[len(root):].lstrip("/")
+        rel = f.path[len(root) :].lstrip("/")
         if rel and not skip(rel):
             _copy(fs, f.path, pafs.LocalFileSystem(), str(Path(local) / rel))
 

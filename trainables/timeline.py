@@ -2,6 +2,7 @@
 step, reports, checkpoints, teardown). When NANOSTUDIES_TIMELINE names a file, every process of the study
 (the driver, trial actors, Train workers: they inherit the variable) appends one JSON line per mark; unset, a
 mark does nothing."""
+
 import json
 import os
 import time

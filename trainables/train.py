@@ -10,6 +10,7 @@ A trial config is a flat dict of plain values (so Tune and Optuna can search it)
 TrainConfig fields, plus `budget` (target parameter count) which makes the solver choose
 n_layer/n_embd/n_head. Everything is validated before any training starts.
 """
+
 import argparse
 import json
 import math
@@ -18,16 +19,16 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainables.data import DataError, TokenLoader, evaluate_bpb, prepare_tokens
+from trainables.data import TokenLoader, evaluate_bpb, prepare_tokens
 from trainables.model import GPT, GPTConfig, build_model, count_params, flops_per_token, solve_architecture
 from trainables.storage import read_jsonl, write_atomic
 from trainables.timeline import mark, span
@@ -43,7 +44,7 @@ MUON_ADJUST_LR = ("match_rms_adamw", "original")
 @dataclass(kw_only=True)
 class TrainConfig:
     corpus: str = "wiki"
-    tokenizer: str = "bpe:4096"       # gpt2 | cl100k_base | o200k_base | bpe:VOCAB (trained on the corpus)
+    tokenizer: str = "bpe:4096"  # gpt2 | cl100k_base | o200k_base | bpe:VOCAB (trained on the corpus)
     seed: int = 0
     # Model size from a parameter budget: the solver picks depth/width (head_dim wide heads) nearest
     # `budget` with width/depth closest to `aspect_ratio`. None: take n_layer/n_embd/n_head as given.
@@ -58,81 +59,155 @@ class TrainConfig:
     batch_size: int = 8
     total_batch_tokens: int | None = None
     max_steps: int = 200
-    max_tokens: int | None = None     # when set, max_steps = max_tokens / tokens per step
-    max_epochs: float = 4.0           # study.run refuses a plan over this many passes of the corpus' train split
+    max_tokens: int | None = None  # when set, max_steps = max_tokens / tokens per step
+    max_epochs: float = 4.0  # study.run refuses a plan over this many passes of the corpus' train split
     # Optimizer: per-group learning rates as in nanochat (matrices / embedding / lm_head).
-    optimizer: str = "adamw"          # adamw | muon (Muon on the blocks' 2-D matrices, AdamW elsewhere)
-    lr: float = 3e-3                  # the blocks' matrices
-    embedding_lr: float | None = None # None: 10 x lr (the embedding is normalised right after lookup)
-    lm_head_lr: float | None = None   # None: lr
+    optimizer: str = "adamw"  # adamw | muon (Muon on the blocks' 2-D matrices, AdamW elsewhere)
+    lr: float = 3e-3  # the blocks' matrices
+    embedding_lr: float | None = None  # None: 10 x lr (the embedding is normalised right after lookup)
+    lm_head_lr: float | None = None  # None: lr
     weight_decay: float = 0.0
-    wd_schedule: str = "constant"     # constant | linear: the matrices' decay falls linearly to 0 at max_steps (nanochat)
+    wd_schedule: str = "constant"  # constant | linear: the matrices' decay falls linearly to 0 at max_steps (nanochat)
     beta1: float = 0.9
     beta2: float = 0.95
-    adam_eps: float = 1e-8            # nanochat: 1e-10
+    adam_eps: float = 1e-8  # nanochat: 1e-10
     # Muon's lr per matrix [rows, cols]: "match_rms_adamw" lr x 0.2 sqrt(max(rows, cols)), so lr reads as an AdamW lr;
     # "original" lr x sqrt(max(1, rows / cols)), Keller Jordan's and nanochat's (its matrix lr is 0.02).
     muon_adjust_lr: str = "match_rms_adamw"
-    muon_momentum_warmup: int = 0     # steps over which Muon's momentum rises linearly from 0.85 to 0.95 (nanochat: 300)
+    muon_momentum_warmup: int = 0  # steps over which Muon's momentum rises linearly from 0.85 to 0.95 (nanochat: 300)
     warmup_steps: int = 20
-    schedule: str = "cosine"          # cosine to min_lr_frac, or linear: constant then warmdown_frac to min_lr_frac
+    schedule: str = "cosine"  # cosine to min_lr_frac, or linear: constant then warmdown_frac to min_lr_frac
     warmdown_frac: float = 0.2
     min_lr_frac: float = 0.1
-    grad_clip: float = 1.0            # 0 disables
-    dtype: str = "auto"               # auto: bf16 autocast on CUDA with bf16, fp32 otherwise
+    grad_clip: float = 1.0  # 0 disables
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA with bf16, fp32 otherwise
     compile: bool = False
-    eval_every: int = 50              # steps between evals (and checkpoints); a final eval always runs
+    eval_every: int = 50  # steps between evals (and checkpoints); a final eval always runs
     eval_batches: int = 8
     checkpoint: bool = True
-    sample_tokens: int = 0            # >0: write samples.json with samples of this many tokens at the end
-    gen_benchmark_tokens: int = 0     # >0: time generate() of this many tokens: heads parallel vs sequential, cached vs not
+    sample_tokens: int = 0  # >0: write samples.json with samples of this many tokens at the end
+    gen_benchmark_tokens: int = (
+        0  # >0: time generate() of this many tokens: heads parallel vs sequential, cached vs not
+    )
     gen_benchmark_runs: int = 3
     gen_benchmark_batch: int = 4
-    probes: bool = True               # run trainables.probes on the final model (a few val batches)
-    device: str = "auto"              # auto | cpu | cuda | cuda:N | mps (study.run checks it exists on a local run)
+    probes: bool = True  # run trainables.probes on the final model (a few val batches)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (study.run checks it exists on a local run)
 
     def __post_init__(self):
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
         _check(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
         _check(self.shape_rule in SHAPE_RULES, "shape_rule", self.shape_rule, f"one of {', '.join(SHAPE_RULES)}")
-        _check(self.shape_rule == "solver" or self.budget is not None, "shape_rule", self.shape_rule,
-               "'solver' here: nanochat's rule picks the depth nearest a budget, and no budget reaches it (dims given, "
-               "or sized by the study's own rule)")
+        _check(
+            self.shape_rule == "solver" or self.budget is not None,
+            "shape_rule",
+            self.shape_rule,
+            "'solver' here: nanochat's rule picks the depth nearest a budget, and no budget reaches it (dims given, "
+            "or sized by the study's own rule)",
+        )
         _check(self.wd_schedule in WD_SCHEDULES, "wd_schedule", self.wd_schedule, f"one of {', '.join(WD_SCHEDULES)}")
-        _check(self.muon_adjust_lr in MUON_ADJUST_LR, "muon_adjust_lr", self.muon_adjust_lr, f"one of {', '.join(MUON_ADJUST_LR)}")
+        _check(
+            self.muon_adjust_lr in MUON_ADJUST_LR,
+            "muon_adjust_lr",
+            self.muon_adjust_lr,
+            f"one of {', '.join(MUON_ADJUST_LR)}",
+        )
+
         def integer(value, low):
             return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
         def number(value):  # finite: `--set lr=1e999` parses as inf, and nan fails no comparison loudly
             return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
-        for name in ("batch_size", "max_steps", "eval_every", "eval_batches", "head_dim", "gen_benchmark_runs", "gen_benchmark_batch"):
+        for name in (
+            "batch_size",
+            "max_steps",
+            "eval_every",
+            "eval_batches",
+            "head_dim",
+            "gen_benchmark_runs",
+            "gen_benchmark_batch",
+        ):
             _check(integer(getattr(self, name), 1), name, getattr(self, name), "an integer >= 1")
         for name in ("warmup_steps", "sample_tokens", "gen_benchmark_tokens", "muon_momentum_warmup"):  # 0: none (off)
             _check(integer(getattr(self, name), 0), name, getattr(self, name), "an integer >= 0")
         for name in ("total_batch_tokens", "max_tokens"):
-            _check(getattr(self, name) is None or integer(getattr(self, name), 1), name, getattr(self, name), "None or an integer >= 1")
-        _check(integer(self.seed, 0) and self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32) (numpy's seed range)")
-        _check(number(self.max_epochs) and self.max_epochs > 0, "max_epochs", self.max_epochs,
-               "a finite number > 0 (passes over the corpus' train split a plan may make)")
+            _check(
+                getattr(self, name) is None or integer(getattr(self, name), 1),
+                name,
+                getattr(self, name),
+                "None or an integer >= 1",
+            )
+        _check(
+            integer(self.seed, 0) and self.seed < 2**32,
+            "seed",
+            self.seed,
+            "an integer in [0, 2**32) (numpy's seed range)",
+        )
+        _check(
+            number(self.max_epochs) and self.max_epochs > 0,
+            "max_epochs",
+            self.max_epochs,
+            "a finite number > 0 (passes over the corpus' train split a plan may make)",
+        )
         _check(number(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
         for name in ("embedding_lr", "lm_head_lr"):
-            _check(getattr(self, name) is None or (number(getattr(self, name)) and getattr(self, name) > 0), name,
-                   getattr(self, name), "None (the default from lr) or a finite number > 0")
+            _check(
+                getattr(self, name) is None or (number(getattr(self, name)) and getattr(self, name) > 0),
+                name,
+                getattr(self, name),
+                "None (the default from lr) or a finite number > 0",
+            )
         for name in ("weight_decay", "grad_clip"):
-            _check(number(getattr(self, name)) and getattr(self, name) >= 0, name, getattr(self, name), "a finite number >= 0")
+            _check(
+                number(getattr(self, name)) and getattr(self, name) >= 0,
+                name,
+                getattr(self, name),
+                "a finite number >= 0",
+            )
         for name in ("beta1", "beta2"):
-            _check(number(getattr(self, name)) and 0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
+            _check(
+                number(getattr(self, name)) and 0 <= getattr(self, name) < 1,
+                name,
+                getattr(self, name),
+                "a number in [0, 1)",
+            )
         _check(number(self.adam_eps) and self.adam_eps > 0, "adam_eps", self.adam_eps, "a finite number > 0")
-        _check(number(self.min_lr_frac) and 0 <= self.min_lr_frac <= 1, "min_lr_frac", self.min_lr_frac, "a number in [0, 1]")
-        _check(number(self.warmdown_frac) and 0 < self.warmdown_frac <= 1, "warmdown_frac", self.warmdown_frac, "a number in (0, 1]")
-        _check(self.budget is None or (number(self.budget) and self.budget > 0), "budget", self.budget,
-               "None or a finite positive parameter count")
-        _check(number(self.aspect_ratio) and self.aspect_ratio > 0, "aspect_ratio", self.aspect_ratio, "a finite number > 0 (width / depth)")
-        index = self.device[len("cuda:"):] if isinstance(self.device, str) and self.device.startswith("cuda:") else None
-        _check(self.device in ("auto", "cpu", "cuda", "mps") or (index is not None and index.isascii() and index.isdigit()),
-               "device", self.device, "auto, cpu, cuda, cuda:N or mps")
+        _check(
+            number(self.min_lr_frac) and 0 <= self.min_lr_frac <= 1,
+            "min_lr_frac",
+            self.min_lr_frac,
+            "a number in [0, 1]",
+        )
+        _check(
+            number(self.warmdown_frac) and 0 < self.warmdown_frac <= 1,
+            "warmdown_frac",
+            self.warmdown_frac,
+            "a number in (0, 1]",
+        )
+        _check(
+            self.budget is None or (number(self.budget) and self.budget > 0),
+            "budget",
+            self.budget,
+            "None or a finite positive parameter count",
+        )
+        _check(
+            number(self.aspect_ratio) and self.aspect_ratio > 0,
+            "aspect_ratio",
+            self.aspect_ratio,
+            "a finite number > 0 (width / depth)",
+        )
+        index = (
+            self.device[len("cuda:") :] if isinstance(self.device, str) and self.device.startswith("cuda:") else None
+        )
+        _check(
+            self.device in ("auto", "cpu", "cuda", "mps")
+            or (index is not None and index.isascii() and index.isdigit()),
+            "device",
+            self.device,
+            "auto, cpu, cuda, cuda:N or mps",
+        )
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -157,6 +232,7 @@ def resolve_configs(config: dict, vocab_size: int) -> tuple[GPTConfig, TrainConf
         kw = dict(aspect_ratio=tc.aspect_ratio, **{k: v for k, v in model_keys.items() if k != "vocab_size"})
         if tc.shape_rule == "nanochat":
             from trainables.model.params import nanochat_depth
+
             best = nanochat_depth(tc.budget, vocab_size, tc.head_dim, **kw)
         else:
             best = solve_architecture(tc.budget, vocab_size, tc.head_dim, **kw)[0]
@@ -201,6 +277,7 @@ def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 # ----------------------------------------------------------------------------- optimizer and schedule
 
+
 def build_optimizers(model: GPT, tc: TrainConfig) -> list[torch.optim.Optimizer]:
     """nanochat-style groups: the embedding (and nanoGPT's position table), the lm_head, the blocks' matrices,
     every other param (Toeplitz filters; nanoGPT's LayerNorms and biases). With Muon, the blocks' matrices go
@@ -209,7 +286,9 @@ def build_optimizers(model: GPT, tc: TrainConfig) -> list[torch.optim.Optimizer]
     tables = [m.weight for m in model.transformer.values() if isinstance(m, torch.nn.Embedding)]  # wte (, wpe)
     head = model.lm_head.weight
     matrices, others = [], []
-    for module in model.transformer.h.modules():  # Linear weights are the matrices; the rest (biases, norms, Toeplitz filters) are not
+    for module in (
+        model.transformer.h.modules()
+    ):  # Linear weights are the matrices; the rest (biases, norms, Toeplitz filters) are not
         for name, p in module.named_parameters(recurse=False):
             (matrices if isinstance(module, torch.nn.Linear) and name == "weight" else others).append(p)
     grouped = {id(p) for p in [*tables, head, *matrices, *others]}
@@ -223,8 +302,11 @@ def build_optimizers(model: GPT, tc: TrainConfig) -> list[torch.optim.Optimizer]
         groups.append(dict(params=others, lr=tc.lr, weight_decay=0.0))
     adam_kw = dict(betas=(tc.beta1, tc.beta2), eps=tc.adam_eps)
     if tc.optimizer == "muon":
-        muon = torch.optim.Muon([dict(params=matrices, lr=tc.lr, weight_decay=tc.weight_decay)],
-                                adjust_lr_fn=tc.muon_adjust_lr, momentum=muon_momentum(0, tc))
+        muon = torch.optim.Muon(
+            [dict(params=matrices, lr=tc.lr, weight_decay=tc.weight_decay)],
+            adjust_lr_fn=tc.muon_adjust_lr,
+            momentum=muon_momentum(0, tc),
+        )
         return [torch.optim.AdamW(groups, **adam_kw), muon]
     groups.append(dict(params=matrices, lr=tc.lr, weight_decay=tc.weight_decay))
     return [torch.optim.AdamW(groups, **adam_kw)]
@@ -244,8 +326,12 @@ def lrs_by_role(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer])
     A tied table's embedding and lm_head lrs are its one lr."""
     lr = {id(p): g.get("initial_lr", g["lr"]) for opt in optimizers for g in opt.param_groups for p in g["params"]}
     t = model.transformer
-    roles = dict(embedding=[t.wte.weight], lm_head=[model.lm_head.weight], positions=[t.wpe.weight] if "wpe" in t else [],
-                 matrices=[m.weight for m in t.h.modules() if isinstance(m, torch.nn.Linear)])
+    roles = dict(
+        embedding=[t.wte.weight],
+        lm_head=[model.lm_head.weight],
+        positions=[t.wpe.weight] if "wpe" in t else [],
+        matrices=[m.weight for m in t.h.modules() if isinstance(m, torch.nn.Linear)],
+    )
     named = {id(p) for params in roles.values() for p in params}
     roles["other"] = [p for p in model.parameters() if id(p) not in named]
     return {role: lr[id(params[0])] for role, params in roles.items() if params}
@@ -280,12 +366,17 @@ def weight_decay_multiplier(step: int, tc: TrainConfig, max_steps: int) -> float
 
 # ----------------------------------------------------------------------------- checkpoints
 
+
 def rng_state() -> dict:
     """Plain lists, numbers and tensors only, so a checkpoint loads with torch.load(weights_only=True)."""
     version, keys, gauss = random.getstate()
     kind, np_keys, pos, has_gauss, cached = np.random.get_state()
-    return dict(python=[version, list(keys), gauss], numpy=[kind, np_keys.tolist(), int(pos), int(has_gauss), float(cached)],
-                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    return dict(
+        python=[version, list(keys), gauss],
+        numpy=[kind, np_keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        torch=torch.get_rng_state(),
+        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
 
 
 def set_rng_state(state: dict):
@@ -307,6 +398,7 @@ class TrainState:
     position and RNG, so `loader` and `rng` hold one entry per rank; the weights and optimizer states are the
     same on every rank and rank 0 writes them. Plain tensors, numbers, lists and dicts only: a checkpoint comes
     from shared storage and loads with torch.load(weights_only=True), which runs no code placed in it."""
+
     model: dict
     optimizers: list[dict]
     loader: list[dict]
@@ -329,9 +421,14 @@ class TrainState:
             dist.all_gather_object(gathered, local)
             if dist.get_rank() != 0:
                 return None
-        return cls(model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers],
-                   loader=[g["loader"] for g in gathered], rng=[g["rng"] for g in gathered],
-                   stability=stability.state_dict(), **progress)
+        return cls(
+            model=model.state_dict(),
+            optimizers=[o.state_dict() for o in optimizers],
+            loader=[g["loader"] for g in gathered],
+            rng=[g["rng"] for g in gathered],
+            stability=stability.state_dict(),
+            **progress,
+        )
 
     def save(self, directory: str) -> str:
         torch.save(vars(self), os.path.join(directory, CHECKPOINT_FILE))  # not asdict: it would deep-copy every tensor
@@ -354,6 +451,7 @@ class TrainState:
 
 # ----------------------------------------------------------------------------- training stability
 
+
 class Stability:
     """Spikes over training, so a variant that wins by the luck of a spike is visible.
 
@@ -368,18 +466,21 @@ class Stability:
 
     def update(self, loss: float, grad_norm: float):
         if len(self.losses) >= self.window:
-            prev = np.array(self.losses[-self.window:])
+            prev = np.array(self.losses[-self.window :])
             med = float(np.median(prev))
             mad = float(np.median(np.abs(prev - med)))
             self.loss_spikes += loss > med + max(6 * mad, 0.05 * abs(med))
-            self.grad_spikes += grad_norm > 3 * float(np.median(self.norms[-self.window:]))
-        self.losses = (self.losses + [loss])[-self.window:]
-        self.norms = (self.norms + [grad_norm])[-self.window:]
+            self.grad_spikes += grad_norm > 3 * float(np.median(self.norms[-self.window :]))
+        self.losses = (self.losses + [loss])[-self.window :]
+        self.norms = (self.norms + [grad_norm])[-self.window :]
         self.grad_norm_max = max(self.grad_norm_max, grad_norm)
 
     def metrics(self) -> dict:
-        return dict(probe_loss_spikes=int(self.loss_spikes), probe_grad_spikes=int(self.grad_spikes),
-                    probe_grad_norm_max=self.grad_norm_max)
+        return dict(
+            probe_loss_spikes=int(self.loss_spikes),
+            probe_grad_spikes=int(self.grad_spikes),
+            probe_grad_norm_max=self.grad_norm_max,
+        )
 
     def state_dict(self) -> dict:
         return dict(self.__dict__)
@@ -390,12 +491,19 @@ class Stability:
 
 # ----------------------------------------------------------------------------- the loop
 
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the trial fails with this reason (and is not retried)."""
 
 
-def train(config: dict, *, report: Callable[[dict, str | None], None] | None = None,
-          restore: str | None = None, out_dir: str | None = None, log: Callable[[str], None] = print) -> dict:
+def train(
+    config: dict,
+    *,
+    report: Callable[[dict, str | None], None] | None = None,
+    restore: str | None = None,
+    out_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Trains one model from a flat trial config and returns the final metrics.
 
     report(metrics, checkpoint_dir): called on rank 0's schedule at every eval (Ray: ray.train.report;
@@ -418,8 +526,10 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     tokens_per_micro = tc.batch_size * cfg.seq_len * world
     total_batch = tc.total_batch_tokens or tokens_per_micro
     if total_batch % tokens_per_micro:
-        raise ValueError(f"TrainConfig.total_batch_tokens={total_batch}: must be a multiple of batch_size x seq_len x "
-                         f"workers = {tokens_per_micro}")
+        raise ValueError(
+            f"TrainConfig.total_batch_tokens={total_batch}: must be a multiple of batch_size x seq_len x "
+            f"workers = {tokens_per_micro}"
+        )
     grad_accum = total_batch // tokens_per_micro
     max_steps = math.ceil(tc.max_tokens / total_batch) if tc.max_tokens else tc.max_steps
 
@@ -442,7 +552,13 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     if restore:
         state = TrainState.load(restore, device)
         state.restore(model, optimizers, loader, stability, rank)
-        step, tokens, wall_before, best_bpb, best_loss = state.step, state.tokens, state.wall_s, state.best_val_bpb, state.best_val_loss
+        step, tokens, wall_before, best_bpb, best_loss = (
+            state.step,
+            state.tokens,
+            state.wall_s,
+            state.best_val_bpb,
+            state.best_val_loss,
+        )
         log(f"resumed from step {step} ({tokens:,} tokens)")
         if step >= max_steps and report is not None:
             # A run restored from its last checkpoint has nothing left to train, but its caller still needs the
@@ -453,15 +569,28 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
 
     train_model = torch.compile(model) if tc.compile else model
     if ddp:
-        train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     metrics_file = None
     if out_dir and rank == 0:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         built = {**cfg.to_dict(), "nanohead_share_achieved": nanohead_share(cfg)}  # what was built, as rounded
-        write_atomic(Path(out_dir) / "config.json", json.dumps(dict(trial=config, model=built, train=asdict(tc),
-                                                                    params=params, flops_per_token=fpt,
-                                                                    lrs=lrs_by_role(model, optimizers),
-                                                                    planned_steps=max_steps), indent=2))
+        write_atomic(
+            Path(out_dir) / "config.json",
+            json.dumps(
+                dict(
+                    trial=config,
+                    model=built,
+                    train=asdict(tc),
+                    params=params,
+                    flops_per_token=fpt,
+                    lrs=lrs_by_role(model, optimizers),
+                    planned_steps=max_steps,
+                ),
+                indent=2,
+            ),
+        )
         metrics_path = Path(out_dir) / "metrics.jsonl"
         if metrics_path.exists():  # after a restore, drop evals past the checkpoint: they are about to be redone
             evals, torn = read_jsonl(metrics_path)
@@ -470,9 +599,11 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
             write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in evals if m.get("step", 0) <= step))
         metrics_file = open(metrics_path, "a")
 
-    log(f"model: {params['total']:,} params ({params['non_embedding']:,} non-embedding), {cfg.n_layer} layers x {cfg.n_embd} wide, "
+    log(
+        f"model: {params['total']:,} params ({params['non_embedding']:,} non-embedding), {cfg.n_layer} layers x {cfg.n_embd} wide, "
         f"{cfg.arch} mixer={cfg.mixer}{' softmax1' if cfg.softmax1 else ''}{f' nano p={cfg.nanohead_proportion}' if cfg.nanohead_proportion else ''}; "
-        f"{max_steps} steps x {total_batch:,} tokens on {world} x {device.type}{' bf16' if amp_dtype else ''}")
+        f"{max_steps} steps x {total_batch:,} tokens on {world} x {device.type}{' bf16' if amp_dtype else ''}"
+    )
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else torch.autocast(device.type, enabled=False)
@@ -480,8 +611,16 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
     def evaluate() -> dict:
         model.eval()
         with autocast():
-            result = evaluate_bpb(model, data, tc.batch_size, cfg.seq_len, max_batches=tc.eval_batches, device=device,
-                                  rank=rank, world_size=world)  # ranks split the val windows, sums all-reduced
+            result = evaluate_bpb(
+                model,
+                data,
+                tc.batch_size,
+                cfg.seq_len,
+                max_batches=tc.eval_batches,
+                device=device,
+                rank=rank,
+                world_size=world,
+            )  # ranks split the val windows, sums all-reduced
         model.train()
         return {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"]}
 
@@ -490,10 +629,19 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
         checkpoint_dir = None
         if tc.checkpoint and report is not None:
             with span("checkpoint"):
-                state = TrainState.capture(model, optimizers, loader, stability, ddp=ddp, step=step, tokens=tokens,
-                                           wall_s=time.time() - t_start + wall_before, best_val_bpb=best_bpb,
-                                           best_val_loss=best_loss,
-                                           metrics=json.loads(line))  # plain types: weights_only loads them
+                state = TrainState.capture(
+                    model,
+                    optimizers,
+                    loader,
+                    stability,
+                    ddp=ddp,
+                    step=step,
+                    tokens=tokens,
+                    wall_s=time.time() - t_start + wall_before,
+                    best_val_bpb=best_bpb,
+                    best_val_loss=best_loss,
+                    metrics=json.loads(line),
+                )  # plain types: weights_only loads them
                 checkpoint_dir = state.save(tempfile.mkdtemp(prefix="ckpt_")) if state else None
         if metrics_file:
             metrics_file.write(line + "\n")
@@ -529,7 +677,9 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"loss became {loss_value} at step {step}")
         # Pre-clip norm (clip at inf only measures), for the stability probes.
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf))
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+        )
         stability.update(loss_value, grad_norm)
         grad_norms.append(grad_norm)
         for opt in optimizers:
@@ -546,11 +696,25 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
             tok_s = tokens_window / dt
             val = evaluate()
             best_bpb = min(best_bpb, val["val_bpb"])
-            best_loss = min(best_loss, val["val_loss"])  # the same eval as best_bpb: one val set, bpb a fixed multiple of loss
-            last = dict(step=step, tokens=tokens, train_loss=float(np.mean(train_losses)), **val, best_val_bpb=best_bpb, best_val_loss=best_loss,
-                        lr=optimizers[-1].param_groups[-1]["lr"], tokens_per_s=tok_s, mfu=tok_s * fpt / peak,
-                        params_total=params["total"], params_non_embedding=params["non_embedding"],
-                        flops_per_token=fpt, flops=fpt * tokens, wall_s=time.time() - t_start + wall_before)
+            best_loss = min(
+                best_loss, val["val_loss"]
+            )  # the same eval as best_bpb: one val set, bpb a fixed multiple of loss
+            last = dict(
+                step=step,
+                tokens=tokens,
+                train_loss=float(np.mean(train_losses)),
+                **val,
+                best_val_bpb=best_bpb,
+                best_val_loss=best_loss,
+                lr=optimizers[-1].param_groups[-1]["lr"],
+                tokens_per_s=tok_s,
+                mfu=tok_s * fpt / peak,
+                params_total=params["total"],
+                params_non_embedding=params["non_embedding"],
+                flops_per_token=fpt,
+                flops=fpt * tokens,
+                wall_s=time.time() - t_start + wall_before,
+            )
             last["samples_per_s"] = tok_s / cfg.seq_len
             last.update(grad_norm=float(np.mean(grad_norms)), **stability.metrics())
             if ddp:
@@ -559,8 +723,10 @@ def train(config: dict, *, report: Callable[[dict, str | None], None] | None = N
                 last.update(generation_benchmark(model, data, tc, device))
             if step == max_steps and tc.probes and rank == 0:
                 last.update(probe(model, data, cfg, tc, device, out_dir))
-            log(f"step {step}/{max_steps} | train {last['train_loss']:.4f} | val bpb {val['val_bpb']:.4f} | "
-                f"{tok_s:,.0f} tok/s | mfu {last['mfu']:.1%}")
+            log(
+                f"step {step}/{max_steps} | train {last['train_loss']:.4f} | val bpb {val['val_bpb']:.4f} | "
+                f"{tok_s:,.0f} tok/s | mfu {last['mfu']:.1%}"
+            )
             emit(last)
             train_losses, grad_norms, t_window, tokens_window = [], [], time.time(), 0
 
@@ -576,6 +742,7 @@ def nanohead_share(cfg: GPTConfig) -> float:
     """The share of the query width, and so of the q/k/v parameters, that the split rule gave nano heads: the
     requested proportion rounded to whole heads (p=0.2 at 512 wide, 4 heads: 32 heads of 3, 0.1875)."""
     from trainables.model import nanohead_split
+
     return nanohead_split(cfg).nano_fraction if cfg.mixer == "attention" else 0.0
 
 
@@ -591,6 +758,7 @@ def probe(model: GPT, data, cfg: GPTConfig, tc: TrainConfig, device, out_dir: st
     """What each hypothesis is about beyond the loss (outliers, W8A8, head behaviour, filters): scalars for
     the trials table, per-layer/per-head details to probes.json for the report."""
     from trainables.probes import run_probes
+
     scalars, details = run_probes(model, data, cfg.seq_len, batch_size=min(8, tc.batch_size), batches=2, device=device)
     if out_dir:
         write_atomic(Path(out_dir) / "probes.json", json.dumps(details, allow_nan=False))
@@ -607,7 +775,9 @@ def generation_benchmark(model: GPT, data, tc: TrainConfig, device) -> dict:
     Keys: gen_{tokens_per_s,mean_time}_{parallel,sequential} (cached) and ..._uncached_{parallel,sequential};
     gen_speedup / gen_speedup_uncached (parallel over sequential), gen_cache_speedup_{parallel,sequential}
     (cached over uncached)."""
-    prompt = torch.from_numpy(np.asarray(data.val_tokens()[:1], dtype=np.int64)).expand(tc.gen_benchmark_batch, 1).to(device)
+    prompt = (
+        torch.from_numpy(np.asarray(data.val_tokens()[:1], dtype=np.int64)).expand(tc.gen_benchmark_batch, 1).to(device)
+    )
     amp_dtype = autocast_dtype(tc, device)
 
     def sync():
@@ -632,8 +802,12 @@ def generation_benchmark(model: GPT, data, tc: TrainConfig, device) -> dict:
                 sync()
                 times.append(time.perf_counter() - t0)
             out[f"gen_mean_time_{cached}{path}"] = float(np.mean(times))
-            out[f"gen_tokens_per_s_{cached}{path}"] = tc.gen_benchmark_batch * tc.gen_benchmark_tokens / float(np.mean(times))
-        out[f"gen_speedup{'_uncached' if cached else ''}"] = out[f"gen_tokens_per_s_{cached}parallel"] / out[f"gen_tokens_per_s_{cached}sequential"]
+            out[f"gen_tokens_per_s_{cached}{path}"] = (
+                tc.gen_benchmark_batch * tc.gen_benchmark_tokens / float(np.mean(times))
+            )
+        out[f"gen_speedup{'_uncached' if cached else ''}"] = (
+            out[f"gen_tokens_per_s_{cached}parallel"] / out[f"gen_tokens_per_s_{cached}sequential"]
+        )
     for path in ("parallel", "sequential"):
         out[f"gen_cache_speedup_{path}"] = out[f"gen_tokens_per_s_{path}"] / out[f"gen_tokens_per_s_uncached_{path}"]
     model.train()
@@ -644,13 +818,18 @@ def generation_benchmark(model: GPT, data, tc: TrainConfig, device) -> dict:
 def write_samples(model: GPT, data, tc: TrainConfig, cfg: GPTConfig, device, path: Path, n: int = 3):
     """A few samples from fixed val prompts (temperature 0.8, top-k 50, seeded), e.g. for the softmax1 report."""
     from trainables.data import get_tokenizer, load_corpus
+
     enc = get_tokenizer(tc.tokenizer, corpus=load_corpus(tc.corpus) if tc.tokenizer.startswith("bpe:") else None)
     val = torch.from_numpy(np.asarray(data.val_tokens()[: 16 * n], dtype=np.int64)).view(n, 16).to(device)
     g = torch.Generator(device=device).manual_seed(tc.seed)
     model.eval()
     out = model.generate(val, tc.sample_tokens, temperature=0.8, top_k=50, generator=g)
-    write_atomic(path, json.dumps(dict(prompt=[enc.decode(p.tolist()) for p in val],
-                                       samples=[enc.decode(o.tolist()) for o in out]), indent=2))
+    write_atomic(
+        path,
+        json.dumps(
+            dict(prompt=[enc.decode(p.tolist()) for p in val], samples=[enc.decode(o.tolist()) for o in out]), indent=2
+        ),
+    )
 
 
 def main(argv=None):

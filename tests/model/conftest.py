@@ -1,5 +1,4 @@
 import pytest
-
 from model_helpers import VARIANTS
 
 

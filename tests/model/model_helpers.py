@@ -3,6 +3,7 @@
 Every variant is a tiny GPTConfig plus the forward kwargs it needs. The contract tests in
 test_model_contract.py run over all of them through the `variant` fixture in conftest.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,8 @@ NANOGPT_VARIANTS = {
 
 TOEPLITZ = {
     f"toep_{'mean' if m else 'nomean'}_{'proj' if p else 'noproj'}": dict(mixer="toeplitz", toep_mean=m, toep_proj=p)
-    for m in (False, True) for p in (False, True)
+    for m in (False, True)
+    for p in (False, True)
 }
 
 

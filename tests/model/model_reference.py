@@ -6,6 +6,7 @@ the head layout, RoPE, softmax / softmax1, Toeplitz mixing, norms and softcap ar
 
 Used by the tests in this folder; nothing in trainables imports it.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,6 +20,7 @@ EPS64 = torch.finfo(F64).eps  # F.rms_norm's default eps for float64 inputs
 
 # ----------------------------------------------------------------------------------------------
 # Head split (independent re-statement of the rule in the contract)
+
 
 @dataclass(frozen=True)
 class RefSplit:
@@ -66,6 +68,7 @@ def cfg_split(cfg) -> RefSplit:
 # ----------------------------------------------------------------------------------------------
 # Elementary pieces
 
+
 def rms(x: torch.Tensor) -> torch.Tensor:
     """RMSNorm without gain over the last dim."""
     return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + EPS64)
@@ -97,6 +100,7 @@ def softmax1_formula(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------
 # Attention, one head at a time, explicit causal loops
+
 
 def attend_loop(q, k, v, kind: str = "softmax") -> torch.Tensor:
     """q [B, T, H, d], k/v [B, T, Hkv, d] -> [B, T, H, d].
@@ -147,6 +151,7 @@ def attend_softmax1_zero_key_topleft(q, k, v, kind: str = "softmax1") -> torch.T
 # ----------------------------------------------------------------------------------------------
 # Toeplitz mixing by the O(S^2) sum
 
+
 def toeplitz_loop(x: torch.Tensor, w: torch.Tensor, mean: bool) -> torch.Tensor:
     """x [B, T, C], w [H, L>=T]: y_t = sum_{s<=t} w_h[t-s] x_s on head h's channels (/ sum_{k<=t} w_h[k] if mean)."""
     B, T, C = x.shape
@@ -185,6 +190,7 @@ def toeplitz_matrix(x: torch.Tensor, w: torch.Tensor, mean: bool) -> torch.Tenso
 # ----------------------------------------------------------------------------------------------
 # Module access (the names the contract fixes, plus the few the contract leaves to the lead)
 
+
 def mlp_of(block):
     return block.mlp
 
@@ -196,18 +202,22 @@ def toeplitz_projections(mixer):
         return None, None
     assert len(lins) == 2, f"expected 2 projections in the Toeplitz mixer, found {[n for n, _ in lins]}"
     names = [n for n, _ in lins]
+
     def pick(words):
         hits = [m for n, m in lins if any(wd in n.lower() for wd in words)]
         return hits[0] if len(hits) == 1 else None
+
     inp = pick(("in_proj", "inp", "proj_in", "c_in", "in"))
     out = pick(("out_proj", "proj_out", "c_out", "out", "c_proj"))
     assert inp is not None and out is not None and inp is not out, (
-        f"cannot tell the Toeplitz input projection from the output one by name: {names}")
+        f"cannot tell the Toeplitz input projection from the output one by name: {names}"
+    )
     return inp, out
 
 
 # ----------------------------------------------------------------------------------------------
 # Whole-model reference forward
+
 
 def d64(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(F64)
@@ -241,8 +251,8 @@ def attention_ref(attn, cfg, x, *, kind, rope_on_nano=False, attend=attend_loop)
             if d % 2 == 0:
                 qh, kh = rope(qh, cfg.rope_base), rope(kh, cfg.rope_base)
             else:  # RoPE on an odd-width nano head (only for the "wrong reference"): rotate the even part
-                qh = torch.cat([rope(qh[..., : d - 1], cfg.rope_base), qh[..., d - 1:]], dim=-1)
-                kh = torch.cat([rope(kh[..., : d - 1], cfg.rope_base), kh[..., d - 1:]], dim=-1)
+                qh = torch.cat([rope(qh[..., : d - 1], cfg.rope_base), qh[..., d - 1 :]], dim=-1)
+                kh = torch.cat([rope(kh[..., : d - 1], cfg.rope_base), kh[..., d - 1 :]], dim=-1)
         if cfg.qk_norm:
             qh, kh = rms(qh), rms(kh)
         outs.append(attend(qh, kh, vh, kind).reshape(B, T, hq * d))
@@ -254,7 +264,9 @@ def toeplitz_ref(mixer, cfg, x) -> torch.Tensor:
     inp, out = toeplitz_projections(mixer)
     if cfg.toep_proj:
         assert inp is not None, "toep_proj=True but the mixer has no projections"
-        assert (inp.bias is not None) == (out.bias is not None) == cfg.toep_proj_bias, "projection biases != toep_proj_bias"
+        assert (inp.bias is not None) == (out.bias is not None) == cfg.toep_proj_bias, (
+            "projection biases != toep_proj_bias"
+        )
         x = x @ d64(inp.weight).T + (d64(inp.bias) if cfg.toep_proj_bias else 0)
     else:
         assert inp is None, "toep_proj=False but the mixer has Linear projections"
@@ -273,6 +285,7 @@ def reference_logits(model, cfg, idx, *, kind=None, rope_on_nano=False, attend=a
         kind = "softmax1" if cfg.softmax1 else "softmax"
     if cfg.arch == "nanogpt":  # another architecture: nanoGPT's model.py, written out in its own file
         from nanogpt_reference import nanogpt_logits
+
         return nanogpt_logits(model.state_dict(), cfg.n_head, idx, softmax1=kind == "softmax1")
     with torch.no_grad():
         x = d64(model.transformer.wte.weight)[idx]
@@ -310,8 +323,21 @@ def ref_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 # ----------------------------------------------------------------------------------------------
 # Parameter accounting by hand
 
-def ref_param_counts(vocab: int, n_layer: int, n_embd: int, n_head: int, *, n_kv_head=None, mlp_ratio=4.0,
-                     mixer="attention", toep_proj=False, toep_proj_bias=False, seq_len=256, tie=False) -> dict:
+
+def ref_param_counts(
+    vocab: int,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    *,
+    n_kv_head=None,
+    mlp_ratio=4.0,
+    mixer="attention",
+    toep_proj=False,
+    toep_proj_bias=False,
+    seq_len=256,
+    tie=False,
+) -> dict:
     """Hand count: no biases, no norm gains. Attention: q and proj n_embd x n_embd, k and v n_embd x n_embd/g
     (independent of the nano split, because normal and nano kv widths both shrink by g).
     Toeplitz: one filter of seq_len lags per head, plus 2 n_embd x n_embd projections with toep_proj
@@ -327,8 +353,13 @@ def ref_param_counts(vocab: int, n_layer: int, n_embd: int, n_head: int, *, n_kv
     blocks = n_layer * (mix + mlp)
     emb = vocab * C
     head = 0 if tie else vocab * C
-    return {"embedding": emb, "lm_head": head, "blocks": blocks, "total": emb + head + blocks,
-            "non_embedding": head + blocks}
+    return {
+        "embedding": emb,
+        "lm_head": head,
+        "blocks": blocks,
+        "total": emb + head + blocks,
+        "non_embedding": head + blocks,
+    }
 
 
 def seed_params(vocab: int, depth: int, dim: int) -> int:

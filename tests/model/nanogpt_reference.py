@@ -6,6 +6,7 @@ the token embeddings, causal self-attention with q, k, v split from one c_attn i
 n_embd / n_head, scale 1/sqrt(head_dim), exact (erf) GELU in a 4x MLP, a final LayerNorm, lm_head without bias.
 Dropout is the identity (eval). softmax1 is the formula exp(s_i) / (1 + sum_j exp(s_j)), not nanoGPT's.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,16 +16,29 @@ import torch
 F64 = torch.float64
 
 
-def nanogpt_shapes(vocab_size: int, block_size: int, n_layer: int, n_embd: int, bias: bool, mlp_hidden: int | None = None) -> dict:
+def nanogpt_shapes(
+    vocab_size: int, block_size: int, n_layer: int, n_embd: int, bias: bool, mlp_hidden: int | None = None
+) -> dict:
     """name -> shape of every tensor in a state dict saved by nanoGPT's GPT (torch >= 2: no attn.bias mask buffer).
     lm_head.weight is listed too: nanoGPT ties it to wte and state_dict() saves it under both names."""
     C, H = n_embd, mlp_hidden or 4 * n_embd
     shapes = {"transformer.wte.weight": (vocab_size, C), "transformer.wpe.weight": (block_size, C)}
     for i in range(n_layer):
         p = f"transformer.h.{i}."
-        layer = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (3 * C, C), "attn.c_attn.bias": (3 * C,),
-                 "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
-                 "mlp.c_fc.weight": (H, C), "mlp.c_fc.bias": (H,), "mlp.c_proj.weight": (C, H), "mlp.c_proj.bias": (C,)}
+        layer = {
+            "ln_1.weight": (C,),
+            "ln_1.bias": (C,),
+            "attn.c_attn.weight": (3 * C, C),
+            "attn.c_attn.bias": (3 * C,),
+            "attn.c_proj.weight": (C, C),
+            "attn.c_proj.bias": (C,),
+            "ln_2.weight": (C,),
+            "ln_2.bias": (C,),
+            "mlp.c_fc.weight": (H, C),
+            "mlp.c_fc.bias": (H,),
+            "mlp.c_proj.weight": (C, H),
+            "mlp.c_proj.bias": (C,),
+        }
         shapes |= {p + k: s for k, s in layer.items() if bias or not k.endswith(".bias")}
     shapes["transformer.ln_f.weight"] = (C,)
     if bias:
@@ -45,7 +59,7 @@ def random_nanogpt_state_dict(shapes: dict, *, tied: bool = True, seed: int = 0,
         x = torch.randn(shape, generator=g, dtype=F64)
         if name.endswith(".bias"):
             x = 0.1 * x
-        elif len(shape) == 1:                       # LayerNorm weight
+        elif len(shape) == 1:  # LayerNorm weight
             x = 1 + 0.2 * x
         elif "wte" not in name and "wpe" not in name:
             x = x / math.sqrt(shape[1])
@@ -88,7 +102,7 @@ def nanogpt_logits(sd: dict, n_head: int, idx: torch.Tensor, *, softmax1: bool =
         q, k, v = linear(ln(x, p + "ln_1"), p + "attn.c_attn").split(C, dim=-1)
         q, k, v = (t.reshape(B, T, n_head, D).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
         s = (q @ k.transpose(-2, -1)) / math.sqrt(D)
-        e = torch.where(visible, torch.exp(s), torch.zeros((), dtype=F64))          # masked keys: exp(-inf) = 0
+        e = torch.where(visible, torch.exp(s), torch.zeros((), dtype=F64))  # masked keys: exp(-inf) = 0
         att = e / ((1 if softmax1 else 0) + e.sum(dim=-1, keepdim=True))
         y = (att @ v).transpose(1, 2).reshape(B, T, C)
         x = x + linear(y, p + "attn.c_proj")

@@ -1,6 +1,7 @@
 """Attention specifics: backends agree, nano heads have no RoPE, softmax1 is really softmax1 (and the
 reference would catch the classic zero-key bug), flash attention fails clearly where it cannot run,
 the logit softcap, and the public softmax1 function."""
+
 import importlib.util
 import math
 import re
@@ -8,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from model_helpers import ATTENTION, BASE, build, tokens
 from model_reference import (
     F64,
@@ -18,6 +18,7 @@ from model_reference import (
     reference_logits,
     softmax1_formula,
 )
+
 from trainables.model import GPT, GPTConfig, softmax1
 
 ATOL = 1e-6  # logits here are O(5) (softcap 15, lm_head ~ 1/sqrt(C)); float32 RoPE tables alone give ~1e-7
@@ -31,6 +32,7 @@ def _load_same_weights(src: GPT, cfg: GPTConfig, dtype=F64) -> GPT:
 
 
 # ---------------------------------------------------------------------------------------------- backends
+
 
 @pytest.mark.parametrize("name", list(ATTENTION))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -49,8 +51,10 @@ def test_flash_backend_is_a_valid_config():
     GPTConfig(**BASE, attn_backend="flash")  # accepted at construction; failure comes when it cannot run
 
 
-@pytest.mark.skipif(torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None,
-                    reason="flash-attn and CUDA are present: the flash path can run here")
+@pytest.mark.skipif(
+    torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None,
+    reason="flash-attn and CUDA are present: the flash path can run here",
+)
 def test_flash_backend_without_flash_attn_or_cuda_raises_clearly():
     cfg = GPTConfig(**BASE, attn_backend="flash")
     with pytest.raises((RuntimeError, ValueError)) as info:
@@ -59,8 +63,10 @@ def test_flash_backend_without_flash_attn_or_cuda_raises_clearly():
     assert re.search(r"flash[-_ ]?attn", str(info.value), re.I), f"message does not mention flash-attn: {info.value}"
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None),
-                    reason="needs CUDA and flash-attn")
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None),
+    reason="needs CUDA and flash-attn",
+)
 @pytest.mark.parametrize("name", ["attn", "nano_gqa", "softmax1_nano_gqa"])
 def test_flash_matches_sdpa_on_cuda(name):
     cfg = GPTConfig(**{**BASE, **ATTENTION[name], "attn_backend": "sdpa"})
@@ -75,6 +81,7 @@ def test_flash_matches_sdpa_on_cuda(name):
 
 
 # ---------------------------------------------------------------------------------------------- nano heads
+
 
 @pytest.mark.parametrize("name", ["nano", "nano_d2", "nano_gqa"])
 def test_nano_heads_get_no_rope(name):
@@ -100,7 +107,7 @@ def test_nano_heads_matter():
     idx = tokens(cfg, 2, 16)
     with torch.no_grad():
         a = model(idx)
-        model.transformer.h[0].attn.c_q.weight[sp.n_normal * sp.normal_dim:].mul_(-3.0)
+        model.transformer.h[0].attn.c_q.weight[sp.n_normal * sp.normal_dim :].mul_(-3.0)
         b = model(idx)
     assert (a - b).abs().max().item() > 1e-4
 
@@ -118,6 +125,7 @@ def test_head_projection_shapes():
 
 
 # ---------------------------------------------------------------------------------------------- softmax1
+
 
 @pytest.mark.parametrize("name", ["softmax1", "softmax1_nano_gqa"])
 def test_softmax1_changes_the_model(name):
@@ -189,13 +197,15 @@ def test_softmax1_function_matches_formula():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_softmax1_function_is_stable_on_large_inputs(dtype):
-    x = torch.tensor([[1000.0, 1000.0, 0.0], [1000.0, 999.0, -1000.0], [-1000.0, -1000.0, -1000.0],
-                      [0.0, 0.0, 0.0]], dtype=dtype)
+    x = torch.tensor(
+        [[1000.0, 1000.0, 0.0], [1000.0, 999.0, -1000.0], [-1000.0, -1000.0, -1000.0], [0.0, 0.0, 0.0]], dtype=dtype
+    )
     y = softmax1(x, dim=-1).double()
     assert torch.isfinite(y).all(), y
     e = math.exp(-1.0)
-    want = torch.tensor([[0.5, 0.5, 0.0], [1 / (1 + e), e / (1 + e), 0.0], [0.0, 0.0, 0.0],
-                         [0.25, 0.25, 0.25]], dtype=F64)
+    want = torch.tensor(
+        [[0.5, 0.5, 0.0], [1 / (1 + e), e / (1 + e), 0.0], [0.0, 0.0, 0.0], [0.25, 0.25, 0.25]], dtype=F64
+    )
     assert torch.allclose(y, want, atol=1e-6), y
     xg = (x.float() * 1.0).requires_grad_(True)
     softmax1(xg, dim=-1)[:, 0].sum().backward()
@@ -209,6 +219,7 @@ def test_softmax1_function_masked_entries():
 
 
 # ---------------------------------------------------------------------------------------------- softcap
+
 
 @pytest.mark.parametrize("cap", [15.0, 5.0, None, 0.0])
 def test_logit_softcap(cap):
@@ -241,16 +252,21 @@ def test_tied_embeddings_share_one_tensor():
 
 def test_no_biases_anywhere():
     # nanochat's GPT has none; the Toeplitz note's projections are nn.Linear with bias (toep_proj_bias) unless turned off
-    for ov in (dict(), dict(nanohead_proportion=0.25),
-               dict(mixer="toeplitz", toep_proj=True, toep_mean=True, toep_proj_bias=False)):
+    for ov in (
+        dict(),
+        dict(nanohead_proportion=0.25),
+        dict(mixer="toeplitz", toep_proj=True, toep_mean=True, toep_proj_bias=False),
+    ):
         model = GPT(GPTConfig(**BASE, **ov))
         biases = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.bias is not None]
         assert not biases, biases
 
 
-@pytest.mark.parametrize("ov", [dict(), dict(nanohead_proportion=0.25, softmax1=True),
-                                dict(mixer="toeplitz", toep_mean=True, toep_proj=True)],
-                         ids=["attention", "nano_softmax1", "toeplitz"])
+@pytest.mark.parametrize(
+    "ov",
+    [dict(), dict(nanohead_proportion=0.25, softmax1=True), dict(mixer="toeplitz", toep_mean=True, toep_proj=True)],
+    ids=["attention", "nano_softmax1", "toeplitz"],
+)
 def test_dropout_only_in_training(ov):
     cfg = GPTConfig(**BASE, dropout=0.5, **ov)
     model = build(cfg, seed=18)

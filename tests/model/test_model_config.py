@@ -1,8 +1,8 @@
 """GPTConfig validation and the nano-head split rule, against a brute-force restatement of the rule."""
 
 import pytest
-
 from model_reference import ref_split
+
 from trainables.model import GPTConfig, nanohead_split
 
 
@@ -71,7 +71,18 @@ def test_split_p0_is_plain():
 
 
 def _grid():
-    for n_embd, n_head in [(64, 4), (96, 6), (96, 4), (128, 8), (192, 3), (256, 4), (384, 6), (768, 12), (48, 2), (40, 4)]:
+    for n_embd, n_head in [
+        (64, 4),
+        (96, 6),
+        (96, 4),
+        (128, 8),
+        (192, 3),
+        (256, 4),
+        (384, 6),
+        (768, 12),
+        (48, 2),
+        (40, 4),
+    ]:
         for g in (1, 2, 3, 4):
             if n_head % g:
                 continue

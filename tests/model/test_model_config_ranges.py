@@ -1,6 +1,7 @@
 """Every numeric key of GPTConfig and TrainConfig has a range, checked at construction: the edges written out by
 hand here (each in-range edge builds, each value just outside, inf and nan raise a ValueError naming the field,
 the value and what is allowed)."""
+
 import math
 
 import pytest
@@ -21,7 +22,7 @@ GPT_RANGES = {
     "n_layer": ([1, 48], [0, -3, 1.5], ">= 1"),
     "seq_len": ([1, 2048], [0, -1], ">= 1"),
     "nanohead_dim": ([1, 5], [0, -2], ">= 1"),
-    "n_embd": ([256, 512], [0, -256], ">= 1"),    # with n_head=4: its divisibility rule is test_model_config's
+    "n_embd": ([256, 512], [0, -256], ">= 1"),  # with n_head=4: its divisibility rule is test_model_config's
     "n_head": ([1, 4], [0, -4], ">= 1"),
     "n_kv_head": ([None, 1, 4], [0, -1], ">= 1"),
 }
@@ -34,7 +35,7 @@ TRAIN_RANGES = {
     "beta1": ([0, 0.9, 0.999], [5, 1, 1.0, -0.1, INF, NAN], "[0, 1)"),
     "beta2": ([0.0, 0.95], [1, -0.5, NAN], "[0, 1)"),
     "adam_eps": ([1e-10, 1e-8, 1], [0, -1e-8, INF, NAN], "> 0"),
-    "muon_momentum_warmup": ([0, 300], [-1, 2.5], ">= 0"),    # 0: a constant 0.95
+    "muon_momentum_warmup": ([0, 300], [-1, 2.5], ">= 0"),  # 0: a constant 0.95
     "grad_clip": ([0, 1.0, 100], [-1, INF, NAN], ">= 0"),
     "max_epochs": ([0.5, 4, 2000.0], [0, -1, INF, NAN], "> 0"),
     "min_lr_frac": ([0, 0.1, 1], [-0.1, 1.1, NAN], "[0, 1]"),
@@ -49,17 +50,25 @@ TRAIN_RANGES = {
     "eval_every": ([1, 50], [0], ">= 1"),
     "eval_batches": ([1, 8], [0, -1], ">= 1"),
     "head_dim": ([2, 128], [0, -64], ">= 1"),
-    "sample_tokens": ([0, 48], [-1, 2.0], ">= 0"),          # 0: no samples
-    "gen_benchmark_tokens": ([0, 128], [-1], ">= 0"),       # 0: no benchmark
+    "sample_tokens": ([0, 48], [-1, 2.0], ">= 0"),  # 0: no samples
+    "gen_benchmark_tokens": ([0, 128], [-1], ">= 0"),  # 0: no benchmark
     "gen_benchmark_runs": ([1, 10], [0, -3], ">= 1"),
     "gen_benchmark_batch": ([1, 4], [0], ">= 1"),
-    "device": (["auto", "cpu", "cuda", "cuda:0", "cuda:7", "mps"], ["gpu", "cuda:", "cuda:x", "cuda:-1", "cuda0", "tpu", ""],
-               "auto, cpu, cuda, cuda:N or mps"),
+    "device": (
+        ["auto", "cpu", "cuda", "cuda:0", "cuda:7", "mps"],
+        ["gpu", "cuda:", "cuda:x", "cuda:-1", "cuda0", "tpu", ""],
+        "auto, cpu, cuda, cuda:N or mps",
+    ),
 }
 
 
 def _cases(ranges):
-    return [(field, v, ok) for field, (good, bad, _) in ranges.items() for ok, values in ((True, good), (False, bad)) for v in values]
+    return [
+        (field, v, ok)
+        for field, (good, bad, _) in ranges.items()
+        for ok, values in ((True, good), (False, bad))
+        for v in values
+    ]
 
 
 @pytest.mark.parametrize("field,value,ok", _cases(GPT_RANGES), ids=lambda x: repr(x))
@@ -85,6 +94,7 @@ def test_train_config_range(field, value, ok):
 def test_every_numeric_field_has_a_range_here():
     """A numeric field added later without a range (and a line above) fails here."""
     from dataclasses import fields
+
     numeric = lambda cls: {f.name for f in fields(cls) if any(t in str(f.type) for t in ("int", "float"))}
     assert numeric(GPTConfig) == set(GPT_RANGES)
     assert numeric(TrainConfig) == set(TRAIN_RANGES) - {"device"}  # device is text, its forms listed above

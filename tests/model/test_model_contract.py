@@ -3,11 +3,11 @@
 The `variant` fixture (conftest.py) runs each test over attention {plain, GQA, MQA, nano heads,
 softmax1, ...} x {sdpa, manual} and Toeplitz {mean, proj} x {parallel, sequential}.
 """
+
 import inspect
 
 import pytest
 import torch
-
 from model_helpers import build, tokens
 from model_reference import ref_cross_entropy, reference_logits
 
@@ -58,8 +58,10 @@ def test_loss_mean_and_per_token(variant):
     valid = targets != -1
     assert loss.dim() == 0
     # (the loss may be computed in float32 even for a float64 model, as nanochat does: compare at 1e-6)
-    assert abs(loss.item() - ref_tok[valid].mean().item()) < 1e-6 * ref_tok[valid].mean().item(), \
-        (loss.item(), ref_tok[valid].mean().item())
+    assert abs(loss.item() - ref_tok[valid].mean().item()) < 1e-6 * ref_tok[valid].mean().item(), (
+        loss.item(),
+        ref_tok[valid].mean().item(),
+    )
     assert per_tok.shape == (2, 16), per_tok.shape
     assert torch.allclose(per_tok.double()[valid], ref_tok[valid], rtol=1e-6, atol=1e-6)
     assert torch.all(per_tok[~valid] == 0), "ignored targets (-1) must contribute 0 loss"
@@ -96,7 +98,9 @@ def test_greedy_generate_equals_repeated_forward(variant):
     assert out.dtype == torch.long
     assert out.shape == (2, 5 + n_new)
     assert torch.equal(out[:, :5], prompt), "generate must return the prompt followed by the new tokens"
-    assert torch.equal(out, ref), f"{variant.name}: generate {out[:, 5:].tolist()} != repeated forward {ref[:, 5:].tolist()}"
+    assert torch.equal(out, ref), (
+        f"{variant.name}: generate {out[:, 5:].tolist()} != repeated forward {ref[:, 5:].tolist()}"
+    )
 
 
 def _gen_kwargs(model, variant) -> dict:
@@ -146,6 +150,6 @@ def test_generate_past_seq_len_slides_the_window(name):
         out = model.generate(prompt, 15, temperature=0)
         ref = prompt.clone()
         for _ in range(15):
-            logits = model(ref[:, -cfg.seq_len:])
+            logits = model(ref[:, -cfg.seq_len :])
             ref = torch.cat([ref, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(out, ref)

@@ -1,10 +1,10 @@
 """The hand-written autograd functions that keep the fp32 eager CPU path fast (RMSNorm, relu^2, the fused
 softcap + cross-entropy), each checked in value and gradient against its formula written out in float64."""
+
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from trainables.model.attention import norm
 from trainables.model.gpt import relu_squared, softcap_cross_entropy
@@ -66,7 +66,9 @@ def test_softcap_cross_entropy_matches_the_formula(cap, vocab):
     valid = (targets != -1).sum()
 
     loss, g_loss = grad_of(lambda z: softcap_cross_entropy(z, targets, cap), logits, torch.tensor(1.0))
-    ref, g_ref = grad_of(lambda z: naive_loss(z, targets, cap).sum() / valid, logits.double(), torch.tensor(1.0, dtype=torch.float64))
+    ref, g_ref = grad_of(
+        lambda z: naive_loss(z, targets, cap).sum() / valid, logits.double(), torch.tensor(1.0, dtype=torch.float64)
+    )
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     assert torch.allclose(g_loss.double(), g_ref, atol=1e-8)
     assert (g_loss[0, ::4] == 0).all(), "ignored positions get no gradient"
@@ -84,7 +86,8 @@ def test_softcap_cross_entropy_without_grad_and_in_bfloat16():
     logits, targets = torch.randn(3, 9, 100) * 5, torch.randint(0, 100, (3, 9))
     with torch.no_grad():
         assert softcap_cross_entropy(logits, targets, 15.0).item() == pytest.approx(
-            naive_loss(logits, targets, 15.0).mean().item(), rel=1e-6)
+            naive_loss(logits, targets, 15.0).mean().item(), rel=1e-6
+        )
     z = logits.bfloat16().requires_grad_()
     loss = softcap_cross_entropy(z, targets, 15.0)
     loss.backward()
@@ -111,12 +114,18 @@ def test_uniform_logits_give_log_vocab():
 def test_the_composed_branch_matches_the_formula_too():
     """On a GPU softcap_cross_entropy is the plain composition (inductor fuses it there): same numbers."""
     from trainables.model.gpt import _composed_softcap_cross_entropy
+
     torch.manual_seed(3)
     logits, targets = torch.randn(2, 6, 300) * 20, torch.randint(0, 300, (2, 6))
     targets[1, 2] = -1
-    loss, g = grad_of(lambda z: _composed_softcap_cross_entropy(z.reshape(-1, 300), targets.reshape(-1), 15.0, "mean"),
-                      logits, torch.tensor(1.0))
-    ref, g_ref = grad_of(lambda z: naive_loss(z, targets, 15.0).sum() / 11, logits.double(), torch.tensor(1.0, dtype=torch.float64))
+    loss, g = grad_of(
+        lambda z: _composed_softcap_cross_entropy(z.reshape(-1, 300), targets.reshape(-1), 15.0, "mean"),
+        logits,
+        torch.tensor(1.0),
+    )
+    ref, g_ref = grad_of(
+        lambda z: naive_loss(z, targets, 15.0).sum() / 11, logits.double(), torch.tensor(1.0, dtype=torch.float64)
+    )
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     assert torch.allclose(g.double(), g_ref, atol=1e-8)
 
@@ -133,7 +142,9 @@ def test_compiled_softcap_cross_entropy_matches_the_formula(cap):
     fn = torch.compile(lambda z, reduction: softcap_cross_entropy(z, targets, cap, reduction))
 
     loss, g = grad_of(lambda z: fn(z, "mean"), logits, torch.tensor(1.0))
-    ref, g_ref = grad_of(lambda z: naive_loss(z, targets, cap).sum() / valid, logits.double(), torch.tensor(1.0, dtype=torch.float64))
+    ref, g_ref = grad_of(
+        lambda z: naive_loss(z, targets, cap).sum() / valid, logits.double(), torch.tensor(1.0, dtype=torch.float64)
+    )
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     assert torch.allclose(g.double(), g_ref, atol=1e-8)
     assert (g[0, ::3] == 0).all()
@@ -149,7 +160,9 @@ def test_compiled_softcap_cross_entropy_matches_the_formula(cap):
     loss = fn(z, "mean")
     loss.backward()
     assert loss.dtype == torch.float32 and z.grad.dtype == torch.bfloat16
-    assert loss.item() == pytest.approx(naive_loss(z.detach().float(), targets, cap).sum().item() / valid.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(
+        naive_loss(z.detach().float(), targets, cap).sum().item() / valid.item(), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("extra", [{}, dict(nanohead_proportion=0.25, nanohead_dim=4, n_kv_head=1)])
@@ -158,6 +171,7 @@ def test_compiled_model_loss_matches_eager(extra):
     RoPE, RoPE by halves, _CompiledSoftcapCrossEntropy): the compiled model's loss and every gradient are the
     eager model's. The extra config has nano heads and GQA (three different q, k, v widths)."""
     from trainables.model import GPT, GPTConfig
+
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, seq_len=16, **extra))
     params = [p for _, p in model.named_parameters()]

@@ -2,14 +2,15 @@
 with nanoGPT's names and shapes loads with strict=True and gives its logits; softmax1 is the formula; the counts,
 the optimizer groups, the probes and a short training run cover it. The contract suite (test_model_contract.py)
 runs it too: causality, loss, gradients, KV-cached generation."""
+
 import io
 import math
 
 import pytest
 import torch
-
 from model_helpers import NANOGPT, build, tokens
 from nanogpt_reference import nanogpt_logits, nanogpt_shapes, random_nanogpt_state_dict
+
 from trainables.model import GPT, GPTConfig, NanoGPT, build_model, count_params, flops_per_token, nanohead_split
 
 SHAPE = dict(vocab_size=101, n_layer=3, n_embd=64, n_head=4, seq_len=32)
@@ -28,6 +29,7 @@ def saved(sd: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- a nanoGPT state dict loads and matches
+
 
 @pytest.mark.parametrize("bias", [False, True], ids=["bias_false", "bias_true"])
 @pytest.mark.parametrize("backend", ["sdpa", "manual"])
@@ -81,6 +83,7 @@ def test_tied_weights_share_storage_and_gradients():
 
 # ----------------------------------------------------------------------------- softmax1
 
+
 @pytest.mark.parametrize("backend", ["sdpa", "manual"])
 def test_softmax1_is_the_formula_and_changes_the_model(backend):
     """exp(s_i) / (1 + sum_j exp(s_j)) written out; under SDPA it runs as a padded null key and query."""
@@ -108,6 +111,7 @@ def test_causal():
 
 
 # ----------------------------------------------------------------------------- configs
+
 
 def test_config_picks_the_architecture_and_refuses_what_it_lacks():
     assert GPTConfig().arch == "nanochat" and GPTConfig().bias is False
@@ -144,8 +148,12 @@ def test_heads_of_any_width():
 
 # ----------------------------------------------------------------------------- parameters and FLOPs
 
-@pytest.mark.parametrize("kw", [{}, dict(bias=True), dict(tie_embeddings=False), dict(bias=True, mlp_ratio=2.5, seq_len=48)],
-                         ids=["plain", "bias", "untied", "bias_mlp_seq"])
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, dict(bias=True), dict(tie_embeddings=False), dict(bias=True, mlp_ratio=2.5, seq_len=48)],
+    ids=["plain", "bias", "untied", "bias_mlp_seq"],
+)
 def test_count_params_equals_numel(kw):
     cfg = config(**kw)
     model = build_model(cfg)
@@ -173,10 +181,12 @@ def test_flops_per_token_is_nanogpts_estimate():
 
 # ----------------------------------------------------------------------------- training interfaces
 
+
 def test_optimizer_groups_are_nanogpts():
     """nanoGPT's configure_optimizers: every 2-D tensor decays, every 1-D one (LayerNorms, biases) does not; with
     embedding_lr = lm_head_lr = lr one lr for all. Every parameter in exactly one group."""
     from trainables.train import TrainConfig, build_optimizers
+
     model = build_model(config(bias=True))
     (opt,) = build_optimizers(model, TrainConfig(lr=1e-3, embedding_lr=1e-3, lm_head_lr=1e-3, weight_decay=0.1))
     seen = [id(p) for g in opt.param_groups for p in g["params"]]
@@ -196,12 +206,15 @@ def test_probes_run_on_nanogpt(softmax1):
     """The attention probes read nanoGPT's layers: the probabilities reproduce each layer's output, the ablation
     shortcut reproduces the loss, softmax1 rows sum to less than 1."""
     from trainables.probes import _block_inputs, _loss_from_layer, attention_probs, run_probes
+
     cfg = config(bias=True, softmax1=softmax1)
     model = build(cfg, seed=8)
     idx, targets = tokens(cfg, 2, 16), tokens(cfg, 2, 16, seed=9)
     seen = {}
-    hooks = [b.attn.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, (a[0], out)))
-             for i, b in enumerate(model.transformer.h)]
+    hooks = [
+        b.attn.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, (a[0], out)))
+        for i, b in enumerate(model.transformer.h)
+    ]
     with torch.no_grad():
         model(idx)
     for h in hooks:
@@ -212,7 +225,7 @@ def test_probes_run_on_nanogpt(softmax1):
         rows = p.sum(-1)
         assert torch.all(rows < 1) if softmax1 else torch.allclose(rows, torch.ones_like(rows))
         with torch.no_grad():
-            v = attn.c_attn(x)[..., 2 * cfg.n_embd:].view(2, 16, cfg.n_head, -1).transpose(1, 2)
+            v = attn.c_attn(x)[..., 2 * cfg.n_embd :].view(2, 16, cfg.n_head, -1).transpose(1, 2)
             assert torch.allclose(attn.c_proj((p @ v).transpose(1, 2).reshape(2, 16, -1)), out, atol=1e-10)
     with torch.no_grad():
         inputs, loss = _block_inputs(model, idx, targets)
@@ -225,9 +238,25 @@ def test_probes_run_on_nanogpt(softmax1):
 def test_train_learns_and_generates(token_cache, tmp_path):
     """trainables.train runs the flavour unchanged: the loss falls, the record says what was built, samples come out."""
     import json
+
     from trainables.train import train
-    conf = dict(NANOGPT, tie_embeddings=True, n_layer=2, n_embd=64, n_head=2, seq_len=64, batch_size=8, max_steps=40,
-                eval_every=20, eval_batches=2, tokenizer="bpe:512", lr=3e-3, warmup_steps=5, sample_tokens=8)
+
+    conf = dict(
+        NANOGPT,
+        tie_embeddings=True,
+        n_layer=2,
+        n_embd=64,
+        n_head=2,
+        seq_len=64,
+        batch_size=8,
+        max_steps=40,
+        eval_every=20,
+        eval_batches=2,
+        tokenizer="bpe:512",
+        lr=3e-3,
+        warmup_steps=5,
+        sample_tokens=8,
+    )
     final = train(conf, out_dir=str(tmp_path), log=lambda m: None)
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["val_loss"] < math.log(512) - 0.5  # clearly below a uniform guess over bpe:512's tokens

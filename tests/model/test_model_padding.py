@@ -3,6 +3,7 @@ otherwise send SDPA to its math kernel) gives the attention of the unpadded head
 
 The padded path runs here on the CPU (attend(..., pad_head_dim=True)); the reference is the T x T formula
 written out below in float64: softmax(q k^T / sqrt(d), causal) v, and softmax1 with its extra logit of 0."""
+
 import math
 
 import pytest
@@ -62,6 +63,7 @@ def test_what_runs_on_a_cpu(pad_head_dim, kernel_dim):
     """A CPU's fused SDPA kernel takes a head dim of 3 as it is (the README's table): the default leaves it unpadded
     there, and pad_head_dim=True hands the same kernel 8 columns."""
     from torch.profiler import profile
+
     q = torch.randn(1, 2, 6, 3)
     with profile(record_shapes=True) as prof:
         attend(q, q, q, softmax1_=False, backend="sdpa", pad_head_dim=pad_head_dim)

@@ -1,10 +1,11 @@
 """Parameter and FLOP accounting against hand counts and real modules; the solver against seed 002's table."""
+
 import itertools
 
 import pytest
 import torch
-
 from model_reference import ref_param_counts, seed_params
+
 from trainables.model import GPT, GPTConfig, count_params, flops_per_token, solve_architecture
 
 GRID = [
@@ -40,9 +41,19 @@ def test_count_params_equals_module_numel(ov):
     assert got["lm_head"] == (0 if cfg.tie_embeddings else model.lm_head.weight.numel())
     assert got["total"] == got["embedding"] + got["lm_head"] + got["blocks"]
     assert got["non_embedding"] == got["total"] - got["embedding"]
-    hand = ref_param_counts(cfg.vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, n_kv_head=cfg.n_kv_head,
-                            mlp_ratio=cfg.mlp_ratio, mixer=cfg.mixer, toep_proj=cfg.toep_proj,
-                            toep_proj_bias=cfg.toep_proj_bias, seq_len=cfg.seq_len, tie=cfg.tie_embeddings)
+    hand = ref_param_counts(
+        cfg.vocab_size,
+        cfg.n_layer,
+        cfg.n_embd,
+        cfg.n_head,
+        n_kv_head=cfg.n_kv_head,
+        mlp_ratio=cfg.mlp_ratio,
+        mixer=cfg.mixer,
+        toep_proj=cfg.toep_proj,
+        toep_proj_bias=cfg.toep_proj_bias,
+        seq_len=cfg.seq_len,
+        tie=cfg.tie_embeddings,
+    )
     for key, value in hand.items():
         assert got[key] == value, (key, got[key], value)
 
@@ -51,7 +62,10 @@ def test_nano_split_is_param_matched():
     """With the contract's split, every nano proportion has exactly the baseline's parameter count."""
     base = count_params(GPTConfig(vocab_size=512, n_layer=2, n_embd=256, n_head=4))["total"]
     for p in (0.1, 0.2, 0.4, 0.6, 0.8):
-        assert count_params(GPTConfig(vocab_size=512, n_layer=2, n_embd=256, n_head=4, nanohead_proportion=p))["total"] == base
+        assert (
+            count_params(GPTConfig(vocab_size=512, n_layer=2, n_embd=256, n_head=4, nanohead_proportion=p))["total"]
+            == base
+        )
 
 
 def test_flops_per_token_by_hand():
@@ -62,12 +76,18 @@ def test_flops_per_token_by_hand():
     cfg = GPTConfig(vocab_size=256, n_layer=2, n_embd=64, n_head=4, seq_len=32)
     assert flops_per_token(cfg) == 737280
     # tied: the lm_head matmul still counts -> same FLOPs although one table fewer parameters
-    assert flops_per_token(GPTConfig(vocab_size=256, n_layer=2, n_embd=64, n_head=4, seq_len=32, tie_embeddings=True)) == 737280
+    assert (
+        flops_per_token(GPTConfig(vocab_size=256, n_layer=2, n_embd=64, n_head=4, seq_len=32, tie_embeddings=True))
+        == 737280
+    )
     # GQA n_kv_head=2: k, v are 64x32 -> per layer 16384 - 4096 = 12288 + 32768 = 45056; x2 = 90112
     # 6 * (90112 + 16384) = 638976; attention term unchanged (query width 64): 49152 -> 688128
     assert flops_per_token(GPTConfig(vocab_size=256, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, seq_len=32)) == 688128
     # nano heads: same params, query width still n_embd -> same as the plain config
-    assert flops_per_token(GPTConfig(vocab_size=256, n_layer=2, n_embd=64, n_head=4, seq_len=32, nanohead_proportion=0.25)) == 737280
+    assert (
+        flops_per_token(GPTConfig(vocab_size=256, n_layer=2, n_embd=64, n_head=4, seq_len=32, nanohead_proportion=0.25))
+        == 737280
+    )
 
 
 def test_flops_per_token_nanochat_formula_grid():
@@ -76,10 +96,19 @@ def test_flops_per_token_nanochat_formula_grid():
         if cfg.mixer != "attention":
             assert flops_per_token(cfg) > 0
             continue
-        p = ref_param_counts(cfg.vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, n_kv_head=cfg.n_kv_head,
-                             mlp_ratio=cfg.mlp_ratio, tie=cfg.tie_embeddings)
-        want = 6 * (p["total"] - p["embedding"] + (cfg.vocab_size * cfg.n_embd if cfg.tie_embeddings else 0)) \
+        p = ref_param_counts(
+            cfg.vocab_size,
+            cfg.n_layer,
+            cfg.n_embd,
+            cfg.n_head,
+            n_kv_head=cfg.n_kv_head,
+            mlp_ratio=cfg.mlp_ratio,
+            tie=cfg.tie_embeddings,
+        )
+        want = (
+            6 * (p["total"] - p["embedding"] + (cfg.vocab_size * cfg.n_embd if cfg.tie_embeddings else 0))
             + 12 * cfg.n_layer * cfg.n_embd * cfg.seq_len
+        )
         assert flops_per_token(cfg) == want, ov
 
 
@@ -129,7 +158,9 @@ def test_solver_finds_the_seed_architectures(vocab, depth, width, n_head, printe
     cands = solve_architecture(38e6, vocab, head_dim=64)
     assert isinstance(cands, list) and cands
     match = [c for c in cands if _get(c, "n_layer", "depth") == depth and _get(c, "n_embd", "width") == width]
-    assert match, f"no d{depth}/dim{width} among {[(_get(c, 'n_layer', 'depth'), _get(c, 'n_embd', 'width')) for c in cands]}"
+    assert match, (
+        f"no d{depth}/dim{width} among {[(_get(c, 'n_layer', 'depth'), _get(c, 'n_embd', 'width')) for c in cands]}"
+    )
     c = match[0]
     assert _get(c, "vocab_size") == vocab
     assert abs(_total(c) - printed) / printed < 0.01, (_total(c), printed)
@@ -143,7 +174,11 @@ def test_solver_finds_the_seed_architectures(vocab, depth, width, n_head, printe
 def test_solver_candidates_are_consistent():
     """Every candidate's count is the count of the config it names, and within the default tolerance."""
     for c in solve_architecture(5e6, 4096, head_dim=32):
-        cfg = GPTConfig(vocab_size=_get(c, "vocab_size"), n_layer=_get(c, "n_layer", "depth"),
-                        n_embd=_get(c, "n_embd", "width"), n_head=_get(c, "n_embd", "width") // 32)
+        cfg = GPTConfig(
+            vocab_size=_get(c, "vocab_size"),
+            n_layer=_get(c, "n_layer", "depth"),
+            n_embd=_get(c, "n_embd", "width"),
+            n_head=_get(c, "n_embd", "width") // 32,
+        )
         assert _total(c) == count_params(cfg)["total"]
         assert abs(_total(c) - 5e6) / 5e6 <= 0.05

@@ -1,11 +1,12 @@
 """The Toeplitz mixer on its own: both paths against the O(S^2) sum at short and long lengths (the long
 one is past the FFT switch), paths agree in float32, causality at long length (no circular wrap-around),
 positivity of the mean's weights, and the projection switch."""
+
 import pytest
 import torch
-
 from model_helpers import build
 from model_reference import F64, toeplitz_loop, toeplitz_matrix, toeplitz_projections
+
 from trainables.model import GPT, GPTConfig
 
 LONG = 600  # the contract's example of a long sequence (> the lead's FFT switch)
@@ -13,8 +14,17 @@ VERY_LONG = 1100  # past 1024 as well, in case the switch moves
 
 
 def _mixer(mean: bool, proj: bool, seq_len: int, dtype=F64, seed: int = 0, **more):
-    cfg = GPTConfig(vocab_size=64, n_layer=1, n_embd=16, n_head=4, seq_len=seq_len, mixer="toeplitz",
-                    toep_mean=mean, toep_proj=proj, **more)
+    cfg = GPTConfig(
+        vocab_size=64,
+        n_layer=1,
+        n_embd=16,
+        n_head=4,
+        seq_len=seq_len,
+        mixer="toeplitz",
+        toep_mean=mean,
+        toep_proj=proj,
+        **more,
+    )
     model = build(cfg, seed=seed, dtype=dtype)
     return cfg, model.transformer.h[0].attn
 
@@ -41,8 +51,11 @@ def test_reference_loop_equals_reference_matrix():
 
 @pytest.mark.parametrize("T", [16, LONG, VERY_LONG])
 @pytest.mark.parametrize("path", ["parallel", "sequential"])
-@pytest.mark.parametrize("mean,proj", [(False, False), (False, True), (True, False), (True, True)],
-                         ids=["nomean_noproj", "nomean_proj", "mean_noproj", "mean_proj"])
+@pytest.mark.parametrize(
+    "mean,proj",
+    [(False, False), (False, True), (True, False), (True, True)],
+    ids=["nomean_noproj", "nomean_proj", "mean_noproj", "mean_proj"],
+)
 def test_mixer_matches_naive_sum(T, path, mean, proj):
     cfg, mixer = _mixer(mean, proj, seq_len=max(T, 32), seed=T)
     x = torch.randn(2, T, cfg.n_embd, generator=torch.Generator().manual_seed(T), dtype=F64)
@@ -124,15 +137,19 @@ def test_unknown_path_rejected():
 
 
 @pytest.mark.parametrize("path", ["parallel", "sequential"])
-@pytest.mark.parametrize("mean,proj", [(False, False), (False, True), (True, False), (True, True)],
-                         ids=["nomean_noproj", "nomean_proj", "mean_noproj", "mean_proj"])
+@pytest.mark.parametrize(
+    "mean,proj",
+    [(False, False), (False, True), (True, False), (True, True)],
+    ids=["nomean_noproj", "nomean_proj", "mean_noproj", "mean_proj"],
+)
 def test_whole_model_long_sequence_matches_reference(path, mean, proj):
     """The full GPT at T=600 (past the FFT switch) against the float64 reference with the O(S^2) sum."""
     from model_helpers import tokens
     from model_reference import reference_logits
 
-    cfg = GPTConfig(vocab_size=64, n_layer=2, n_embd=16, n_head=4, seq_len=LONG, mixer="toeplitz",
-                    toep_mean=mean, toep_proj=proj)
+    cfg = GPTConfig(
+        vocab_size=64, n_layer=2, n_embd=16, n_head=4, seq_len=LONG, mixer="toeplitz", toep_mean=mean, toep_proj=proj
+    )
     model = build(cfg, seed=21)
     idx = tokens(cfg, 1, LONG)
     with torch.no_grad():

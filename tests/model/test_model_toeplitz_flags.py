@@ -4,14 +4,15 @@ toep_mean only divides by the cumulative filter sum; toep_filter only maps the p
 (w = raw or exp(raw)); toep_init only sets raw at init (N(0, 0.2^2) as the note's model, or decaying
 averages); toep_proj_bias only adds the projections' biases. Each is checked against a hand computation in
 float64, and count_params against the built model for every combination."""
+
 import itertools
 import math
 
 import pytest
 import torch
-
 from model_helpers import build, tokens
 from model_reference import F64, ref_param_counts
+
 from trainables.model import GPT, GPTConfig, count_params
 
 C, H = 16, 4  # 4 heads of 4 channels
@@ -41,10 +42,15 @@ def _by_hand(x: torch.Tensor, w: torch.Tensor, mean: bool) -> torch.Tensor:
 
 # Raw filter values chosen by hand: for the linear filter, head 0's cumulative sum goes 1, 0.5, -0.3, 0.3, ...
 # through negative values, which the note's mean divides by all the same.
-RAW = torch.tensor([[1.0, -0.5, -0.8, 0.6, 0.25, -0.1, 0.4, 0.3],
-                    [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5],
-                    [-1.0, 0.2, 0.3, -0.4, 0.7, 0.1, -0.2, 0.05],
-                    [2.0, -1.5, 0.7, 0.0, -0.3, 0.6, -0.9, 1.1]], dtype=F64)
+RAW = torch.tensor(
+    [
+        [1.0, -0.5, -0.8, 0.6, 0.25, -0.1, 0.4, 0.3],
+        [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5],
+        [-1.0, 0.2, 0.3, -0.4, 0.7, 0.1, -0.2, 0.05],
+        [2.0, -1.5, 0.7, 0.0, -0.3, 0.6, -0.9, 1.1],
+    ],
+    dtype=F64,
+)
 
 
 @pytest.mark.parametrize("path", ["parallel", "sequential"])
@@ -60,8 +66,8 @@ def test_mean_is_the_cumulative_sum_division_by_hand(kind, path):
             outs[mean] = mixer(x, path=path)
         assert torch.allclose(outs[mean], _by_hand(x, w, mean), rtol=1e-12, atol=1e-12), (kind, mean)
     # the mean only normalises: the weighted sum times the cumulative sum is the plain sum
-    cum = torch.cumsum(w, dim=1)                                    # [H, T]
-    scale = cum.repeat_interleave(C // H, dim=0).T                  # [T, C]
+    cum = torch.cumsum(w, dim=1)  # [H, T]
+    scale = cum.repeat_interleave(C // H, dim=0).T  # [T, C]
     assert torch.allclose(outs[True] * scale, outs[False], rtol=1e-12, atol=1e-12)
     if kind == "linear":
         assert (cum[0] < 0).any(), "the hand-picked linear filter must pass through a negative sum"
@@ -72,20 +78,25 @@ def test_mean_is_the_cumulative_sum_division_by_hand(kind, path):
 @pytest.mark.parametrize("mean", [False, True])
 def test_filter_maps_the_same_parameter(mean):
     """toep_filter changes only w = f(raw): the same raw gives w = raw (linear) or exp(raw) (exp)."""
-    lin, ex = _mixer(toep_mean=mean, toep_filter="linear", seq_len=8), _mixer(toep_mean=mean, toep_filter="exp", seq_len=8)
+    lin, ex = (
+        _mixer(toep_mean=mean, toep_filter="linear", seq_len=8),
+        _mixer(toep_mean=mean, toep_filter="exp", seq_len=8),
+    )
     with torch.no_grad():
         lin.raw.copy_(RAW)
         ex.raw.copy_(RAW)
     assert torch.equal(lin.filters(), RAW)
-    assert torch.allclose(ex.filters(), torch.tensor([[math.exp(v) for v in row] for row in RAW.tolist()], dtype=F64), rtol=1e-15)
+    assert torch.allclose(
+        ex.filters(), torch.tensor([[math.exp(v) for v in row] for row in RAW.tolist()], dtype=F64), rtol=1e-15
+    )
 
 
 def test_normal_init_is_the_notes_n_0_02():
     """The note's model initialises the filter weights with normal_(mean=0, std=0.2), in every arm."""
     cfg = GPTConfig(vocab_size=64, n_layer=4, n_embd=64, n_head=16, seq_len=1024, mixer="toeplitz")
     torch.manual_seed(0)
-    raw = torch.cat([b.attn.raw.detach().flatten() for b in GPT(cfg).transformer.h])   # 65,536 draws
-    assert abs(raw.mean().item()) < 0.005                            # 5 standard errors (0.2 / 256 = 0.00078) would be 0.004
+    raw = torch.cat([b.attn.raw.detach().flatten() for b in GPT(cfg).transformer.h])  # 65,536 draws
+    assert abs(raw.mean().item()) < 0.005  # 5 standard errors (0.2 / 256 = 0.00078) would be 0.004
     assert abs(raw.std().item() - 0.2) < 0.005
 
 
@@ -98,7 +109,7 @@ def test_ema_init_by_hand(kind):
     mixer = GPT(_cfg(toep_init="ema", toep_filter=kind, seq_len=S)).transformer.h[0].attn
     w = mixer.filters().detach().double()
     for h in range(H):
-        tau = 10 ** (h * math.log10(S / 4) / (H - 1))               # 1, 2, 4, 8
+        tau = 10 ** (h * math.log10(S / 4) / (H - 1))  # 1, 2, 4, 8
         want = [math.exp(-lag / tau) for lag in range(S)]
         want = [v / sum(want) for v in want]
         assert torch.allclose(w[h], torch.tensor(want, dtype=F64), rtol=1e-5, atol=1e-12), h
@@ -119,9 +130,9 @@ def test_projection_biases_change_the_output_by_the_bias_maths(mean):
     with torch.no_grad():
         diff = with_bias(x) - without(x)
     b_i, b_o, W_o = (with_bias.in_proj.bias.detach(), with_bias.c_proj.bias.detach(), with_bias.c_proj.weight.detach())
-    w = with_bias.raw.detach()[:, :12]                               # linear filters (the default)
+    w = with_bias.raw.detach()[:, :12]  # linear filters (the default)
     cum = torch.ones(12, C, dtype=F64) if mean else torch.cumsum(w, dim=1).repeat_interleave(C // H, dim=0).T
-    want = (cum * b_i) @ W_o.T + b_o                                 # [T, C], the same for every batch row
+    want = (cum * b_i) @ W_o.T + b_o  # [T, C], the same for every batch row
     assert torch.allclose(diff, want.expand_as(diff), rtol=1e-10, atol=1e-10)
 
 
@@ -133,14 +144,27 @@ def test_projection_biases_start_at_zero():
         assert torch.equal(block.attn.c_proj.bias, torch.zeros(C))
 
 
-COMBOS = list(itertools.product((False, True), (False, True), (False, True), ("linear", "exp"), ("normal", "ema"), (False, True)))
+COMBOS = list(
+    itertools.product((False, True), (False, True), (False, True), ("linear", "exp"), ("normal", "ema"), (False, True))
+)
 
 
-@pytest.mark.parametrize("mean,proj,bias,kind,init,tie", COMBOS,
-                         ids=["-".join(map(str, c)) for c in COMBOS])
+@pytest.mark.parametrize("mean,proj,bias,kind,init,tie", COMBOS, ids=["-".join(map(str, c)) for c in COMBOS])
 def test_count_params_equals_numel_for_every_combination(mean, proj, bias, kind, init, tie):
-    cfg = GPTConfig(vocab_size=80, n_layer=3, n_embd=48, n_head=4, seq_len=24, mixer="toeplitz", toep_mean=mean,
-                    toep_proj=proj, toep_proj_bias=bias, toep_filter=kind, toep_init=init, tie_embeddings=tie)
+    cfg = GPTConfig(
+        vocab_size=80,
+        n_layer=3,
+        n_embd=48,
+        n_head=4,
+        seq_len=24,
+        mixer="toeplitz",
+        toep_mean=mean,
+        toep_proj=proj,
+        toep_proj_bias=bias,
+        toep_filter=kind,
+        toep_init=init,
+        tie_embeddings=tie,
+    )
     got = count_params(cfg)
     assert got["total"] == sum(p.numel() for p in GPT(cfg).parameters())
     # by hand: per layer 4 x 24 filter taps; with projections 2 x 48 x 48 (+ 2 x 48 biases); MLP 2 x 48 x 192
@@ -174,7 +198,7 @@ def test_each_key_flipped_alone_changes_only_its_own_part(key):
         assert not torch.equal(a.raw, b.raw)
         assert abs(a.raw.std().item() - 0.2) < 0.05 and torch.allclose(b.raw.sum(dim=1), torch.ones(H))
         return
-    assert all(torch.equal(pa[n], pb[n]) for n in pa)                # same parameters, same values
+    assert all(torch.equal(pa[n], pb[n]) for n in pa)  # same parameters, same values
     with torch.no_grad():
         ya, yb = a(x), b(x)
         xi = a.in_proj(x).double()
@@ -187,8 +211,11 @@ def test_each_key_flipped_alone_changes_only_its_own_part(key):
     assert torch.allclose(yb, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("ov", [dict(), dict(toep_mean=True, toep_proj=True), dict(toep_filter="exp", toep_init="ema")],
-                         ids=["note_plain", "note_mean_proj", "exp_ema"])
+@pytest.mark.parametrize(
+    "ov",
+    [dict(), dict(toep_mean=True, toep_proj=True), dict(toep_filter="exp", toep_init="ema")],
+    ids=["note_plain", "note_mean_proj", "exp_ema"],
+)
 @pytest.mark.parametrize("path", ["parallel", "sequential"])
 def test_uncached_generation_picks_the_same_tokens(ov, path):
     """generate(use_cache=False) reruns the whole context each step (the note's uncached baseline): the same greedy

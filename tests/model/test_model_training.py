@@ -1,4 +1,5 @@
 """A tiny model memorises one fixed batch: the whole forward/backward is wired to learn."""
+
 import pytest
 import torch
 
@@ -7,12 +8,16 @@ from trainables.model import GPT, GPTConfig
 TINY = dict(vocab_size=64, n_layer=2, n_embd=32, n_head=4, seq_len=16)
 
 
-@pytest.mark.parametrize("ov", [
-    dict(),
-    dict(nanohead_proportion=0.25, softmax1=True, n_kv_head=2),
-    dict(mixer="toeplitz", toep_mean=True, toep_proj=True),
-    dict(mixer="toeplitz"),
-], ids=["attention", "nano_softmax1_gqa", "toeplitz_mean_proj", "toeplitz_plain"])
+@pytest.mark.parametrize(
+    "ov",
+    [
+        dict(),
+        dict(nanohead_proportion=0.25, softmax1=True, n_kv_head=2),
+        dict(mixer="toeplitz", toep_mean=True, toep_proj=True),
+        dict(mixer="toeplitz"),
+    ],
+    ids=["attention", "nano_softmax1_gqa", "toeplitz_mean_proj", "toeplitz_plain"],
+)
 def test_overfits_one_batch(ov):
     torch.manual_seed(0)
     cfg = GPTConfig(**TINY, **ov)

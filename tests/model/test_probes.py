@@ -3,6 +3,7 @@ fields of one-hot and uniform filters, hand-wired previous-token / first-token /
 attention probabilities that reproduce the model's own attention output, W8A8 on exactly representable
 weights and activations, head ablation against zeroed output projections, Toeplitz effective weights
 against the mixer's output, and run_probes' keys per config."""
+
 import copy
 import json
 import math
@@ -10,8 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from model_helpers import BASE, build, tokens
+
 from trainables.data import TokenData
 from trainables.model import GPT, GPTConfig
 from trainables.model.attention import norm
@@ -36,6 +37,7 @@ def _no_hooks(model):
 
 
 # ---------------------------------------------------------------------------------------------- statistics
+
 
 def test_kurtosis_of_a_normal_sample_is_3():
     x = torch.randn(1_000_000, generator=torch.Generator().manual_seed(0), dtype=F64)
@@ -90,8 +92,17 @@ def _wired_model(*, softmax1=False, nano_attends_nothing=False) -> GPT:
                    is non-zero (e_0): the head attends to the first token.
       nano head:   q_t = e_t, k_s = e_{s+1}: the head attends to the previous token. With
                    nano_attends_nothing, k_s = -(e_0 + ... + e_14) instead: every logit is -72."""
-    cfg = GPTConfig(vocab_size=16, n_layer=1, n_embd=32, n_head=1, seq_len=T_WIRED, nanohead_proportion=0.5,
-                    nanohead_dim=16, qk_norm=False, softmax1=softmax1)
+    cfg = GPTConfig(
+        vocab_size=16,
+        n_layer=1,
+        n_embd=32,
+        n_head=1,
+        seq_len=T_WIRED,
+        nanohead_proportion=0.5,
+        nanohead_dim=16,
+        qk_norm=False,
+        softmax1=softmax1,
+    )
     model = build(cfg, seed=3)
     attn = model.transformer.h[0].attn
     assert attn.split[:4] == (1, 16, 1, 16)
@@ -168,8 +179,10 @@ def test_attention_probs_reproduce_the_models_attention_output(name):
     model = build(cfg, seed=5)
     idx = tokens(cfg, 2, 24)
     seen = {}
-    handles = [b.attn.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(i, (args[0], out)))
-               for i, b in enumerate(model.transformer.h)]
+    handles = [
+        b.attn.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(i, (args[0], out)))
+        for i, b in enumerate(model.transformer.h)
+    ]
     with torch.no_grad():
         model(idx)
     for h in handles:
@@ -193,9 +206,9 @@ def test_attention_probs_reproduce_the_models_attention_output(name):
             w = s.n_kv_normal * s.normal_dim
             v_normal = v[..., :w].view(B, T, s.n_kv_normal, s.normal_dim).transpose(1, 2)
             v_nano = v[..., w:].view(B, T, s.n_kv_nano, s.nano_dim).transpose(1, 2)
-            ys = [p[:, :s.n_normal] @ v_normal.repeat_interleave(s.n_normal // s.n_kv_normal, dim=1)]
+            ys = [p[:, : s.n_normal] @ v_normal.repeat_interleave(s.n_normal // s.n_kv_normal, dim=1)]
             if s.n_nano:
-                ys.append(p[:, s.n_normal:] @ v_nano.repeat_interleave(s.n_nano // s.n_kv_nano, dim=1))
+                ys.append(p[:, s.n_normal :] @ v_nano.repeat_interleave(s.n_nano // s.n_kv_nano, dim=1))
             y = torch.cat([t.transpose(1, 2).reshape(B, T, -1) for t in ys], dim=-1)
             got = attn.c_proj(y)
         assert (got - out).abs().max().item() < 1e-10, f"layer {i}"
@@ -209,6 +222,7 @@ def test_attention_probes_refuse_the_toeplitz_mixer():
 
 
 # ---------------------------------------------------------------------------------------------- activations
+
 
 def test_activation_stats_against_a_manual_pass_with_a_planted_outlier():
     cfg = GPTConfig(**BASE)
@@ -235,6 +249,7 @@ def test_activation_stats_against_a_manual_pass_with_a_planted_outlier():
 
 
 # ---------------------------------------------------------------------------------------------- W8A8
+
 
 def _representable_model() -> GPT:
     """Every Linear weight is an integer multiple of 2^-7 with max |w| exactly 127 * 2^-7 (scale 2^-7: the
@@ -311,19 +326,24 @@ class _Int8Linear(torch.nn.Linear):
         return torch.clamp(torch.round(x / s), -127, 127).to(torch.int8).to(x.dtype) * s
 
     def forward(self, x):
-        return torch.nn.functional.linear(self._q(x), self._q(self.weight), self.bias)  # a bias (Toeplitz projections) stays float
+        return torch.nn.functional.linear(
+            self._q(x), self._q(self.weight), self.bias
+        )  # a bias (Toeplitz projections) stays float
 
 
 def _swap_linears(module):
-    for name, child in module.named_children():
+    for _name, child in module.named_children():
         if type(child) is torch.nn.Linear:
             child.__class__ = _Int8Linear
         else:
             _swap_linears(child)
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(nanohead_proportion=0.25, softmax1=True), dict(mixer="toeplitz", toep_proj=True)],
-                         ids=["plain", "nano_softmax1", "toeplitz_proj"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, dict(nanohead_proportion=0.25, softmax1=True), dict(mixer="toeplitz", toep_proj=True)],
+    ids=["plain", "nano_softmax1", "toeplitz_proj"],
+)
 def test_w8a8_matches_a_reference_with_int8_linear_modules(overrides):
     cfg = GPTConfig(**{**BASE, **overrides})
     model = build(cfg, seed=3)
@@ -345,6 +365,7 @@ def test_w8a8_quantizes_activations_too():
 
 # ---------------------------------------------------------------------------------------------- ablation
 
+
 def _loss(model, idx, targets):
     with torch.no_grad():
         return model(idx, targets).item()
@@ -355,7 +376,7 @@ def test_ablating_a_head_with_zero_output_columns_costs_nothing():
     model = build(cfg, seed=4)
     hd = cfg.n_embd // cfg.n_head
     with torch.no_grad():
-        model.transformer.h[1].attn.c_proj.weight[:, 2 * hd:3 * hd] = 0  # layer 1, head 2
+        model.transformer.h[1].attn.c_proj.weight[:, 2 * hd : 3 * hd] = 0  # layer 1, head 2
     idx, targets = tokens(cfg, 2, 16), tokens(cfg, 2, 16, seed=9)
     res = head_ablation(model, idx, targets)
     assert len(res) == cfg.n_layer * cfg.n_head
@@ -395,8 +416,11 @@ def test_nano_head_ablation_zeroes_that_heads_output_columns():
         assert r["loss_increase"] == pytest.approx(_loss(ref, idx, targets) - base, abs=1e-12)
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(tie_embeddings=True, logit_softcap=None), dict(nanohead_proportion=0.25, n_kv_head=2, softmax1=True)],
-                         ids=["plain", "tied_nocap", "nano_gqa_softmax1"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, dict(tie_embeddings=True, logit_softcap=None), dict(nanohead_proportion=0.25, n_kv_head=2, softmax1=True)],
+    ids=["plain", "tied_nocap", "nano_gqa_softmax1"],
+)
 def test_ablation_fast_path_reproduces_the_models_loss(overrides):
     """head_ablation reruns only the layers from the ablated one on; that shortcut must equal the model."""
     from trainables.probes import _block_inputs, _loss_from_layer
@@ -422,6 +446,7 @@ def test_head_ablation_caps_heads_with_a_fixed_sample_of_both_kinds():
 
 # ---------------------------------------------------------------------------------------------- Toeplitz
 
+
 def test_toeplitz_one_hot_filters_have_their_lag_as_receptive_field():
     cfg = GPTConfig(**{**BASE, "mixer": "toeplitz"})  # no mean: the filter is the raw weights
     model = build(cfg)
@@ -437,7 +462,9 @@ def test_toeplitz_one_hot_filters_have_their_lag_as_receptive_field():
     for f in res:
         k = lags[f["layer"]][f["head"]]
         assert f["receptive_field"] == k
-        assert f["filter"] == f["effective"] and f["filter"][k] == pytest.approx(0.7) and len(f["filter"]) == cfg.seq_len
+        assert (
+            f["filter"] == f["effective"] and f["filter"][k] == pytest.approx(0.7) and len(f["filter"]) == cfg.seq_len
+        )
 
 
 def test_toeplitz_mean_effective_weights_are_what_the_mixer_applies_at_the_last_position():
@@ -448,21 +475,34 @@ def test_toeplitz_mean_effective_weights_are_what_the_mixer_applies_at_the_last_
     T = cfg.seq_len
     x = torch.randn(1, T, cfg.n_embd, generator=torch.Generator().manual_seed(0), dtype=F64)
     with torch.no_grad():
-        y = mixer(x)[0, -1]                                           # [C]
+        y = mixer(x)[0, -1]  # [C]
     hd = cfg.n_embd // cfg.n_head
     for h in range(cfg.n_head):
         eff = torch.tensor(f[h]["effective"], dtype=F64)
-        want = (eff[:, None] * x[0].flip(0)[:, h * hd:(h + 1) * hd]).sum(0)  # sum_k eff[k] x_{T-1-k}
-        assert torch.allclose(y[h * hd:(h + 1) * hd], want, atol=1e-12)
+        want = (eff[:, None] * x[0].flip(0)[:, h * hd : (h + 1) * hd]).sum(0)  # sum_k eff[k] x_{T-1-k}
+        assert torch.allclose(y[h * hd : (h + 1) * hd], want, atol=1e-12)
         assert torch.tensor(f[h]["filter"], dtype=F64).allclose(mixer.filters()[h].detach())
         assert eff.sum().item() == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------------------------------------- run_probes
 
-COMMON = {"probe_max_inf_norm", "probe_max_kurtosis", "probe_attn_max_inf_norm", "probe_attn_max_kurtosis",
-          "probe_fp_loss", "probe_w8a8_loss", "probe_w8a8_delta"}
-ATTN = {"probe_sink_mass", "probe_attn_mass", "probe_normal_prev_token", "probe_normal_entropy", "probe_normal_ablation"}
+COMMON = {
+    "probe_max_inf_norm",
+    "probe_max_kurtosis",
+    "probe_attn_max_inf_norm",
+    "probe_attn_max_kurtosis",
+    "probe_fp_loss",
+    "probe_w8a8_loss",
+    "probe_w8a8_delta",
+}
+ATTN = {
+    "probe_sink_mass",
+    "probe_attn_mass",
+    "probe_normal_prev_token",
+    "probe_normal_entropy",
+    "probe_normal_ablation",
+}
 NANO = {"probe_nano_prev_token", "probe_nano_entropy", "probe_nano_ablation"}
 TOEP = {"probe_receptive_field_mean", "probe_receptive_field_max"}
 RUN_CASES = {
@@ -478,10 +518,21 @@ def val_data(tmp_path_factory) -> TokenData:
     """A TokenData whose val split is 2000 random tokens (only the val split is read)."""
     d = tmp_path_factory.mktemp("probe_tokens")
     np.random.default_rng(0).integers(0, BASE["vocab_size"], 2000).astype(np.uint16).tofile(d / "val.bin")
-    return TokenData(train_path=d / "train.bin", val_path=d / "val.bin", meta_path=d / "meta.json",
-                     token_bytes_path=d / "token_bytes.npy", vocab_size=BASE["vocab_size"], dtype="uint16",
-                     n_train_tokens=0, n_val_tokens=2000, tokenizer="test", corpus_fingerprint="test", bos_id=0,
-                     n_train_bytes=0, n_val_bytes=0)
+    return TokenData(
+        train_path=d / "train.bin",
+        val_path=d / "val.bin",
+        meta_path=d / "meta.json",
+        token_bytes_path=d / "token_bytes.npy",
+        vocab_size=BASE["vocab_size"],
+        dtype="uint16",
+        n_train_tokens=0,
+        n_val_tokens=2000,
+        tokenizer="test",
+        corpus_fingerprint="test",
+        bos_id=0,
+        n_train_bytes=0,
+        n_val_bytes=0,
+    )
 
 
 @pytest.mark.parametrize("name", list(RUN_CASES))

@@ -3,6 +3,7 @@ Open a page in headless Chromium and report what a person would see: JS errors, 
 rendered DOM, a screenshot. Talks the DevTools protocol over --remote-debugging-pipe
 (JSON messages separated by NUL bytes on fds 3 and 4), so it needs no extra package.
 """
+
 import base64
 import fcntl
 import json
@@ -36,10 +37,23 @@ class Chromium:
             os.dup2(b, 4)
 
         self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
-             "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={self.profile}",
-             f"--window-size={width},{height}"],
-            preexec_fn=fds, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-pipe",
+                "--no-first-run",
+                "--disable-extensions",
+                "--hide-scrollbars",
+                f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}",
+            ],
+            preexec_fn=fds,
+            pass_fds=(3, 4),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(cmd_r)
         os.close(resp_w)
         self._buf, self._id, self.events = b"", 0, []
@@ -84,8 +98,11 @@ class Chromium:
         s = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             self.send(f"{domain}.enable", session=s)
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False}, session=s)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+            session=s,
+        )
         since = len(self.events)
         self.send("Page.navigate", {"url": url}, session=s)
         self.wait_event("Page.loadEventFired", s, since, timeout)

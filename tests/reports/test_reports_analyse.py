@@ -1,4 +1,5 @@
 """The statistics, on data whose answers are known by hand or from published examples."""
+
 import math
 
 import numpy as np
@@ -6,8 +7,18 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from reports.analyse import (compare_to_baseline, fit_power_law, holm, mean_ci, natural_key, pareto_front,
-                             perplexity_ratio, power_law, summarise_groups, welch_test)
+from reports.analyse import (
+    compare_to_baseline,
+    fit_power_law,
+    holm,
+    mean_ci,
+    natural_key,
+    pareto_front,
+    perplexity_ratio,
+    power_law,
+    summarise_groups,
+    welch_test,
+)
 
 
 def test_pareto_front_hand_made():
@@ -102,14 +113,23 @@ def test_power_law_fit_exact_without_noise_and_needs_four_sizes():
 
 
 def _trials(groups):
-    rows = [dict(trial=f"{v}_{i}", variant=v, seed=i, status="done", val_bpb=x, val_loss=x)
-            for v, xs in groups.items() for i, x in enumerate(xs)]
+    rows = [
+        dict(trial=f"{v}_{i}", variant=v, seed=i, status="done", val_bpb=x, val_loss=x)
+        for v, xs in groups.items()
+        for i, x in enumerate(xs)
+    ]
     return pd.DataFrame(rows)
 
 
 def test_compare_to_baseline_labels_noise_and_effects():
-    t = _trials({"base": [1.00, 1.01, 0.99, 1.00], "same": [1.005, 0.995, 1.00, 1.01],
-                 "good": [0.90, 0.91, 0.89, 0.90], "one": [0.5]})
+    t = _trials(
+        {
+            "base": [1.00, 1.01, 0.99, 1.00],
+            "same": [1.005, 0.995, 1.00, 1.01],
+            "good": [0.90, 0.91, 0.89, 0.90],
+            "one": [0.5],
+        }
+    )
     c = compare_to_baseline(t, "base").set_index("variant")
     assert c.loc["good", "verdict"] == "better" and c.loc["good", "diff"] == pytest.approx(-0.1)
     assert c.loc["same", "verdict"] == "within noise"
@@ -137,7 +157,7 @@ def test_perplexity_ratio_is_e_to_the_loss_difference_in_nats():
     r = perplexity_ratio(t, "softmax", "softmax1")
     assert r["ratio"] == pytest.approx(0.941765, abs=1e-6)
     assert 2 ** (2.940 / math.log(2) - 3.000 / math.log(2)) == pytest.approx(0.941765, abs=1e-6)
-    assert 2 ** -0.06 == pytest.approx(0.959264, abs=1e-6) and 2 ** -0.06 > 0.95
+    assert 2**-0.06 == pytest.approx(0.959264, abs=1e-6) and 2**-0.06 > 0.95
     # se = sqrt(2 x 0.002^2 / 3) = 0.0016330, t(0.975, 4) = 2.776445: upper end e^(-0.06 + 0.0045339) = 0.946044
     assert r["ci_high"] == pytest.approx(0.946044, abs=1e-6)
     assert r["verdict"].startswith("meets the 5% criterion")

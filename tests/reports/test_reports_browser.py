@@ -2,24 +2,37 @@
 
 Needs Debian's `chromium` (setup installs it); skipped with the reason when no Chromium is found.
 """
+
 import importlib.util
 
 import pytest
+from reports_chromium import Chromium, find_chromium, image_stats
+from reports_synth import (
+    EVIL,
+    nanohead_rows,
+    scaling_rows,
+    softmax1_rows,
+    toeplitz_rows,
+    vocab_depth_rows,
+    write_optuna,
+    write_study,
+)
 
 from reports.build import build_report
-from reports_chromium import Chromium, find_chromium, image_stats
-from reports_synth import (EVIL, nanohead_rows, scaling_rows, softmax1_rows, toeplitz_rows, vocab_depth_rows,
-                           write_optuna, write_study)
 
 CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary on PATH (Debian: apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium binary on PATH (Debian: apt-get install chromium)"
+)
 
 
 def rendered(html_path):
     """JS that is true once every figure div in the page has its SVG drawn."""
     n = html_path.read_text().count("Plotly.newPlot(")
-    return (f"document.querySelectorAll('.js-plotly-plot').length === {n} && "
-            "Array.from(document.querySelectorAll('.js-plotly-plot')).every(p => p.querySelector('.main-svg'))")
+    return (
+        f"document.querySelectorAll('.js-plotly-plot').length === {n} && "
+        "Array.from(document.querySelectorAll('.js-plotly-plot')).every(p => p.querySelector('.main-svg'))"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +44,14 @@ def browser():
 
 @pytest.fixture(scope="module")
 def nanohead_page(tmp_path_factory, browser):
-    d = write_study(tmp_path_factory.mktemp("results"), f"nano{EVIL}", nanohead_rows(), family="nanohead", baseline="p0",
-                    samples={"p0": [f"once {EVIL}"]})
+    d = write_study(
+        tmp_path_factory.mktemp("results"),
+        f"nano{EVIL}",
+        nanohead_rows(),
+        family="nanohead",
+        baseline="p0",
+        samples={"p0": [f"once {EVIL}"]},
+    )
     out = build_report(d, png=False)
     since = len(browser.events)
     session = browser.open(out["html"].resolve().as_uri(), settle_js=rendered(out["html"]))
@@ -57,7 +76,9 @@ def test_every_figure_is_drawn(browser, nanohead_page):
 def test_hostile_names_are_text_in_the_dom(browser, nanohead_page):
     _, session, _ = nanohead_page
     assert browser.eval(session, "document.querySelector('h1').textContent") == f"Study nano{EVIL}"
-    scripts = browser.eval(session, "Array.from(document.scripts).map(s => s.textContent.includes('alert(1)')).filter(Boolean).length")
+    scripts = browser.eval(
+        session, "Array.from(document.scripts).map(s => s.textContent.includes('alert(1)')).filter(Boolean).length"
+    )
     assert scripts == 0
     assert EVIL in browser.eval(session, "document.getElementById('failures').textContent")
 
@@ -90,11 +111,19 @@ def test_screenshot_is_not_blank(browser, nanohead_page, tmp_path):
 
 def test_every_family_renders(browser, tmp_path):
     root = tmp_path
-    dirs = [write_study(root, "softmax1_ab", softmax1_rows(), family="softmax1", baseline="softmax",
-                        samples={"softmax": ["a"], "softmax1": ["b"]}),
-            write_study(root, "toeplitz_flags", toeplitz_rows(), family="toeplitz", baseline="mean_proj"),
-            write_study(root, "vocab_depth", vocab_depth_rows(), family="vocab_depth"),
-            write_study(root, "scaling", scaling_rows(), family="scaling")]
+    dirs = [
+        write_study(
+            root,
+            "softmax1_ab",
+            softmax1_rows(),
+            family="softmax1",
+            baseline="softmax",
+            samples={"softmax": ["a"], "softmax1": ["b"]},
+        ),
+        write_study(root, "toeplitz_flags", toeplitz_rows(), family="toeplitz", baseline="mean_proj"),
+        write_study(root, "vocab_depth", vocab_depth_rows(), family="vocab_depth"),
+        write_study(root, "scaling", scaling_rows(), family="scaling"),
+    ]
     search = write_study(root, "nanohead_search", nanohead_rows(failed=False, evil=False), family="nanohead_search")
     write_optuna(search, "nanohead_search", n_trials=10)
     for d in dirs + [search]:
@@ -102,7 +131,9 @@ def test_every_family_renders(browser, tmp_path):
         before = len(browser.errors())
         s = browser.open(out["html"].resolve().as_uri(), settle_js=rendered(out["html"]))
         assert browser.errors()[before:] == [], d.name
-        assert browser.eval(s, "document.querySelectorAll('.js-plotly-plot').length") == out["html"].read_text().count("Plotly.newPlot("), d.name
+        assert browser.eval(s, "document.querySelectorAll('.js-plotly-plot').length") == out["html"].read_text().count(
+            "Plotly.newPlot("
+        ), d.name
 
 
 @pytest.mark.skipif(importlib.util.find_spec("kaleido") is None, reason="kaleido not installed (pip install kaleido)")

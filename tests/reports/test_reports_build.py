@@ -1,4 +1,5 @@
 """Reports built from synthetic study directories: content, escaping, failures, secrets, CLI."""
+
 import html
 import json
 import math
@@ -8,10 +9,20 @@ import sys
 import time
 
 import pytest
+from reports_synth import (
+    EVIL,
+    SCALING_TRUTH,
+    big_rows,
+    nanohead_rows,
+    scaling_rows,
+    softmax1_rows,
+    toeplitz_rows,
+    vocab_depth_rows,
+    write_optuna,
+    write_study,
+)
 
 from reports.build import build_report, main
-from reports_synth import (EVIL, SCALING_TRUTH, big_rows, nanohead_rows, scaling_rows, softmax1_rows, toeplitz_rows,
-                           vocab_depth_rows, write_optuna, write_study)
 
 
 def _build(d):
@@ -22,9 +33,15 @@ def _build(d):
 @pytest.fixture(scope="module")
 def nanohead_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
-    d = write_study(root, f"nano{EVIL}", nanohead_rows(), family="nanohead", baseline="p0",
-                    samples={"p0": [f"sample {EVIL}"], "p40": ["another"]},
-                    meta_extra={"profile": EVIL, "hypothesis": EVIL, "args": {"note": EVIL, EVIL: 1}})
+    d = write_study(
+        root,
+        f"nano{EVIL}",
+        nanohead_rows(),
+        family="nanohead",
+        baseline="p0",
+        samples={"p0": [f"sample {EVIL}"], "p40": ["another"]},
+        meta_extra={"profile": EVIL, "hypothesis": EVIL, "args": {"note": EVIL, EVIL: 1}},
+    )
     page, res = _build(d)
     return d, page, res
 
@@ -39,8 +56,13 @@ def test_hostile_strings_render_as_text(nanohead_report):
 
 
 def test_hostile_metric_name_is_not_used(tmp_path):
-    d = write_study(tmp_path, "m", nanohead_rows(failed=False, evil=False), baseline="p0",
-                    meta_extra={"metric": EVIL, "family": EVIL})
+    d = write_study(
+        tmp_path,
+        "m",
+        nanohead_rows(failed=False, evil=False),
+        baseline="p0",
+        meta_extra={"metric": EVIL, "family": EVIL},
+    )
     page, res = _build(d)
     assert EVIL not in page and res["metric"] == "val_bpb"
     assert any("not a column name" in w for w in res["warnings"])
@@ -81,7 +103,7 @@ def test_page_sections(nanohead_report):
     assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", page)
     for sid in ("summary", "frontier", "stats", "views", "curves", "failures", "trials", "environment", "samples"):
         assert f"<section id='{sid}'>" in page, sid
-    assert "filter rows" in page and "class=\"sortable\"" in page
+    assert "filter rows" in page and 'class="sortable"' in page
     assert "val_bpb vs nano-head proportion" in page
 
 
@@ -91,8 +113,13 @@ def test_secrets_never_land_in_a_report(tmp_path, monkeypatch):
     rows = nanohead_rows(failed=False, evil=False)
     rows[0].update(status="failed", error=f"wandb.errors.AuthenticationError: key {secret} rejected")
     rows[1]["api_key"] = "sk-not-in-the-environment-0000"
-    d = write_study(tmp_path, "secrets", rows, baseline="p0",
-                    meta_extra={"args": {"wandb": secret}, "environment": {"WANDB_API_KEY": secret, "HF_TOKEN": "hf_abcdefgh"}})
+    d = write_study(
+        tmp_path,
+        "secrets",
+        rows,
+        baseline="p0",
+        meta_extra={"args": {"wandb": secret}, "environment": {"WANDB_API_KEY": secret, "HF_TOKEN": "hf_abcdefgh"}},
+    )
     page, res = _build(d)
     text = json.dumps(res)
     for s in (secret, "sk-not-in-the-environment-0000", "hf_abcdefgh"):
@@ -114,8 +141,14 @@ def test_partial_study_without_trials_table(tmp_path):
 
 
 def test_softmax1_report(tmp_path):
-    d = write_study(tmp_path, "softmax1_ab", softmax1_rows(), family="softmax1", baseline="softmax",
-                    samples={"softmax": ["plain softmax says hi"], "softmax1": ["quiet attention says hi"]})
+    d = write_study(
+        tmp_path,
+        "softmax1_ab",
+        softmax1_rows(),
+        family="softmax1",
+        baseline="softmax",
+        samples={"softmax": ["plain softmax says hi"], "softmax1": ["quiet attention says hi"]},
+    )
     page, res = _build(d)
     s = res["softmax1"]
     assert s["ratio"] == pytest.approx(0.96, abs=0.005)  # made 4% better: below 1, not past the 5% line
@@ -130,24 +163,39 @@ def test_softmax1_report_explains_the_ratio(tmp_path):
     page, _ = _build(d)
     # the note's 2^loss on a loss in nats: 2^-0.06 = 0.9593 where e^-0.06 = 0.9418
     assert "The note's 2<sup>loss</sup> gives the same ratio only for a loss in bits" in page
-    assert f"{2 ** -0.06:.3f}" == "0.959" and f"{math.exp(-0.06):.3f}" == "0.942"
+    assert f"{2**-0.06:.3f}" == "0.959" and f"{math.exp(-0.06):.3f}" == "0.942"
     assert "= 0.959, where the perplexities' ratio is e<sup>-0.06</sup> = 0.942" in page
 
 
 def test_note_vs_run_table_from_study_json(tmp_path):
     """study.run writes the table into study.json; the report shows it near the top, every cell as text."""
-    fidelity = {"note": f"004{EVIL}.txt", "text": f"a line {EVIL}",
-                "rows": [{"aspect": "steps", "note": "max_iters 100,000", "this_run": "100,000 steps", "reason": ""},
-                         {"aspect": f"data{EVIL}", "note": EVIL, "this_run": f"hf:x {EVIL}", "reason": f"private {EVIL}"}]}
-    d = write_study(tmp_path, "softmax1_ab", softmax1_rows(), family="softmax1", baseline="softmax",
-                    meta_extra={"fidelity": fidelity})
+    fidelity = {
+        "note": f"004{EVIL}.txt",
+        "text": f"a line {EVIL}",
+        "rows": [
+            {"aspect": "steps", "note": "max_iters 100,000", "this_run": "100,000 steps", "reason": ""},
+            {"aspect": f"data{EVIL}", "note": EVIL, "this_run": f"hf:x {EVIL}", "reason": f"private {EVIL}"},
+        ],
+    }
+    d = write_study(
+        tmp_path,
+        "softmax1_ab",
+        softmax1_rows(),
+        family="softmax1",
+        baseline="softmax",
+        meta_extra={"fidelity": fidelity},
+    )
     page, _ = _build(d)
     assert EVIL not in page and page.count(html.escape(EVIL)) >= 5
-    section = page[page.index("<section id='fidelity'>"):]
-    section = section[:section.index("</section>")]
+    section = page[page.index("<section id='fidelity'>") :]
+    section = section[: section.index("</section>")]
     assert "2 aspects, 1 differ" in section and "same as the note" in section
     assert f"<td>private {html.escape(EVIL)}</td>" in section
-    assert page.index("<section id='summary'>") < page.index("<section id='fidelity'>") < page.index("<section id='stats'>")
+    assert (
+        page.index("<section id='summary'>")
+        < page.index("<section id='fidelity'>")
+        < page.index("<section id='stats'>")
+    )
     plain = write_study(tmp_path / "plain", "softmax1_ab", softmax1_rows(), family="softmax1", baseline="softmax")
     assert "<section id='fidelity'>" not in _build(plain)[0]  # a study.json without the table: no section
 

@@ -1,4 +1,5 @@
 """python -m reports.serve: the index of studies, reports built on request, nothing else served."""
+
 import html
 import http.client
 import os
@@ -7,9 +8,9 @@ import time
 import urllib.parse
 
 import pytest
+from reports_synth import EVIL, nanohead_rows, write_study
 
 from reports.serve import main, make_server
-from reports_synth import EVIL, nanohead_rows, write_study
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +71,15 @@ def test_report_is_built_on_request_and_rebuilt_when_stale(server):
 def test_serves_report_files_only(server):
     srv, root, evil, plain = server
     assert get(srv, f"/{plain.name}/results.json")[1].startswith("application/json")
-    for path in (f"/{plain.name}/trials.parquet", f"/{plain.name}/trials/p0_s0/config.json",
-                 "/../../etc/passwd", "/%2e%2e/etc/passwd", f"/{plain.name}/..%2F..%2Fetc%2Fpasswd",
-                 "/not_a_study/report.html", "/nothing/report.html"):
+    for path in (
+        f"/{plain.name}/trials.parquet",
+        f"/{plain.name}/trials/p0_s0/config.json",
+        "/../../etc/passwd",
+        "/%2e%2e/etc/passwd",
+        f"/{plain.name}/..%2F..%2Fetc%2Fpasswd",
+        "/not_a_study/report.html",
+        "/nothing/report.html",
+    ):
         assert get(srv, path)[0] == 404, path
 
 
@@ -109,10 +116,10 @@ def linked_server(tmp_path_factory):
     srv.server_close()
 
 
-
-
-@pytest.mark.parametrize("path", ["/plain/results.json", "/plain/leak.png", "/linked/study.json",
-                                  "/linked/trials.csv", "/linked/report.html"])
+@pytest.mark.parametrize(
+    "path",
+    ["/plain/results.json", "/plain/leak.png", "/linked/study.json", "/linked/trials.csv", "/linked/report.html"],
+)
 def test_a_file_linked_from_outside_is_not_served(linked_server, path):
     srv, elsewhere = linked_server
     status, _, body = get(srv, path)

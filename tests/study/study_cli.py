@@ -1,5 +1,6 @@
 """Helpers for the study tests: run `python -m study.run` as a real subprocess, read its dry-run table,
 and build reference models by hand (torch numel, not the code's own count)."""
+
 import json
 import os
 import signal
@@ -22,17 +23,30 @@ def cli_env(cache: str, extra: dict | None = None) -> dict:
     return env
 
 
-def run_cli(cache: str, *args, timeout: float = 120, env: dict | None = None, module: str = "study.run"
-            ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=cli_env(cache, env),
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(
+    cache: str, *args, timeout: float = 120, env: dict | None = None, module: str = "study.run"
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=ROOT,
+        env=cli_env(cache, env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start_cli(cache: str, *args, log: Path, env: dict | None = None) -> subprocess.Popen:
     """A study.run in its own session (so a 'machine crash' can kill it and every process it started)."""
     out = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "study.run", *map(str, args)], cwd=ROOT, env=cli_env(cache, env),
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.run", *map(str, args)],
+        cwd=ROOT,
+        env=cli_env(cache, env),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def session_pids(sid: int) -> list[int]:
@@ -45,7 +59,7 @@ def session_pids(sid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp session ...
+        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp session ...
         if int(fields[3]) == sid and fields[0] != "Z":
             pids.append(int(entry))
     return pids
@@ -76,7 +90,7 @@ def parse_table(stdout: str) -> list[dict]:
     header = lines[start].split()
     assert set(lines[start + 1]) == {"-"}, lines[start + 1]
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.strip():
             break
         values = line.split()
@@ -98,6 +112,7 @@ def numel(**config) -> dict:
     """Parameters of a real model (GPT, or NanoGPT for arch="nanogpt"), counted from its modules (the reference for
     count_params and the table)."""
     from trainables.model import GPTConfig, build_model
+
     model = build_model(GPTConfig(**config))
     total = sum(p.numel() for p in model.parameters())
     return dict(total=total)
@@ -124,7 +139,10 @@ def experiment_trials(exp_dir: Path) -> dict:
     out = {}
     for meta, run in state.get("trial_data", []):
         meta, run = json.loads(meta), json.loads(run)
-        out[meta.get("custom_trial_name")] = (meta.get("status"), (run.get("last_result") or {}).get("checkpoint_dir_name"))
+        out[meta.get("custom_trial_name")] = (
+            meta.get("status"),
+            (run.get("last_result") or {}).get("checkpoint_dir_name"),
+        )
     return out
 
 

@@ -4,12 +4,12 @@ The references are nanochat's own numbers and formulas, written out here from ka
 (scripts/base_train.py, nanochat/gpt.py): the depth -> shape rule, the optimizer groups and their learning rates,
 the lr / momentum / weight decay schedules, the batch. The achieved nano-head shares are hand arithmetic.
 """
+
 import json
 import math
 import re
 
 import pytest
-
 from study_cli import parse_table, run_cli
 
 V = 32768  # nanochat's tokenizer (scripts/tok_train.py: 2^15)
@@ -22,16 +22,21 @@ def hand_total(vocab: int, width: int, layers: int) -> int:
 
 # ----------------------------------------------------------------------------- the shape rule
 
-@pytest.mark.parametrize("depth, shape", [
-    (1, (1, 128, 1)),      # 64 -> nudged up to one 128-wide head
-    (5, (5, 384, 3)),      # 320 -> 384
-    (7, (7, 512, 4)),      # 448 -> 512
-    (12, (12, 768, 6)),    # nanochat's d12: 768 wide, 6 heads
-    (20, (20, 1280, 10)),  # the speedrun's d20
-    (26, (26, 1664, 13)),  # the GPT-2 grade d26
-])
+
+@pytest.mark.parametrize(
+    "depth, shape",
+    [
+        (1, (1, 128, 1)),  # 64 -> nudged up to one 128-wide head
+        (5, (5, 384, 3)),  # 320 -> 384
+        (7, (7, 512, 4)),  # 448 -> 512
+        (12, (12, 768, 6)),  # nanochat's d12: 768 wide, 6 heads
+        (20, (20, 1280, 10)),  # the speedrun's d20
+        (26, (26, 1664, 13)),  # the GPT-2 grade d26
+    ],
+)
 def test_nanochat_shape_is_base_trains(depth, shape):
     from trainables.model.params import nanochat_shape
+
     assert nanochat_shape(depth, aspect_ratio=64, head_dim=128) == shape
 
 
@@ -39,6 +44,7 @@ def test_the_depth_is_the_one_nearest_50m():
     """runs/nanohead_experiment.py searched the depth whose model is nearest ~50M parameters. Here at vocab 32768:
     d6 = 384 wide: 35,782,656; d7 = 512 wide: 55,574,528; d8 = 512 wide: 58,720,256 -> d7."""
     from trainables.model.params import nanochat_depth
+
     totals = {d: hand_total(V, w, d) for d, w in ((6, 384), (7, 512), (8, 512))}
     assert totals == {6: 35_782_656, 7: 55_574_528, 8: 58_720_256}
     best = nanochat_depth(5e7, V, 128, aspect_ratio=64)
@@ -46,36 +52,48 @@ def test_the_depth_is_the_one_nearest_50m():
     assert best.params["total"] == totals[7]
     # a trial config run alone (python -m trainables.train) sizes its model by the same rule
     from trainables.train import resolve_configs
+
     gpt, _ = resolve_configs(dict(budget=5e7, shape_rule="nanochat", head_dim=128, aspect_ratio=64), V)
     assert (gpt.n_layer, gpt.n_embd, gpt.n_head) == (7, 512, 4)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(shape_rule="chinchilla"), "TrainConfig.shape_rule='chinchilla': must be one of solver, nanochat"),
-    (dict(shape_rule="nanochat"), "no budget reaches it"),  # dims given: nothing to size
-    (dict(wd_schedule="cosine"), "TrainConfig.wd_schedule='cosine': must be one of constant, linear"),
-    (dict(muon_adjust_lr="spectral"), "TrainConfig.muon_adjust_lr='spectral': must be one of match_rms_adamw, original"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(shape_rule="chinchilla"), "TrainConfig.shape_rule='chinchilla': must be one of solver, nanochat"),
+        (dict(shape_rule="nanochat"), "no budget reaches it"),  # dims given: nothing to size
+        (dict(wd_schedule="cosine"), "TrainConfig.wd_schedule='cosine': must be one of constant, linear"),
+        (
+            dict(muon_adjust_lr="spectral"),
+            "TrainConfig.muon_adjust_lr='spectral': must be one of match_rms_adamw, original",
+        ),
+    ],
+)
 def test_new_train_keys_refuse_bad_values(kwargs, words):
     from trainables.train import TrainConfig
+
     with pytest.raises(ValueError, match=re.escape(words)):
         TrainConfig(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(init="xavier"), dict(init="nanochat", tie_embeddings=True),
-                                    dict(init="nanochat", mixer="toeplitz")])
+@pytest.mark.parametrize(
+    "kwargs", [dict(init="xavier"), dict(init="nanochat", tie_embeddings=True), dict(init="nanochat", mixer="toeplitz")]
+)
 def test_nanochat_init_is_for_nanochats_model(kwargs):
     from trainables.model import GPTConfig
+
     with pytest.raises(ValueError, match=r"GPTConfig\.init="):
         GPTConfig(**kwargs)
 
 
 # ----------------------------------------------------------------------------- the plan
 
+
 @pytest.fixture(scope="module")
 def paper_trials():
     from study.catalog import STUDIES, get_profile
     from study.run import plan_trials
+
     return plan_trials(STUDIES["nanohead_grid"], get_profile("paper"), {}, 1, 1)
 
 
@@ -86,7 +104,9 @@ def test_paper_trains_base_trains_settings(paper_trials):
         assert (g.n_layer, g.n_embd, g.n_head, g.vocab_size, g.seq_len) == (7, 512, 4, V, 2048)
         assert g.init == "nanochat" and not g.tie_embeddings and g.qk_norm and g.logit_softcap == 15
         assert tc.optimizer == "muon" and tc.muon_adjust_lr == "original" and tc.lr == 0.02  # --matrix-lr
-        assert tc.embedding_lr == pytest.approx(0.3 * width_scale) and tc.lm_head_lr == pytest.approx(0.004 * width_scale)
+        assert tc.embedding_lr == pytest.approx(0.3 * width_scale) and tc.lm_head_lr == pytest.approx(
+            0.004 * width_scale
+        )
         assert tc.weight_decay == pytest.approx(0.2 * (12 / 7) ** 2)  # --weight-decay 0.2 tuned at d12, x (12/depth)^2
         assert (tc.beta1, tc.beta2, tc.adam_eps) == (0.8, 0.95, 1e-10)
         assert (tc.schedule, tc.warmup_steps, tc.warmdown_frac, tc.min_lr_frac) == ("linear", 0, 0.5, 0.0)
@@ -100,7 +120,10 @@ def test_a_set_value_is_the_one_used(paper_trials):
     """The size rules fill embedding_lr, lm_head_lr and weight_decay only where they are not given."""
     from study.catalog import STUDIES, get_profile
     from study.run import plan_trials
-    trials = plan_trials(STUDIES["nanohead_grid"], get_profile("paper"), {"weight_decay": 0.1, "embedding_lr": 0.5}, 1, 1)
+
+    trials = plan_trials(
+        STUDIES["nanohead_grid"], get_profile("paper"), {"weight_decay": 0.1, "embedding_lr": 0.5}, 1, 1
+    )
     assert {(t["train"].weight_decay, t["train"].embedding_lr) for t in trials} == {(0.1, 0.5)}
     deeper = plan_trials(STUDIES["nanohead_grid"], get_profile("paper"), {"budget": 1e8}, 1, 1)[0]
     # 1e8 at vocab 32768: d10 = 640 wide (91,095,040) is nearest; the rules follow the model
@@ -112,8 +135,10 @@ def test_a_set_value_is_the_one_used(paper_trials):
 def test_the_optimizer_is_muon_for_the_blocks_and_adamw_for_the_tables(paper_trials):
     """The real 55.6M-parameter model: base_train's setup_optimizer groups, lrs, betas, eps and decay, and its init."""
     import torch
+
     from trainables.model import GPT
     from trainables.train import build_optimizers
+
     t = paper_trials[0]
     torch.manual_seed(0)
     model = GPT(t["gpt"])
@@ -136,7 +161,7 @@ def test_the_optimizer_is_muon_for_the_blocks_and_adamw_for_the_tables(paper_tri
     assert model.lm_head.weight.std().item() == pytest.approx(0.001, rel=0.01)
     block = model.transformer.h[0]
     for w in (block.attn.c_q.weight, block.attn.c_k.weight, block.mlp.c_fc.weight):
-        assert w.abs().max().item() <= math.sqrt(3 / 512) and w.std().item() == pytest.approx(512 ** -0.5, rel=0.02)
+        assert w.abs().max().item() <= math.sqrt(3 / 512) and w.std().item() == pytest.approx(512**-0.5, rel=0.02)
     assert not block.attn.c_proj.weight.any() and not block.mlp.c_proj.weight.any()
 
 
@@ -144,6 +169,7 @@ def test_schedules_are_base_trains():
     """get_lr_multiplier, get_muon_momentum and get_weight_decay of base_train, written out, at 500 iterations."""
     from study.catalog import STUDIES, get_profile
     from trainables.train import TrainConfig, lr_multiplier, muon_momentum, weight_decay_multiplier
+
     tc = TrainConfig.from_dict(STUDIES["nanohead_grid"].base(get_profile("paper")))
     n, warmdown = 500, round(0.5 * 500)
     for it in range(n):
@@ -158,12 +184,37 @@ def test_muon_trains_and_resumes(token_cache, tmp_path):
     """The loop with base_train's optimizer settings, at a tiny size: the loss falls, and a restore continues the
     same curve (momentum and decay follow the step)."""
     import shutil
+
     from trainables.train import train
-    tiny = dict(n_layer=2, n_embd=64, n_head=2, seq_len=64, batch_size=8, max_steps=10, eval_every=5, eval_batches=2,
-                tokenizer="bpe:512", init="nanochat", optimizer="muon", muon_adjust_lr="original", lr=0.02,
-                embedding_lr=0.3, lm_head_lr=0.004, beta1=0.8, adam_eps=1e-10, weight_decay=0.2, wd_schedule="linear",
-                muon_momentum_warmup=8, schedule="linear", warmup_steps=0, warmdown_frac=0.5, min_lr_frac=0.0,
-                grad_clip=0.0, probes=False)
+
+    tiny = dict(
+        n_layer=2,
+        n_embd=64,
+        n_head=2,
+        seq_len=64,
+        batch_size=8,
+        max_steps=10,
+        eval_every=5,
+        eval_batches=2,
+        tokenizer="bpe:512",
+        init="nanochat",
+        optimizer="muon",
+        muon_adjust_lr="original",
+        lr=0.02,
+        embedding_lr=0.3,
+        lm_head_lr=0.004,
+        beta1=0.8,
+        adam_eps=1e-10,
+        weight_decay=0.2,
+        wd_schedule="linear",
+        muon_momentum_warmup=8,
+        schedule="linear",
+        warmup_steps=0,
+        warmdown_frac=0.5,
+        min_lr_frac=0.0,
+        grad_clip=0.0,
+        probes=False,
+    )
     saved, full = {}, []
 
     def keep(metrics, checkpoint_dir):
@@ -188,6 +239,7 @@ HAND = {0.0: (0, 0.0), 0.2: (32, 0.1875), 0.4: (72, 0.421875), 0.6: (104, 0.6093
 def test_achieved_share_by_hand(paper_trials):
     from trainables.model import nanohead_split
     from trainables.train import nanohead_share
+
     for t in paper_trials:
         n_nano, share = HAND[t["config"]["nanohead_proportion"]]
         assert nanohead_split(t["gpt"]).n_nano == n_nano
@@ -203,19 +255,38 @@ def test_achieved_share_is_recorded_and_plotted(token_cache, tmp_path):
     from study.catalog import STUDIES
     from study.results import collect, write_trials
     from trainables.train import train
+
     study_dir = tmp_path / "nanohead_grid"
     for p in (0.0, 0.2):
-        config = dict(n_layer=1, n_embd=64, n_head=2, seq_len=32, batch_size=2, max_steps=1, eval_every=1, eval_batches=1,
-                      tokenizer="bpe:512", nanohead_proportion=p, nanohead_dim=3, probes=False, checkpoint=False)
+        config = dict(
+            n_layer=1,
+            n_embd=64,
+            n_head=2,
+            seq_len=32,
+            batch_size=2,
+            max_steps=1,
+            eval_every=1,
+            eval_batches=1,
+            tokenizer="bpe:512",
+            nanohead_proportion=p,
+            nanohead_dim=3,
+            probes=False,
+            checkpoint=False,
+        )
         trial_dir = study_dir / "trials" / f"nanohead_p{round(p * 100):02d}_d1"
         trial_dir.mkdir(parents=True)
         (trial_dir / "trial_config.json").write_text(json.dumps(config))
         train(config, out_dir=str(trial_dir), log=lambda m: None)
-        assert json.loads((trial_dir / "config.json").read_text())["model"]["nanohead_share_achieved"] == {0.0: 0, 0.2: 12 / 64}[p]
+        assert (
+            json.loads((trial_dir / "config.json").read_text())["model"]["nanohead_share_achieved"]
+            == {0.0: 0, 0.2: 12 / 64}[p]
+        )
     df = collect(study_dir, STUDIES["nanohead_grid"], outcomes={})
     assert sorted(zip(df["nanohead_proportion"], df["nanohead_share_achieved"])) == [(0.0, 0.0), (0.2, 0.1875)]
     write_trials(df, study_dir)
-    (study_dir / "study.json").write_text(json.dumps({"study": "nanohead_grid", "family": "nanohead", "metric": "val_bpb"}))
+    (study_dir / "study.json").write_text(
+        json.dumps({"study": "nanohead_grid", "family": "nanohead", "metric": "val_bpb"})
+    )
     study = load_study(study_dir)
     res = analyse_study(study)
     assert [r["nanohead_share_achieved"] for r in res["nanohead"]] == [0.0, 0.1875]
@@ -225,13 +296,17 @@ def test_achieved_share_is_recorded_and_plotted(token_cache, tmp_path):
 
 # ----------------------------------------------------------------------------- what a user types
 
+
 @pytest.mark.parametrize("study", ["nanohead_grid", "nanohead_search"])
 def test_paper_dry_runs(token_cache, tmp_path, study):
     proc = run_cli(token_cache, study, "--profile", "paper", "--dry-run", "--output", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "out").exists()
     if study == "nanohead_search":
-        assert "n_layer: integer, uniform in [3, 12)" in proc.stdout and "lr: number, loguniform in [0.005, 0.08)" in proc.stdout
+        assert (
+            "n_layer: integer, uniform in [3, 12)" in proc.stdout
+            and "lr: number, loguniform in [0.005, 0.08)" in proc.stdout
+        )
         return
     rows = parse_table(proc.stdout)
     assert [r["nano"] for r in rows] == ["-"] + [f"{HAND[p][0]}x3" for p in (0.2, 0.4, 0.6, 0.8)]

@@ -2,11 +2,11 @@
 
 The tables are checked against references computed here: parameter counts from real torch modules and
 nanochat's hand formula, tokens and FLOPs from the profile's numbers, names from the naming rule."""
+
 import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from study_cli import CPU, SMOKE, STUDY_NAMES, hand_params, numel, parse_table, run_cli
 
 PROFILES = {"smoke": SMOKE, "cpu": CPU}
@@ -20,8 +20,20 @@ RUNS = [(study, profile) for study in STUDY_NAMES for profile in ("smoke", "cpu"
     ("nanohead_grid", "smoke", "--seeds", "3"),
     ("nanohead_grid", "smoke", "--set", "nanohead_dim=2"),
     ("nanohead_grid", "smoke", "--set", "nanohead_proportion=0.1,0.3"),
-    ("nanohead_grid", "smoke", "--set", "budget=none", "--set", "n_embd=96", "--set", "n_head=3", "--set", "n_layer=3",
-     "--set", "nanohead_proportion=0.4"),
+    (
+        "nanohead_grid",
+        "smoke",
+        "--set",
+        "budget=none",
+        "--set",
+        "n_embd=96",
+        "--set",
+        "n_head=3",
+        "--set",
+        "n_layer=3",
+        "--set",
+        "nanohead_proportion=0.4",
+    ),
 ]
 
 
@@ -33,15 +45,19 @@ def dry_run_outputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dry_runs(token_cache, dry_run_outputs):
     """key -> the finished process; each run gets its own --output dir (a dry run must not create it)."""
+
     def one(i_key):
         i, (study, profile, *extra) = i_key
-        return (study, profile, *extra), run_cli(token_cache, study, "--profile", profile, "--dry-run", *extra,
-                                                 "--output", dry_run_outputs / f"run{i}")
+        return (study, profile, *extra), run_cli(
+            token_cache, study, "--profile", profile, "--dry-run", *extra, "--output", dry_run_outputs / f"run{i}"
+        )
+
     with ThreadPoolExecutor(max_workers=3) as pool:
         done = dict(pool.map(one, enumerate(RUNS)))
 
     def get(study, profile, *extra):
         return done[(study, profile, *extra)]
+
     return get
 
 
@@ -53,6 +69,7 @@ def table(proc):
 
 # ----------------------------------------------------------------------------- --list and --help
 
+
 def test_list_names_the_six_studies_with_their_hypotheses(token_cache):
     proc = run_cli(token_cache, "--list")
     assert proc.returncode == 0, proc.stderr
@@ -63,13 +80,26 @@ def test_list_names_the_six_studies_with_their_hypotheses(token_cache):
 
 def test_help_for_a_study_states_its_hypothesis(token_cache):
     from study.catalog import STUDIES
+
     proc = run_cli(token_cache, "nanohead_grid", "--help")
     assert proc.returncode == 0, proc.stderr
     flat = " ".join(proc.stdout.split())
     assert " ".join(STUDIES["nanohead_grid"].hypothesis.split()) in flat
     assert "nanohead_proportion=[0.0, 0.2, 0.4, 0.6, 0.8]" in flat  # the axes
-    for option in ("--profile", "--dry-run", "--seeds", "--num-samples", "--set", "--output", "--resume", "--address",
-                   "--workers-per-trial", "--gpus-per-trial", "--wandb", "--storage"):
+    for option in (
+        "--profile",
+        "--dry-run",
+        "--seeds",
+        "--num-samples",
+        "--set",
+        "--output",
+        "--resume",
+        "--address",
+        "--workers-per-trial",
+        "--gpus-per-trial",
+        "--wandb",
+        "--storage",
+    ):
         assert option in proc.stdout
 
 
@@ -78,6 +108,7 @@ def test_help_of_every_study_states_its_hypothesis(name, capsys):
     """The same for the other five, through study.run.main here (one CLI process above is enough)."""
     from study.catalog import STUDIES
     from study.run import main
+
     with pytest.raises(SystemExit) as exit_:
         main([name, "--help"])
     assert exit_.value.code == 0
@@ -86,6 +117,7 @@ def test_help_of_every_study_states_its_hypothesis(name, capsys):
 
 
 # ----------------------------------------------------------------------------- every grid study's table
+
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu"])
 @pytest.mark.parametrize("study", GRID_STUDIES)
@@ -103,7 +135,9 @@ def test_dry_run_table_is_consistent_arithmetic(dry_runs, study, profile):
         assert r["embed"] == r["vocab"] * r["width"] + positions, r
         assert r["lm_head"] in (0, r["vocab"] * r["width"]), r
         assert r["tokens"] == p["max_steps"] * p["batch_size"] * p["seq_len"], r
-        matmul = r["params"] - r["embed"] + r["vocab"] * r["width"] * (r["lm_head"] == 0)  # a tied head still multiplies
+        matmul = (
+            r["params"] - r["embed"] + r["vocab"] * r["width"] * (r["lm_head"] == 0)
+        )  # a tied head still multiplies
         if study == "toeplitz_flags":  # filters are not matmuls: one multiply-add per channel and lag
             fpt = 6 * (matmul - r["L"] * r["heads"] * p["seq_len"]) + 6 * r["L"] * r["width"] * p["seq_len"]
         else:  # QK^T and AV over the full window
@@ -117,7 +151,9 @@ def test_nanohead_grid_is_five_proportions_param_matched(dry_runs, profile):
     depth = rows[0]["L"]
     assert [r["trial"] for r in rows] == [f"nanohead_p{pct:02d}_d{depth}" for pct in (0, 20, 40, 60, 80)]
     assert [r["variant"] for r in rows] == ["p00", "p20", "p40", "p60", "p80"]
-    assert len({(r["params"], r["embed"], r["lm_head"], r["blocks"], r["L"], r["width"], r["heads"]) for r in rows}) == 1
+    assert (
+        len({(r["params"], r["embed"], r["lm_head"], r["blocks"], r["L"], r["width"], r["heads"]) for r in rows}) == 1
+    )
     assert rows[0]["nano"] == "-" and all(r["nano"].endswith("x3") for r in rows[1:])  # nanohead_dim 3
     budget = {"smoke": 1.6e5, "cpu": 2.0e6}[profile]
     assert abs(rows[0]["params"] / budget - 1) <= 0.05  # the solver's tolerance around the profile's budget
@@ -130,9 +166,21 @@ def test_nanohead_grid_params_equal_real_modules(dry_runs):
     rows = table(dry_runs("nanohead_grid", "smoke"))
     for r, p in zip(rows, (0.0, 0.2, 0.4, 0.6, 0.8)):
         hand = hand_params(r["vocab"], r["width"], r["L"])
-        assert (r["params"], r["embed"], r["lm_head"], r["blocks"]) == (hand["total"], hand["embedding"], hand["lm_head"], hand["blocks"])
-        real = numel(vocab_size=r["vocab"], n_layer=r["L"], n_embd=r["width"], n_head=r["heads"], seq_len=SMOKE["seq_len"],
-                     nanohead_proportion=p, nanohead_dim=3)
+        assert (r["params"], r["embed"], r["lm_head"], r["blocks"]) == (
+            hand["total"],
+            hand["embedding"],
+            hand["lm_head"],
+            hand["blocks"],
+        )
+        real = numel(
+            vocab_size=r["vocab"],
+            n_layer=r["L"],
+            n_embd=r["width"],
+            n_head=r["heads"],
+            seq_len=SMOKE["seq_len"],
+            nanohead_proportion=p,
+            nanohead_dim=3,
+        )
         assert real["total"] == r["params"], r
     assert rows[0]["vocab"] == 512 and rows[0]["tokens"] == 30 * 8 * 64
 
@@ -143,17 +191,39 @@ def test_other_studies_params_equal_real_modules(dry_runs):
     assert set(soft) == {"softmax", "softmax1"}
     for variant, r in soft.items():  # the baby GPT is nanoGPT's model: tied embeddings, a position table, no biases
         assert r["lm_head"] == 0 and r["embed"] == (r["vocab"] + SMOKE["seq_len"]) * r["width"]
-        assert numel(arch="nanogpt", qk_norm=False, logit_softcap=None, bias=False, vocab_size=r["vocab"], n_layer=r["L"],
-                     n_embd=r["width"], n_head=r["heads"], seq_len=SMOKE["seq_len"], tie_embeddings=True,
-                     softmax1=variant == "softmax1")["total"] == r["params"]
+        assert (
+            numel(
+                arch="nanogpt",
+                qk_norm=False,
+                logit_softcap=None,
+                bias=False,
+                vocab_size=r["vocab"],
+                n_layer=r["L"],
+                n_embd=r["width"],
+                n_head=r["heads"],
+                seq_len=SMOKE["seq_len"],
+                tie_embeddings=True,
+                softmax1=variant == "softmax1",
+            )["total"]
+            == r["params"]
+        )
     assert soft["softmax"]["params"] == soft["softmax1"]["params"]  # softmax1 adds no parameters
 
     toep = {r["variant"]: r for r in table(dry_runs("toeplitz_flags", "smoke"))}
     assert set(toep) == {"mean_proj", "mean_noproj", "nomean_proj", "nomean_noproj"}
     for variant, r in toep.items():
         proj = variant.endswith("_proj")
-        real = numel(vocab_size=r["vocab"], n_layer=r["L"], n_embd=r["width"], n_head=r["heads"], seq_len=SMOKE["seq_len"],
-                     mixer="toeplitz", toep_mean=variant.startswith("mean"), toep_proj=proj, mlp_ratio=1.0)
+        real = numel(
+            vocab_size=r["vocab"],
+            n_layer=r["L"],
+            n_embd=r["width"],
+            n_head=r["heads"],
+            seq_len=SMOKE["seq_len"],
+            mixer="toeplitz",
+            toep_mean=variant.startswith("mean"),
+            toep_proj=proj,
+            mlp_ratio=1.0,
+        )
         assert real["total"] == r["params"], r
         # per block: one filter per head and lag, in/out projections with biases when on (the note's nn.Linear),
         # a 1x MLP (the note's MLP 512 = width)
@@ -165,8 +235,12 @@ def test_other_studies_params_equal_real_modules(dry_runs):
         tied = r["trial"].endswith("_tied")
         assert r["trial"] == f"vocab_depth_v{r['vocab']}_d{r['L']}" + ("_tied" if tied else "")
         assert (r["lm_head"] == 0) == tied
-        assert numel(vocab_size=r["vocab"], n_layer=r["L"], n_embd=r["width"], n_head=r["heads"],
-                     tie_embeddings=tied)["total"] == r["params"]
+        assert (
+            numel(vocab_size=r["vocab"], n_layer=r["L"], n_embd=r["width"], n_head=r["heads"], tie_embeddings=tied)[
+                "total"
+            ]
+            == r["params"]
+        )
 
 
 def test_vocab_depth_rows(dry_runs):
@@ -199,9 +273,13 @@ def test_scaling_pairs_variant_with_baseline_at_each_budget(dry_runs, profile):
 
 
 def test_softmax1_and_toeplitz_names(dry_runs):
-    assert [r["trial"] for r in table(dry_runs("softmax1_ab", "smoke"))] == ["softmax1_ab_softmax", "softmax1_ab_softmax1"]
+    assert [r["trial"] for r in table(dry_runs("softmax1_ab", "smoke"))] == [
+        "softmax1_ab_softmax",
+        "softmax1_ab_softmax1",
+    ]
     assert sorted(r["trial"] for r in table(dry_runs("toeplitz_flags", "cpu"))) == sorted(
-        f"toeplitz_{m}_{p}" for m in ("mean", "nomean") for p in ("proj", "noproj"))
+        f"toeplitz_{m}_{p}" for m in ("mean", "nomean") for p in ("proj", "noproj")
+    )
 
 
 @pytest.mark.parametrize("profile,samples", [("smoke", 4), ("cpu", 12)])
@@ -221,12 +299,14 @@ def test_nanohead_search_dry_run_describes_the_search(dry_runs, profile, samples
 
 # ----------------------------------------------------------------------------- options that change the table
 
+
 def test_seeds_repeat_every_config(dry_runs):
     one = table(dry_runs("nanohead_grid", "smoke"))
     three = table(dry_runs("nanohead_grid", "smoke", "--seeds", "3"))
     assert len(three) == 3 * len(one)
     assert sorted(r["trial"] for r in three) == sorted(
-        f"{r['trial']}{suffix}" for r in one for suffix in ("", "_s1", "_s2"))
+        f"{r['trial']}{suffix}" for r in one for suffix in ("", "_s1", "_s2")
+    )
     assert {r["params"] for r in three} == {one[0]["params"]}
 
 
@@ -243,8 +323,12 @@ def test_set_nanohead_dim_renames_and_resplits(dry_runs):
         assert (width - count * dim) % (2 * heads) == 0 and (width - count * dim) // heads >= 2
         assert abs(count - p * width / 2) <= heads / 2
         assert r["params"] == base[0]["params"]  # still param-matched to the baseline
-        assert numel(vocab_size=r["vocab"], n_layer=r["L"], n_embd=width, n_head=heads, nanohead_proportion=p,
-                     nanohead_dim=2)["total"] == r["params"]
+        assert (
+            numel(
+                vocab_size=r["vocab"], n_layer=r["L"], n_embd=width, n_head=heads, nanohead_proportion=p, nanohead_dim=2
+            )["total"]
+            == r["params"]
+        )
 
 
 def test_set_list_makes_an_axis(dry_runs):
@@ -256,8 +340,22 @@ def test_set_list_makes_an_axis(dry_runs):
 
 
 def test_set_fixes_a_key_and_a_budget_of_none_keeps_the_given_dims(dry_runs):
-    rows = table(dry_runs("nanohead_grid", "smoke", "--set", "budget=none", "--set", "n_embd=96", "--set", "n_head=3",
-                          "--set", "n_layer=3", "--set", "nanohead_proportion=0.4"))
+    rows = table(
+        dry_runs(
+            "nanohead_grid",
+            "smoke",
+            "--set",
+            "budget=none",
+            "--set",
+            "n_embd=96",
+            "--set",
+            "n_head=3",
+            "--set",
+            "n_layer=3",
+            "--set",
+            "nanohead_proportion=0.4",
+        )
+    )
     assert len(rows) == 1 and rows[0]["trial"] == "nanohead_p40_d3"
     assert (rows[0]["L"], rows[0]["width"], rows[0]["heads"]) == (3, 96, 3)
     assert rows[0]["params"] == hand_params(512, 96, 3)["total"]

@@ -2,12 +2,12 @@
 
 References: the planned tokens are the smoke profile's steps x batch x seq_len written out here, the train tokens
 are read from the shards' meta.json, the dataset names are the README's."""
+
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from study_cli import SMOKE, STUDY_NAMES, parse_table, run_cli
 
 SMOKE_TOKENS = SMOKE["max_steps"] * SMOKE["batch_size"] * SMOKE["seq_len"]  # 30 x 8 x 64 = 15,360
@@ -26,6 +26,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1"}  # a dry run never contacts the Hub; this make
 def small_corpus(tmp_path_factory):
     """300 real wiki documents as a .jsonl: its bpe:512 shards take a second."""
     from trainables.data import load_corpus
+
     path = tmp_path_factory.mktemp("corpus") / "wiki300.jsonl"
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in load_corpus("wiki").documents[:300]))
     return str(path)
@@ -33,13 +34,23 @@ def small_corpus(tmp_path_factory):
 
 def test_epochs_are_planned_tokens_over_the_shards_train_tokens(small_corpus, tmp_path):
     cache = str(tmp_path / "cache")
-    args = ["softmax1_ab", "--profile", "smoke", "--set", f"corpus={small_corpus}", "--dry-run", "--output", tmp_path / "o"]
+    args = [
+        "softmax1_ab",
+        "--profile",
+        "smoke",
+        "--set",
+        f"corpus={small_corpus}",
+        "--dry-run",
+        "--output",
+        tmp_path / "o",
+    ]
     before = run_cli(cache, *args)
     assert before.returncode == 0 and before.stderr == "", before.stderr
     assert all(row["epochs"].startswith("~") for row in parse_table(before.stdout))  # not prepared: an estimate
     assert "estimated from its bytes" in before.stdout
 
     from trainables.data import prepare_tokens
+
     data = prepare_tokens(small_corpus, "bpe:512", cache_dir=cache)
     n_train = json.loads(data.meta_path.read_text())["n_train_tokens"]
     after = run_cli(cache, *args)
@@ -52,8 +63,19 @@ def test_epochs_are_planned_tokens_over_the_shards_train_tokens(small_corpus, tm
 
 def test_max_epochs_moves_the_line(tmp_path, token_cache):
     """The paper plan over the 5 MB corpus is refused (tests/study/test_study_errors.py); max_epochs=2000 lets it."""
-    proc = run_cli(token_cache, "softmax1_ab", "--profile", "paper", "--set", "corpus=wiki", "--set", "max_epochs=2000",
-                   "--dry-run", "--output", tmp_path / "o")
+    proc = run_cli(
+        token_cache,
+        "softmax1_ab",
+        "--profile",
+        "paper",
+        "--set",
+        "corpus=wiki",
+        "--set",
+        "max_epochs=2000",
+        "--dry-run",
+        "--output",
+        tmp_path / "o",
+    )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     for row in parse_table(proc.stdout):
         assert row["tokens"] == 100_000 * 64 * 256  # the note's max_iters x batch_size x block_size
@@ -65,8 +87,10 @@ def paper_dry_runs(token_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("paper")
 
     def one(study):
-        return study, run_cli(token_cache, study, "--profile", "paper", "--dry-run", "--output", out / study,
-                              env=OFFLINE, timeout=300)
+        return study, run_cli(
+            token_cache, study, "--profile", "paper", "--dry-run", "--output", out / study, env=OFFLINE, timeout=300
+        )
+
     with ThreadPoolExecutor(max_workers=3) as pool:
         return dict(pool.map(one, STUDY_NAMES))
 
@@ -87,6 +111,7 @@ def test_a_hub_corpus_too_small_for_the_plan_is_refused_once_fetched(tmp_path, m
     from study.catalog import get_profile, get_study
     from study.run import UsageError, plan_trials, prepare_data
     from trainables.data import load_corpus
+
     monkeypatch.setenv("NANOSTUDIES_CACHE", str(tmp_path / "cache"))
     saved = tmp_path / "saved"
     datasets.Dataset.from_dict({"text": load_corpus("wiki").documents[:300]}).save_to_disk(str(saved))
@@ -95,5 +120,7 @@ def test_a_hub_corpus_too_small_for_the_plan_is_refused_once_fetched(tmp_path, m
     with pytest.raises(UsageError, match=r"15,360 tokens: 0\.\d\d epochs of corpus 'hf:.*max_epochs=0\.05") as refused:
         prepare_data([t["config"] for t in trials])
     n_train = json.loads(next((tmp_path / "cache" / "tokens").glob("*/meta.json")).read_text())["n_train_tokens"]
-    assert f"{SMOKE_TOKENS / n_train:.2f} epochs" in str(refused.value) and f"{n_train:,} train tokens" in str(refused.value)
+    assert f"{SMOKE_TOKENS / n_train:.2f} epochs" in str(refused.value) and f"{n_train:,} train tokens" in str(
+        refused.value
+    )
     assert os.path.isdir(tmp_path / "cache" / "corpora")  # fetched once, into the cache

@@ -1,10 +1,10 @@
 """Everything a user can get wrong exits 2 with ONE line on stderr naming the problem and what is allowed,
 no traceback, and nothing written under --output (checked before Ray starts). No Ray here."""
+
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from study_cli import ROOT, run_cli
 
 SMOKE = ["--profile", "smoke"]
@@ -17,20 +17,44 @@ CASES = {
     "unknown_study": (["nanohead_gird"], ["nanohead_gird", "nanohead_grid", "scaling"]),
     "unknown_profile": (["nanohead_grid", "--profile", "huge"], ["huge", "smoke", "cpu", "gpu", "paper"]),
     "unknown_key": (["nanohead_grid", *SMOKE, "--set", "bogus=1"], ["bogus", "allowed", "nanohead_proportion"]),
-    "proportion_above_range": (["nanohead_grid", *SMOKE, "--set", "nanohead_proportion=1.2"], ["nanohead_proportion", "1.2", "[0, 1)"]),
-    "proportion_below_range": (["nanohead_grid", *SMOKE, "--set", "nanohead_proportion=-0.1"], ["nanohead_proportion", "-0.1", "[0, 1)"]),
+    "proportion_above_range": (
+        ["nanohead_grid", *SMOKE, "--set", "nanohead_proportion=1.2"],
+        ["nanohead_proportion", "1.2", "[0, 1)"],
+    ),
+    "proportion_below_range": (
+        ["nanohead_grid", *SMOKE, "--set", "nanohead_proportion=-0.1"],
+        ["nanohead_proportion", "-0.1", "[0, 1)"],
+    ),
     "nanohead_dim_zero": (["nanohead_grid", *SMOKE, "--set", "nanohead_dim=0"], ["nanohead_dim", ">= 1"]),
     "heads_do_not_divide": (["nanohead_grid", *SMOKE, *NO_HEAD_SPLIT], ["n_head=3", "divisor", "n_embd=100"]),
-    "kv_heads_do_not_divide": (["nanohead_grid", *SMOKE, *FOUR_HEADS, "--set", "n_kv_head=3"], ["n_kv_head=3", "divisor", "n_head=4"]),
+    "kv_heads_do_not_divide": (
+        ["nanohead_grid", *SMOKE, *FOUR_HEADS, "--set", "n_kv_head=3"],
+        ["n_kv_head=3", "divisor", "n_head=4"],
+    ),
     "budget_unreachable": (["nanohead_grid", *SMOKE, "--set", "budget=10"], ["=10", "no architecture", "embeddings"]),
-    "storage_not_a_url": (["nanohead_search", *SMOKE, "--storage", "not-a-url"], ["--storage", "not-a-url", "sqlite:///"]),
-    "storage_unknown_kind": (["nanohead_search", *SMOKE, "--storage", "nosuchdb://host/db"], ["--storage", "nosuchdb", "sqlite:///"]),
-    "storage_sqlite_folder_missing": (["nanohead_search", *SMOKE, "--storage", "sqlite:////nonexistent/dir/optuna.db"], ["--storage", "/nonexistent/dir", "does not exist"]),
-    "address_nothing_listens": (["nanohead_grid", *SMOKE, "--address", "127.0.0.1:1"], ["--address", "127.0.0.1:1", "cannot connect"]),
+    "storage_not_a_url": (
+        ["nanohead_search", *SMOKE, "--storage", "not-a-url"],
+        ["--storage", "not-a-url", "sqlite:///"],
+    ),
+    "storage_unknown_kind": (
+        ["nanohead_search", *SMOKE, "--storage", "nosuchdb://host/db"],
+        ["--storage", "nosuchdb", "sqlite:///"],
+    ),
+    "storage_sqlite_folder_missing": (
+        ["nanohead_search", *SMOKE, "--storage", "sqlite:////nonexistent/dir/optuna.db"],
+        ["--storage", "/nonexistent/dir", "does not exist"],
+    ),
+    "address_nothing_listens": (
+        ["nanohead_grid", *SMOKE, "--address", "127.0.0.1:1"],
+        ["--address", "127.0.0.1:1", "cannot connect"],
+    ),
     "resume_nothing": (["nanohead_grid", *SMOKE, "--resume"], ["--resume", "no run"]),
     "corpus_missing": (["nanohead_grid", *SMOKE, "--set", "corpus=/nonexistent.txt"], ["/nonexistent.txt"]),
     "cpus_per_worker_zero": (["nanohead_grid", *SMOKE, "--cpus-per-worker", "0"], ["--cpus-per-worker", "> 0"]),
-    "more_workers_than_cpus": (["nanohead_grid", *SMOKE, "--workers-per-trial", str((os.cpu_count() or 1) + 1)], ["CPUs", "this machine has"]),
+    "more_workers_than_cpus": (
+        ["nanohead_grid", *SMOKE, "--workers-per-trial", str((os.cpu_count() or 1) + 1)],
+        ["CPUs", "this machine has"],
+    ),
 }
 # More of the same, through study.run.main in this process (each CLI process costs seconds of torch import on
 # a shared 2-core machine); Ray and data preparation are replaced by a failure so nothing can get past the checks.
@@ -39,7 +63,10 @@ IN_PROCESS = {
     "set_without_value": (["nanohead_grid", *SMOKE, "--set", "lr"], ["KEY=VALUE"]),
     "value_of_wrong_type": (["nanohead_grid", *SMOKE, "--set", "lr=fast"], ["lr", "fast", "number"]),
     "int_key_given_a_float": (["nanohead_grid", *SMOKE, "--set", "n_layer=2.5"], ["n_layer", "integer"]),
-    "proportion_axis_with_bad_value": (["nanohead_grid", *SMOKE, "--set", "nanohead_proportion=0.2,1.0"], ["nanohead_proportion", "[0, 1)"]),
+    "proportion_axis_with_bad_value": (
+        ["nanohead_grid", *SMOKE, "--set", "nanohead_proportion=0.2,1.0"],
+        ["nanohead_proportion", "[0, 1)"],
+    ),
     "nanohead_dim_zero_search": (["nanohead_search", *SMOKE, "--set", "nanohead_dim=0"], ["nanohead_dim", ">= 1"]),
     "kv_heads_do_not_divide_fixed_model": (["softmax1_ab", *SMOKE, "--set", "n_kv_head=3"], ["n_kv_head=3", "divisor"]),
     "budget_unreachable_vocab_depth": (["vocab_depth", *SMOKE, "--set", "budget=10"], ["=10", "no architecture"]),
@@ -55,23 +82,33 @@ IN_PROCESS = {
     "workers_zero": (["nanohead_grid", *SMOKE, "--workers-per-trial", "0"], ["--workers-per-trial", ">= 1"]),
     "storage_on_a_grid": (["nanohead_grid", *SMOKE, "--storage", "sqlite:///x.db"], ["--storage", "nanohead_search"]),
     # no postgres driver here, or nothing on port 1: either way one line, and the password never printed
-    "storage_postgres_unusable": (["nanohead_search", *SMOKE, "--storage", "postgresql://u:hunter2@127.0.0.1:1/db"], ["--storage", "u:***@127.0.0.1:1"]),
-    "address_ray_client_nothing_listens": (["nanohead_grid", *SMOKE, "--address", "ray://127.0.0.1:1"], ["--address", "cannot connect"]),
+    "storage_postgres_unusable": (
+        ["nanohead_search", *SMOKE, "--storage", "postgresql://u:hunter2@127.0.0.1:1/db"],
+        ["--storage", "u:***@127.0.0.1:1"],
+    ),
+    "address_ray_client_nothing_listens": (
+        ["nanohead_grid", *SMOKE, "--address", "ray://127.0.0.1:1"],
+        ["--address", "cannot connect"],
+    ),
     "address_malformed": (["nanohead_grid", *SMOKE, "--address", "somewhere"], ["--address", "host:port", "auto"]),
     # the note's plan (100,000 steps x 64 x 256 tokens) over the 5 MB corpus: it would measure memorisation
-    "paper_plan_loops_the_corpus": (["softmax1_ab", "--profile", "paper", "--set", "corpus=wiki"],
-                                    ["softmax1_ab_softmax", "1,638,400,000 tokens", "epochs of corpus 'wiki'",
-                                     "max_epochs=4", "--set max_epochs="]),
+    "paper_plan_loops_the_corpus": (
+        ["softmax1_ab", "--profile", "paper", "--set", "corpus=wiki"],
+        ["softmax1_ab_softmax", "1,638,400,000 tokens", "epochs of corpus 'wiki'", "max_epochs=4", "--set max_epochs="],
+    ),
     "max_epochs_zero": (["nanohead_grid", *SMOKE, "--set", "max_epochs=0"], ["max_epochs=0", "> 0"]),
     # a dry run reads the corpus too (a folder without documents once passed it and failed every trial)
-    "corpus_without_documents_dry_run": (["nanohead_grid", *SMOKE, "--set", f"corpus={ROOT / 'docker'}", "--dry-run"],
-                                         ["docker", "no .txt/.jsonl/.parquet"]),
+    "corpus_without_documents_dry_run": (
+        ["nanohead_grid", *SMOKE, "--set", f"corpus={ROOT / 'docker'}", "--dry-run"],
+        ["docker", "no .txt/.jsonl/.parquet"],
+    ),
 }
 GPU_CASE = (["nanohead_grid", *SMOKE, "--gpus-per-trial", "1"], ["GPU", "this machine has 0"])
 
 
 def _has_cuda() -> bool:
     import torch
+
     return torch.cuda.is_available()
 
 
@@ -111,6 +148,7 @@ def test_bad_input_exits_2_with_one_line(outcomes, case):
 
 def test_help_of_an_unknown_study_still_helps(capsys):
     import study.run
+
     with pytest.raises(SystemExit) as exit_:
         study.run.main(["bogus", "--help"])
     assert exit_.value.code == 0 and "--profile" in capsys.readouterr().out
@@ -118,6 +156,7 @@ def test_help_of_an_unknown_study_still_helps(capsys):
 
 def test_bad_input_leaves_an_existing_output_dir_untouched(capsys, tmp_path):
     import study.run
+
     (tmp_path / "keep.txt").write_text("mine")
     assert study.run.main(["nanohead_grid", *SMOKE, "--set", "nanohead_proportion=1.5", "--output", str(tmp_path)]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
@@ -130,6 +169,7 @@ def test_bad_input_exits_2_with_one_line_in_process(case, capsys, monkeypatch, t
 
     def got_past_the_checks(*args, **kwargs):
         raise AssertionError("a bad input got past validation")
+
     monkeypatch.setattr(study.service, "execute", got_past_the_checks)
     monkeypatch.setattr(study.run, "prepare_data", got_past_the_checks)
     argv, words = IN_PROCESS[case]

@@ -1,18 +1,20 @@
 """The "note vs this run" table of `study.run --dry-run` and study.json, checked against the research notes' own
 numbers (shared/seeds/00N_*.txt, nanoGPT eba36e8, nanochat 98eed6d), written out here by hand."""
+
 import json
 from argparse import Namespace
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from search_spaces.fidelity import FidelityRow
 from study_cli import run_cli
 
+from search_spaces.fidelity import FidelityRow
+
 LABELS = ("note:", "this run:", "differs:")
-RUNS = [(study, "--profile", "paper") for study in
-        ("softmax1_ab", "nanohead_grid", "nanohead_search", "toeplitz_flags", "vocab_depth", "scaling")] + [
-    ("softmax1_ab", "--profile", "cpu"), ("softmax1_ab", "--profile", "paper", "--set", "max_steps=5000")]
+RUNS = [
+    (study, "--profile", "paper")
+    for study in ("softmax1_ab", "nanohead_grid", "nanohead_search", "toeplitz_flags", "vocab_depth", "scaling")
+] + [("softmax1_ab", "--profile", "cpu"), ("softmax1_ab", "--profile", "paper", "--set", "max_steps=5000")]
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +24,7 @@ def dry_runs(token_cache, tmp_path_factory):
     def one(i_run):
         i, run = i_run
         return run, run_cli(token_cache, *run, "--dry-run", "--output", out / f"run{i}", timeout=300)
+
     with ThreadPoolExecutor(max_workers=2) as pool:
         done = dict(pool.map(one, enumerate(RUNS)))
     for run, proc in done.items():
@@ -33,16 +36,16 @@ def note_vs_run(stdout: str) -> dict:
     """The printed table -> {aspect: {"note": ..., "this run": ..., "differs": ...}}; wrapped lines joined."""
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("note vs this run ("))
-    rows, aspect, label = {}, None, None
-    for line in lines[start + 1:]:
+    rows, aspect, label, pad = {}, None, None, 0
+    for line in lines[start + 1 :]:
         pad = line.find("note:") if aspect is None else pad
-        head, field = line[:pad].strip(), line[pad:pad + 10].strip()
+        head, field = line[:pad].strip(), line[pad : pad + 10].strip()
         if head:
             aspect = head
             rows[aspect] = {}
         if field in LABELS:
             label = field[:-1]
-            rows[aspect][label] = line[pad + 10:].strip()
+            rows[aspect][label] = line[pad + 10 :].strip()
         else:
             rows[aspect][label] += " " + line.strip()
     return rows
@@ -54,7 +57,10 @@ def test_softmax1_paper_names_each_difference_from_note_004(dry_runs):
     assert "100,000" in rows["steps"]["note"] and "1,000,000" in rows["steps"]["note"]
     assert rows["steps"]["this run"] == f"100,000 steps, {100_000 * 64 * 256:,} tokens"
     assert "text" in rows["steps"]["differs"]
-    assert rows["batch"]["this run"] == f"64 x 256 tokens = {64 * 256:,} tokens per step" and rows["batch"]["differs"] == "no"
+    assert (
+        rows["batch"]["this run"] == f"64 x 256 tokens = {64 * 256:,} tokens per step"
+        and rows["batch"]["differs"] == "no"
+    )
     # gpt2 has 50,257 tokens; nanoGPT pads to 50,304: 47 rows of 768
     assert "50,257 tokens" in rows["vocab"]["this run"] and f"{47 * 768:,} parameters fewer" in rows["vocab"]["differs"]
     assert "6 layers x 768 wide, 6 heads of 128" in rows["model"]["this run"] and rows["model"]["differs"] == "no"
@@ -73,11 +79,18 @@ def test_softmax1_paper_names_each_difference_from_note_004(dry_runs):
 def test_a_profile_or_set_that_changes_a_row_says_so(dry_runs):
     cpu = note_vs_run(dry_runs("softmax1_ab", "--profile", "cpu"))
     assert cpu["steps"]["this run"] == f"300 steps, {300 * 16 * 128:,} tokens"
-    assert cpu["steps"]["differs"] == f"changed by --profile cpu; the paper profile runs: 100,000 steps, {100_000 * 64 * 256:,} tokens"
-    assert cpu["softmax1"]["differs"] == "the note does not show its change"  # not changed by the profile: its own reason
+    assert (
+        cpu["steps"]["differs"]
+        == f"changed by --profile cpu; the paper profile runs: 100,000 steps, {100_000 * 64 * 256:,} tokens"
+    )
+    assert (
+        cpu["softmax1"]["differs"] == "the note does not show its change"
+    )  # not changed by the profile: its own reason
     paper = note_vs_run(dry_runs("softmax1_ab", "--profile", "paper", "--set", "max_steps=5000"))
     assert paper["steps"]["this run"] == f"5,000 steps, {5000 * 64 * 256:,} tokens"
-    assert paper["steps"]["differs"].startswith("changed by --set max_steps=5000; the paper profile runs: 100,000 steps")
+    assert paper["steps"]["differs"].startswith(
+        "changed by --set max_steps=5000; the paper profile runs: 100,000 steps"
+    )
     assert paper["batch"]["differs"] == "no"
 
 
@@ -123,7 +136,8 @@ def test_vocab_depth_and_scaling(dry_runs):
     assert "last shard" in rows["data"]["differs"]
     out = dry_runs("scaling", "--profile", "paper")
     assert [line for line in out.splitlines() if line.startswith("note vs this run")] == [
-        next(line for line in out.splitlines() if line.startswith("note vs this run: scaling has no single note"))]
+        next(line for line in out.splitlines() if line.startswith("note vs this run: scaling has no single note"))
+    ]
 
 
 def test_fidelity_row_is_checked():
@@ -137,6 +151,7 @@ def test_study_json_records_the_table(tmp_path):
     from study.catalog import get_profile, get_study
     from study.run import note_vs_run, plan_trials
     from study.service import write_study_json
+
     spec, profile = get_study("toeplitz_flags"), get_profile("paper")
     fidelity = note_vs_run(spec, profile, {}, 1, 1, plan_trials(spec, profile, {}, 1, 1))
     args = Namespace(study=spec.name, profile="paper", storage=None)
@@ -144,5 +159,9 @@ def test_study_json_records_the_table(tmp_path):
     saved = json.loads((tmp_path / "study.json").read_text())["fidelity"]
     assert saved["note"] == "003_dda6ec3c2e766f7d.txt"
     steps = next(r for r in saved["rows"] if r["aspect"] == "steps")
-    assert steps == {"aspect": "steps", "note": "max_steps 20,000", "this_run": f"20,000 steps, {20_000 * 16 * 512:,} tokens",
-                     "reason": ""}
+    assert steps == {
+        "aspect": "steps",
+        "note": "max_steps 20,000",
+        "this_run": f"20,000 steps, {20_000 * 16 * 512:,} tokens",
+        "reason": "",
+    }

@@ -1,6 +1,7 @@
 """One driver per study: the lock file, its holder, staleness and the race between two takers.
 
 The holders here are real processes (this one, a child, a child that has exited), not fakes."""
+
 import json
 import multiprocessing
 import os
@@ -15,8 +16,13 @@ from study.lock import LEASE_S, LOCK_FILE, StudyLock, StudyLocked
 
 
 def _holder(path, **fields):
-    record = dict(host=socket.gethostname(), pid=os.getpid(), started="2026-01-01T00:00:00+00:00", token="other",
-                  renewed=time.time())
+    record = dict(
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started="2026-01-01T00:00:00+00:00",
+        token="other",
+        renewed=time.time(),
+    )
     (path / LOCK_FILE).write_text(json.dumps({**record, **fields}))
 
 

@@ -1,6 +1,7 @@
 """End to end on a local Ray cluster, through the CLI as a user types it: a grid study and its output
 format, a crash and --resume, an Optuna search extended later. Each CLI run starts its own local Ray
 (2 CPUs here), so the runs are few and shared across assertions (module fixtures)."""
+
 import json
 import math
 import os
@@ -14,21 +15,39 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from study_cli import SMOKE, crash, experiment_trials, numel, read_metrics, run_cli, start_cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 GRID_NAMES = [f"nanohead_p{pct:02d}_d{SMOKE['depth']}" for pct in (0, 20, 40, 60, 80)]
 SMOKE_TOKENS = SMOKE["max_steps"] * SMOKE["batch_size"] * SMOKE["seq_len"]  # 30 x 8 x 64, one worker
-ROW_COLUMNS = ["trial", "study", "variant", "seed", "status", "error", "params_total", "params_non_embedding",
-               "params_embedding", "params_lm_head", "flops_per_token", "tokens_trained", "train_loss", "val_loss",
-               "val_bpb", "best_val_bpb", "tokens_per_s", "mfu", "wall_s"]
+ROW_COLUMNS = [
+    "trial",
+    "study",
+    "variant",
+    "seed",
+    "status",
+    "error",
+    "params_total",
+    "params_non_embedding",
+    "params_embedding",
+    "params_lm_head",
+    "flops_per_token",
+    "tokens_trained",
+    "train_loss",
+    "val_loss",
+    "val_bpb",
+    "best_val_bpb",
+    "tokens_per_s",
+    "mfu",
+    "wall_s",
+]
 
 
 def reports_available() -> bool:
     try:
         import reports.build  # noqa: F401
+
         return True
     except ImportError:
         return False
@@ -39,6 +58,7 @@ def finite(x) -> bool:
 
 
 # ----------------------------------------------------------------------------- the main grid study, once
+
 
 @pytest.fixture(scope="module")
 def grid(token_cache, tmp_path_factory):
@@ -66,7 +86,17 @@ def test_grid_rows_one_per_trial_all_done(grid):
     assert df["error"].isna().all()
     for column in ROW_COLUMNS:
         assert column in df.columns, column
-    for key in ("nanohead_proportion", "nanohead_dim", "n_layer", "n_embd", "n_head", "vocab_size", "lr", "seq_len", "seed"):
+    for key in (
+        "nanohead_proportion",
+        "nanohead_dim",
+        "n_layer",
+        "n_embd",
+        "n_head",
+        "vocab_size",
+        "lr",
+        "seq_len",
+        "seed",
+    ):
         assert key in df.columns, key  # every config key
     assert set(df["study"]) == {"nanohead_grid"}
     assert sorted(df["variant"]) == ["p00", "p20", "p40", "p60", "p80"]
@@ -101,9 +131,15 @@ def test_grid_params_are_the_models_own(grid):
     df = pd.read_parquet(study_dir / "trials.parquet")
     assert df["params_total"].nunique() == 1
     for _, row in df.iterrows():
-        real = numel(vocab_size=int(row["vocab_size"]), n_layer=int(row["n_layer"]), n_embd=int(row["n_embd"]),
-                     n_head=int(row["n_head"]), seq_len=int(row["seq_len"]),
-                     nanohead_proportion=float(row["nanohead_proportion"]), nanohead_dim=int(row["nanohead_dim"]))
+        real = numel(
+            vocab_size=int(row["vocab_size"]),
+            n_layer=int(row["n_layer"]),
+            n_embd=int(row["n_embd"]),
+            n_head=int(row["n_head"]),
+            seq_len=int(row["seq_len"]),
+            nanohead_proportion=float(row["nanohead_proportion"]),
+            nanohead_dim=int(row["nanohead_dim"]),
+        )
         assert row["params_total"] == real["total"]
         embedding = row["vocab_size"] * row["n_embd"]
         assert row["params_embedding"] == embedding and row["params_lm_head"] == embedding  # untied
@@ -173,23 +209,44 @@ def test_grid_report(grid):
 def test_grid_rerun_without_resume_refuses_to_overwrite(grid, token_cache):
     proc, study_dir = grid
     before = {p: p.stat().st_mtime_ns for p in [study_dir / "trials.parquet", study_dir / "study.json"]}
-    again = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", "--output", study_dir.parent, "--wandb", "disabled")
+    again = run_cli(
+        token_cache, "nanohead_grid", "--profile", "smoke", "--output", study_dir.parent, "--wandb", "disabled"
+    )
     lines = [l for l in again.stderr.splitlines() if l.strip()]
     assert again.returncode == 2 and len(lines) == 1 and "--resume" in lines[0], again.stderr
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
-@pytest.mark.parametrize("changed", [["--profile", "cpu"], ["--set", "lr=0.01"], ["--seeds", "2"],
-                                     ["--workers-per-trial", "2"], ["--ray-train"], ["--cpus-per-worker", "2"]],
-                         ids=["profile", "set", "seeds", "workers", "ray_train", "cpus"])
+@pytest.mark.parametrize(
+    "changed",
+    [
+        ["--profile", "cpu"],
+        ["--set", "lr=0.01"],
+        ["--seeds", "2"],
+        ["--workers-per-trial", "2"],
+        ["--ray-train"],
+        ["--cpus-per-worker", "2"],
+    ],
+    ids=["profile", "set", "seeds", "workers", "ray_train", "cpus"],
+)
 def test_resume_with_other_options_is_refused(grid, token_cache, changed):
     """--resume continues the study that was started: another profile, --set or --seeds would be ignored by the
     restored trials (or mix two plans), other resources would rerun them from step 0 or fail on the world size,
     so it is an error naming what differs, and nothing is touched."""
     proc, study_dir = grid
     before = {p: p.stat().st_mtime_ns for p in study_dir.rglob("*") if p.is_file()}
-    again = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", *changed, "--output", study_dir.parent,
-                    "--wandb", "disabled", "--resume")
+    again = run_cli(
+        token_cache,
+        "nanohead_grid",
+        "--profile",
+        "smoke",
+        *changed,
+        "--output",
+        study_dir.parent,
+        "--wandb",
+        "disabled",
+        "--resume",
+    )
     lines = [l for l in again.stderr.splitlines() if l.strip()]
     assert again.returncode == 2 and len(lines) == 1, again.stderr
     assert "--resume" in lines[0] and changed[0] in lines[0] and "started with" in lines[0], lines[0]
@@ -199,9 +256,26 @@ def test_resume_with_other_options_is_refused(grid, token_cache, changed):
 def test_failed_trials_are_rows_with_their_reason(token_cache, tmp_path):
     """A diverging trial is a result: a row with status failed and the reason in one line, not a traceback. A study
     whose every trial failed exits 1, saying so in one line."""
-    proc = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", "--output", tmp_path, "--wandb", "disabled",
-                   "--no-report", "--set", "nanohead_proportion=0.0,0.2", "--set", "lr=1e30", "--set", "max_steps=10",
-                   "--set", "eval_every=5", timeout=600)
+    proc = run_cli(
+        token_cache,
+        "nanohead_grid",
+        "--profile",
+        "smoke",
+        "--output",
+        tmp_path,
+        "--wandb",
+        "disabled",
+        "--no-report",
+        "--set",
+        "nanohead_proportion=0.0,0.2",
+        "--set",
+        "lr=1e30",
+        "--set",
+        "max_steps=10",
+        "--set",
+        "eval_every=5",
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: every trial failed (2 of 2); the first reason: ") and "nan" in line.lower(), line
@@ -214,6 +288,7 @@ def test_failed_trials_are_rows_with_their_reason(token_cache, tmp_path):
 
 
 # ----------------------------------------------------------------------------- Ctrl-C, a crash, then --resume
+
 
 def wait_for_state(proc, study_dir: Path, log: Path, condition, timeout: float = 420) -> dict:
     """Polls Tune's saved experiment state (what a --resume restores) until condition(state) holds."""
@@ -234,8 +309,22 @@ def test_ctrl_c_then_crash_then_resume(token_cache, tmp_path):
     a running one with a checkpoint. 3. --resume finishes the study: every trial once, finished ones not run
     again, the running one continued from its checkpoint (not retrained from step 0)."""
     steps, every = 60, 10
-    args = ["nanohead_grid", "--profile", "smoke", "--output", tmp_path, "--wandb", "disabled", "--no-report",
-            "--set", "nanohead_proportion=0.0,0.2,0.4,0.6", "--set", f"max_steps={steps}", "--set", f"eval_every={every}"]
+    args = [
+        "nanohead_grid",
+        "--profile",
+        "smoke",
+        "--output",
+        tmp_path,
+        "--wandb",
+        "disabled",
+        "--no-report",
+        "--set",
+        "nanohead_proportion=0.0,0.2,0.4,0.6",
+        "--set",
+        f"max_steps={steps}",
+        "--set",
+        f"eval_every={every}",
+    ]
     names = [f"nanohead_p{pct:02d}_d2" for pct in (0, 20, 40, 60)]
     all_steps = list(range(every, steps + 1, every))
     study_dir = tmp_path / "nanohead_grid"
@@ -262,8 +351,14 @@ def test_ctrl_c_then_crash_then_resume(token_cache, tmp_path):
     log = tmp_path / "second.log"
     proc = start_cli(token_cache, *command[3:], log=log)
     try:
-        state = wait_for_state(proc, study_dir, log, lambda st: any(s == "TERMINATED" for s, _ in st.values())
-                               and any(s == "RUNNING" and c for s, c in st.values()))
+        state = wait_for_state(
+            proc,
+            study_dir,
+            log,
+            lambda st: (
+                any(s == "TERMINATED" for s, _ in st.values()) and any(s == "RUNNING" and c for s, c in st.values())
+            ),
+        )
         done = [n for n, (s, _) in state.items() if s == "TERMINATED"]
         running = [n for n, (s, c) in state.items() if s == "RUNNING" and c]
         before = {n: (study_dir / "trials" / n / "metrics.jsonl").read_text() for n in done + running}
@@ -302,14 +397,32 @@ def test_resume_when_tunes_state_names_a_deleted_checkpoint(token_cache, tmp_pat
     recover from checkpoint', seen in CI). Here the named checkpoint is removed by hand after a crash: the
     trial continues from the newest checkpoint still in storage, not from step 0 and not as a failure."""
     steps, every = 60, 10
-    args = ["nanohead_grid", "--profile", "smoke", "--output", tmp_path, "--wandb", "disabled", "--no-report",
-            "--set", "nanohead_proportion=0.0", "--set", f"max_steps={steps}", "--set", f"eval_every={every}"]
+    args = [
+        "nanohead_grid",
+        "--profile",
+        "smoke",
+        "--output",
+        tmp_path,
+        "--wandb",
+        "disabled",
+        "--no-report",
+        "--set",
+        "nanohead_proportion=0.0",
+        "--set",
+        f"max_steps={steps}",
+        "--set",
+        f"eval_every={every}",
+    ]
     study_dir = tmp_path / "nanohead_grid"
     log = tmp_path / "first.log"
     proc = start_cli(token_cache, *args, log=log)
     try:
-        state = wait_for_state(proc, study_dir, log, lambda st: any(s == "RUNNING" and c and c != "checkpoint_000000"
-                                                                    for s, c in st.values()))
+        state = wait_for_state(
+            proc,
+            study_dir,
+            log,
+            lambda st: any(s == "RUNNING" and c and c != "checkpoint_000000" for s, c in st.values()),
+        )
     finally:
         crash(proc)
     ((name, (_, named)),) = [(n, v) for n, v in state.items() if v[0] == "RUNNING"]
@@ -329,13 +442,26 @@ def test_resume_when_tunes_state_names_a_deleted_checkpoint(token_cache, tmp_pat
 
 # ----------------------------------------------------------------------------- Optuna: a search, extended later
 
+
 def optuna_trials(db: Path):
     import optuna
+
     return optuna.load_study(study_name="nanohead_search", storage=f"sqlite:///{db}")
 
 
 def test_optuna_search_extended_with_more_trials(token_cache, tmp_path):
-    args = ["nanohead_search", "--profile", "smoke", "--num-samples", 2, "--output", tmp_path, "--wandb", "disabled", "--no-report"]
+    args = [
+        "nanohead_search",
+        "--profile",
+        "smoke",
+        "--num-samples",
+        2,
+        "--output",
+        tmp_path,
+        "--wandb",
+        "disabled",
+        "--no-report",
+    ]
     study_dir = tmp_path / "nanohead_search"
     first = run_cli(token_cache, *args, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -368,8 +494,24 @@ def test_optuna_multi_objective_in_a_given_storage(token_cache, tmp_path):
     """--set objective=multi: NSGA-II over (val_bpb, params_total); --storage puts the study where it says."""
     db = tmp_path / "elsewhere" / "search.db"
     db.parent.mkdir()
-    proc = run_cli(token_cache, "nanohead_search", "--profile", "smoke", "--num-samples", 2, "--output", tmp_path / "out",
-                   "--wandb", "disabled", "--no-report", "--set", "objective=multi", "--storage", f"sqlite:///{db}", timeout=600)
+    proc = run_cli(
+        token_cache,
+        "nanohead_search",
+        "--profile",
+        "smoke",
+        "--num-samples",
+        2,
+        "--output",
+        tmp_path / "out",
+        "--wandb",
+        "disabled",
+        "--no-report",
+        "--set",
+        "objective=multi",
+        "--storage",
+        f"sqlite:///{db}",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     study = optuna_trials(db)
     assert len(study.directions) == 2
@@ -387,9 +529,24 @@ def test_a_failure_after_the_trials_is_one_line_and_loses_nothing(token_cache, t
     terminal gets one line naming the log, driver.log the traceback, and the exit status is 1."""
     study_dir = tmp_path / "nanohead_grid"
     (study_dir / "trials.parquet").mkdir(parents=True)
-    proc = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", "--output", tmp_path, "--wandb", "disabled",
-                   "--no-report", "--set", "nanohead_proportion=0.0", "--set", "max_steps=10", "--set", "eval_every=5",
-                   timeout=600)
+    proc = run_cli(
+        token_cache,
+        "nanohead_grid",
+        "--profile",
+        "smoke",
+        "--output",
+        tmp_path,
+        "--wandb",
+        "disabled",
+        "--no-report",
+        "--set",
+        "nanohead_proportion=0.0",
+        "--set",
+        "max_steps=10",
+        "--set",
+        "eval_every=5",
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: the study stopped: IsADirectoryError") and str(study_dir / "driver.log") in line

@@ -3,15 +3,14 @@ state and checkpoints, every trial's files and the study's results land in the b
 crash and --resume continue from the checkpoints in the bucket; --fetch brings the study back for the
 report; bad URIs exit 2 with one line and write nothing. The bucket is read back with boto3, not with the
 pyarrow code under test."""
+
 import io
 import json
-import shlex
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from study_cli import ROOT, SMOKE, crash, experiment_trials, run_cli, start_cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
@@ -24,13 +23,24 @@ def s3():
     pytest.importorskip("moto", reason="moto (the dev extra) runs the S3-compatible server")
     import boto3
     from moto.server import ThreadedMotoServer
+
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = dict(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="test-key-id",
-               AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="test-key-id",
-                          aws_secret_access_key=SECRET, region_name="us-east-1")
+    env = dict(
+        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        AWS_ACCESS_KEY_ID="test-key-id",
+        AWS_SECRET_ACCESS_KEY=SECRET,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id="test-key-id",
+        aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket="lab")
     yield env, client
     server.stop()
@@ -72,13 +82,26 @@ def tune_state(client, prefix: str, dest: Path) -> dict:
 
 # ----------------------------------------------------------------------------- a grid study into a bucket
 
+
 @pytest.fixture(scope="module")
 def grid(s3, token_cache, tmp_path_factory):
     env, client = s3
     cwd_results = ROOT / "results" / "nanohead_grid"
     before = sorted(cwd_results.rglob("*")) if cwd_results.exists() else None
-    proc = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", "--output", "s3://lab/results",
-                   "--set", "nanohead_proportion=0.0,0.4", "--wandb", "offline", env=env, timeout=600)
+    proc = run_cli(
+        token_cache,
+        "nanohead_grid",
+        "--profile",
+        "smoke",
+        "--output",
+        "s3://lab/results",
+        "--set",
+        "nanohead_proportion=0.0,0.4",
+        "--wandb",
+        "offline",
+        env=env,
+        timeout=600,
+    )
     after = sorted(cwd_results.rglob("*")) if cwd_results.exists() else None
     return proc, before == after
 
@@ -130,8 +153,18 @@ def test_no_secret_in_any_object(grid, s3):
 
 def test_fetch_brings_the_study_back_for_the_report(grid, s3, token_cache, tmp_path):
     env, client = s3
-    proc = run_cli(token_cache, "nanohead_grid", "--fetch", "--output", "s3://lab/results", "--dest", tmp_path,
-                   env=env, module="study.submit", timeout=120)
+    proc = run_cli(
+        token_cache,
+        "nanohead_grid",
+        "--fetch",
+        "--output",
+        "s3://lab/results",
+        "--dest",
+        tmp_path,
+        env=env,
+        module="study.submit",
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     local = tmp_path / "nanohead_grid"
     assert (local / "trials.parquet").read_bytes() == read(client, "results/nanohead_grid/trials.parquet")
@@ -143,8 +176,18 @@ def test_fetch_brings_the_study_back_for_the_report(grid, s3, token_cache, tmp_p
 def test_rerun_without_resume_refuses_and_writes_nothing(grid, s3, token_cache):
     env, client = s3
     before = {k: read(client, k) for k in keys(client, "results/nanohead_grid/") if "/checkpoint_" not in k}
-    proc = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", "--output", "s3://lab/results",
-                   "--set", "nanohead_proportion=0.0,0.4", env=env, timeout=120)
+    proc = run_cli(
+        token_cache,
+        "nanohead_grid",
+        "--profile",
+        "smoke",
+        "--output",
+        "s3://lab/results",
+        "--set",
+        "nanohead_proportion=0.0,0.4",
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "s3://lab/results/nanohead_grid already holds a run" in proc.stderr and "--resume" in proc.stderr
     assert {k: read(client, k) for k in keys(client, "results/nanohead_grid/") if "/checkpoint_" not in k} == before
@@ -152,12 +195,16 @@ def test_rerun_without_resume_refuses_and_writes_nothing(grid, s3, token_cache):
 
 # ----------------------------------------------------------------------------- bad URIs
 
-@pytest.mark.parametrize("output,says", [
-    ("nosuchfs://lab/results", "nosuchfs"),
-    ("s3:///results", "bucket"),
-    ("s3://no-such-bucket/results", "no-such-bucket"),
-    ("s3://someone:hunter2@lab/results", "environment"),
-])
+
+@pytest.mark.parametrize(
+    "output,says",
+    [
+        ("nosuchfs://lab/results", "nosuchfs"),
+        ("s3:///results", "bucket"),
+        ("s3://no-such-bucket/results", "no-such-bucket"),
+        ("s3://someone:hunter2@lab/results", "environment"),
+    ],
+)
 def test_bad_output_uri_exits_2_with_one_line(s3, token_cache, output, says):
     env, client = s3
     before = keys(client, "")
@@ -170,6 +217,7 @@ def test_bad_output_uri_exits_2_with_one_line(s3, token_cache, output, says):
 
 # ----------------------------------------------------------------------------- a crash, then --resume
 
+
 def test_crash_then_resume_from_the_bucket(s3, token_cache, tmp_path):
     """SIGKILL the driver and all its Ray processes once Tune's state in the bucket holds a finished trial and a
     running one with a checkpoint; --resume (the staging folder is gone with the 'machine', the bucket is all
@@ -177,11 +225,26 @@ def test_crash_then_resume_from_the_bucket(s3, token_cache, tmp_path):
     from its checkpoint in the bucket."""
     import shutil
     import tempfile
+
     env, client = s3
     steps, every = 60, 10
     prefix = "crash/nanohead_grid/"
-    args = ["nanohead_grid", "--profile", "smoke", "--output", "s3://lab/crash", "--wandb", "disabled", "--no-report",
-            "--set", "nanohead_proportion=0.0,0.2,0.4", "--set", f"max_steps={steps}", "--set", f"eval_every={every}"]
+    args = [
+        "nanohead_grid",
+        "--profile",
+        "smoke",
+        "--output",
+        "s3://lab/crash",
+        "--wandb",
+        "disabled",
+        "--no-report",
+        "--set",
+        "nanohead_proportion=0.0,0.2,0.4",
+        "--set",
+        f"max_steps={steps}",
+        "--set",
+        f"eval_every={every}",
+    ]
     names = [f"nanohead_p{pct:02d}_d2" for pct in (0, 20, 40)]
     all_steps = list(range(every, steps + 1, every))
 
@@ -202,7 +265,10 @@ def test_crash_then_resume_from_the_bucket(s3, token_cache, tmp_path):
         before = {n: read(client, f"{prefix}trials/{n}/metrics.jsonl") for n in done + running}
     finally:
         crash(proc)
-    for leftover in (Path(tempfile.gettempdir()) / "nanostudies-staging", Path(tempfile.gettempdir()) / "nanostudies-trials"):
+    for leftover in (
+        Path(tempfile.gettempdir()) / "nanostudies-staging",
+        Path(tempfile.gettempdir()) / "nanostudies-trials",
+    ):
         shutil.rmtree(leftover, ignore_errors=True)  # the machine is gone: only the bucket is left
     print(f"crashed with {done} finished and {running} running (Tune's saved state)")
 
@@ -224,12 +290,28 @@ def test_crash_then_resume_from_the_bucket(s3, token_cache, tmp_path):
 
 # ----------------------------------------------------------------------------- a DDP trial (Ray Train) into a bucket
 
+
 def test_ddp_trial_writes_through_its_rank_0_worker(s3, token_cache):
     """Two Ray Train workers per trial: Train's checkpoints go to the bucket's train/, and rank 0 (which may run
     on any node) pushes the trial's metrics after every eval."""
     env, client = s3
-    proc = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", "--output", "s3://lab/ddp", "--wandb", "disabled",
-                   "--no-report", "--set", "nanohead_proportion=0.0", "--workers-per-trial", "2", env=env, timeout=600)
+    proc = run_cli(
+        token_cache,
+        "nanohead_grid",
+        "--profile",
+        "smoke",
+        "--output",
+        "s3://lab/ddp",
+        "--wandb",
+        "disabled",
+        "--no-report",
+        "--set",
+        "nanohead_proportion=0.0",
+        "--workers-per-trial",
+        "2",
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     logged = metrics(client, "ddp/nanohead_grid/trials/nanohead_p00_d2/metrics.jsonl")
     assert [m["step"] for m in logged] == [10, 20, 30]
@@ -242,8 +324,10 @@ def test_ddp_trial_writes_through_its_rank_0_worker(s3, token_cache):
 
 # ----------------------------------------------------------------------------- one driver per study, private staging
 
+
 def test_a_driver_holding_the_bucket_study_refuses_a_second(s3, token_cache, monkeypatch):
     from study.lock import StudyLock
+
     env, client = s3
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -252,8 +336,17 @@ def test_a_driver_holding_the_bucket_study_refuses_a_second(s3, token_cache, mon
     try:
         holder = json.loads(read(client, "locked/nanohead_grid/.lock"))
         for extra in ([], ["--resume"]):
-            proc = run_cli(token_cache, "nanohead_grid", "--profile", "smoke", "--output", "s3://lab/locked", *extra,
-                           env=env, timeout=120)
+            proc = run_cli(
+                token_cache,
+                "nanohead_grid",
+                "--profile",
+                "smoke",
+                "--output",
+                "s3://lab/locked",
+                *extra,
+                env=env,
+                timeout=120,
+            )
             (line,) = proc.stderr.strip().splitlines()
             assert proc.returncode == 2 and "is being run by another driver" in line, proc.stderr
             assert f"pid {holder['pid']} on {holder['host']}, started {holder['started']}" in line
@@ -266,6 +359,7 @@ def test_a_driver_holding_the_bucket_study_refuses_a_second(s3, token_cache, mon
 
 def test_each_run_stages_in_a_private_folder_of_its_own(grid, s3, monkeypatch):
     from study.results import StudyStorage
+
     env, client = s3
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -1,6 +1,7 @@
 """Secrets and trust at the edges: --output (local folders made absolute once, unusable ones and URIs carrying
 credentials refused in one line, a URI's dry run offline), study.submit's --fetch (--dest, a job's study name)
 and what its job upload leaves out. No Ray cluster here."""
+
 import os
 import subprocess
 import sys
@@ -8,12 +9,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from study_cli import ROOT, cli_env
 
 import study.run
 import study.submit
 from study.run import UsageError, check_output
 from study.submit import copy_study, upload_size
-from study_cli import ROOT, cli_env
 
 SMOKE = ["nanohead_grid", "--profile", "smoke"]
 SECRET = "Zq9-never-print-this-7Kx"
@@ -33,14 +34,18 @@ def tree(root: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- local --output
 
-@pytest.mark.parametrize("given,expected", [
-    ("results", "CWD/results"),
-    ("./x", "CWD/x"),
-    ("x/y", "CWD/x/y"),
-    ("x/../y", "CWD/y"),
-    ("~/x", "HOME/x"),
-    ("file:///abs/x", "/abs/x"),
-])
+
+@pytest.mark.parametrize(
+    "given,expected",
+    [
+        ("results", "CWD/results"),
+        ("./x", "CWD/x"),
+        ("x/y", "CWD/x/y"),
+        ("x/../y", "CWD/y"),
+        ("~/x", "HOME/x"),
+        ("file:///abs/x", "/abs/x"),
+    ],
+)
 def test_local_outputs_become_absolute(given, expected, tmp_path, monkeypatch):
     (tmp_path / "cwd").mkdir()
     (tmp_path / "home").mkdir()
@@ -51,9 +56,16 @@ def test_local_outputs_become_absolute(given, expected, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["cwd", "home"] and not os.listdir(tmp_path / "cwd")  # nothing made
 
 
-@pytest.mark.parametrize("uri", ["s3://lab/results", "s3://lab/r?region=eu-west-1&endpoint_override=localhost:9000",
-                                 "gs://lab/results", "abfs://container@acct.dfs.core.windows.net/results",
-                                 "abfss://acct.dfs.core.windows.net/container/results?enable_tls=true"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://lab/results",
+        "s3://lab/r?region=eu-west-1&endpoint_override=localhost:9000",
+        "gs://lab/results",
+        "abfs://container@acct.dfs.core.windows.net/results",
+        "abfss://acct.dfs.core.windows.net/container/results?enable_tls=true",
+    ],
+)
 def test_uris_without_credentials_pass_unchanged(uri):
     assert check_output(uri) == uri
 
@@ -70,9 +82,13 @@ def a_file(tmp_path):
 def test_unusable_local_output_exits_2_with_one_line(case, dry_run, a_file, tmp_path, capsys):
     link = tmp_path / "fd"
     link.symlink_to("/proc/self/fd")
-    output, says = {"existing_file": (a_file, "not a folder"), "under_a_file": (a_file / "sub", "not a folder"),
-                    "proc": ("/proc/nanostudies", "/proc"), "sys": ("/sys/kernel/nanostudies", "/sys"),
-                    "link_into_proc": (link / "results", "/proc")}[case]
+    output, says = {
+        "existing_file": (a_file, "not a folder"),
+        "under_a_file": (a_file / "sub", "not a folder"),
+        "proc": ("/proc/nanostudies", "/proc"),
+        "sys": ("/sys/kernel/nanostudies", "/sys"),
+        "link_into_proc": (link / "results", "/proc"),
+    }[case]
     before = tree(tmp_path)
     code = study.run.main([*SMOKE, "--output", str(output), *(["--dry-run"] if dry_run else [])])
     line = one_error_line(capsys)
@@ -91,18 +107,22 @@ def test_output_in_a_folder_without_write_permission_exits_2(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- credentials in a URI
 
-@pytest.mark.parametrize("uri,named", [
-    # the issue's case: an Azure service principal's secret in the query
-    (f"abfs://c@acct.dfs.core.windows.net/p?client_id=a&client_secret={SECRET}&tenant_id=b", "client_secret"),
-    (f"abfs://c:{SECRET}@acct.dfs.core.windows.net/p", "credentials"),   # an account key as the password
-    (f"abfs://acct.dfs.core.windows.net/c/p?sv=2024&sig={SECRET}", "sig"),  # a SAS token
-    (f"s3://someone:{SECRET}@lab/results", "credentials"),
-    (f"s3://{SECRET}@lab/results", "credentials"),                        # pyarrow takes a lone user as the key id
-    (f"s3://lab/results?access_key=AK&secret_key={SECRET}", "secret_key"),
-    (f"s3://lab/results?region=us-east-1&session_token={SECRET}", "session_token"),
-    (f"gs://{SECRET}@lab/results", "credentials"),
-    (f"gs://lab/results?token={SECRET}", "token"),
-])
+
+@pytest.mark.parametrize(
+    "uri,named",
+    [
+        # the issue's case: an Azure service principal's secret in the query
+        (f"abfs://c@acct.dfs.core.windows.net/p?client_id=a&client_secret={SECRET}&tenant_id=b", "client_secret"),
+        (f"abfs://c:{SECRET}@acct.dfs.core.windows.net/p", "credentials"),  # an account key as the password
+        (f"abfs://acct.dfs.core.windows.net/c/p?sv=2024&sig={SECRET}", "sig"),  # a SAS token
+        (f"s3://someone:{SECRET}@lab/results", "credentials"),
+        (f"s3://{SECRET}@lab/results", "credentials"),  # pyarrow takes a lone user as the key id
+        (f"s3://lab/results?access_key=AK&secret_key={SECRET}", "secret_key"),
+        (f"s3://lab/results?region=us-east-1&session_token={SECRET}", "session_token"),
+        (f"gs://{SECRET}@lab/results", "credentials"),
+        (f"gs://lab/results?token={SECRET}", "token"),
+    ],
+)
 def test_credentials_in_a_uri_exit_2_without_echoing_them(uri, named, capsys):
     assert study.run.main([*SMOKE, "--dry-run", "--output", uri]) == 2
     line = one_error_line(capsys)
@@ -122,18 +142,44 @@ def test_s3_dry_run_makes_no_network_call(token_cache):
     if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
         pytest.skip("unshare -n is not allowed here (needs root or user namespaces)")
     env = {k: v for k, v in cli_env(token_cache).items() if not k.startswith("AWS_")}  # no endpoint: AWS itself
-    control = subprocess.run(["unshare", "-n", sys.executable, "-c",
-                              "import pyarrow.fs; pyarrow.fs.FileSystem.from_uri('s3://nanostudies-lab/results')"],
-                             env=env, capture_output=True, text=True, timeout=120)
+    control = subprocess.run(
+        [
+            "unshare",
+            "-n",
+            sys.executable,
+            "-c",
+            "import pyarrow.fs; pyarrow.fs.FileSystem.from_uri('s3://nanostudies-lab/results')",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert control.returncode != 0 and "region" in control.stderr, control.stderr  # the sandbox stops a lookup
-    proc = subprocess.run(["unshare", "-n", sys.executable, "-m", "study.run", *SMOKE, "--dry-run",
-                           "--output", "s3://nanostudies-lab/results"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            "unshare",
+            "-n",
+            sys.executable,
+            "-m",
+            "study.run",
+            *SMOKE,
+            "--dry-run",
+            "--output",
+            "s3://nanostudies-lab/results",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "nanohead_p00_d2" in proc.stdout
 
 
 # ----------------------------------------------------------------------------- study.submit
+
 
 def test_submit_refuses_credentials_by_the_same_rule(capsys):
     uri = f"abfs://c@acct.dfs.core.windows.net/p?client_id=a&client_secret={SECRET}&tenant_id=b"
@@ -148,8 +194,9 @@ def test_fetch_into_a_file_exits_2(case, a_file, tmp_path, capsys):
     source.mkdir(parents=True)
     (source / "trials.csv").write_text("trial\nt0\n")
     dest = a_file if case == "existing_file" else a_file / "sub"
-    assert study.submit.main(["nanohead_grid", "--fetch", "--output", str(tmp_path / "shared"),
-                              "--dest", str(dest)]) == 2
+    assert (
+        study.submit.main(["nanohead_grid", "--fetch", "--output", str(tmp_path / "shared"), "--dest", str(dest)]) == 2
+    )
     line = one_error_line(capsys)
     assert line.startswith("error: --dest") and "not a folder" in line
     assert a_file.read_text() == "mine"
@@ -181,9 +228,25 @@ def test_fetch_copies_a_plain_study_name(tmp_path, capsys):
 # ----------------------------------------------------------------------------- the job upload
 
 KEPT = {"study/run.py": 100, "README.md": 40, "docs/keys.md": 30, "tests/test_key.py": 20}
-SECRETS = [".env", ".env.local", "deploy/server.pem", "tls.key", "certs/client.p12", "credentials",
-           "gcloud.credentials", ".aws/credentials", ".aws/config", ".netrc", "home/.pgpass", "id_rsa", "id_rsa.pub",
-           ".ssh/id_ed25519", "service-account-prod.json", ".git/config", "vendored/lib/.git"]
+SECRETS = [
+    ".env",
+    ".env.local",
+    "deploy/server.pem",
+    "tls.key",
+    "certs/client.p12",
+    "credentials",
+    "gcloud.credentials",
+    ".aws/credentials",
+    ".aws/config",
+    ".netrc",
+    "home/.pgpass",
+    "id_rsa",
+    "id_rsa.pub",
+    ".ssh/id_ed25519",
+    "service-account-prod.json",
+    ".git/config",
+    "vendored/lib/.git",
+]
 
 
 @pytest.fixture
@@ -207,6 +270,7 @@ def test_upload_size_leaves_out_secrets(project):
 def test_rays_own_packaging_leaves_out_secrets(project, tmp_path):
     """What Ray actually zips for the job's working_dir, with the runtime_env's excludes."""
     from ray._private.runtime_env.packaging import create_package
+
     package = tmp_path / "package.zip"
     create_package(str(project), package, include_gitignore=False, excludes=study.submit.runtime_env()["excludes"])
     with zipfile.ZipFile(package) as z:

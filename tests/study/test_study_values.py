@@ -8,6 +8,7 @@
   exits 2: none is silently dropped (as --set n_head=7 was, under nanohead_grid's budget solver).
 - A plan is counted before it is built: --seeds 100000 exits 2 at once, and --max-trials raises the cap.
 """
+
 import math
 import sys
 import time
@@ -15,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, fields
 
 import pytest
-
 from study_cli import run_cli
 
 SMOKE = ["--profile", "smoke"]
@@ -36,6 +36,7 @@ BY_HAND = {
 
 def _cuda_count() -> int:
     import torch
+
     return torch.cuda.device_count()
 
 
@@ -56,17 +57,20 @@ def no_run_past_the_checks(monkeypatch):
 
     def got_past_the_checks(*args, **kwargs):
         raise AssertionError("a bad value got past planning")
+
     monkeypatch.setattr(study.service, "execute", got_past_the_checks)
     monkeypatch.setattr(study.run, "prepare_data", got_past_the_checks)
 
 
 # ----------------------------------------------------------------------------- the values typed by hand
 
+
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry_run", "run"])
 @pytest.mark.parametrize("name", STUDIES)
 @pytest.mark.parametrize("value", BY_HAND)
 def test_value_typed_by_hand_exits_2_in_one_line(value, name, dry_run, capsys, tmp_path, no_run_past_the_checks):
     import study.run
+
     if value == "device=cuda:7" and _cuda_count() > 7:
         pytest.skip("this machine has a cuda:7")
     out = tmp_path / "out"
@@ -79,11 +83,13 @@ def test_value_typed_by_hand_exits_2_in_one_line(value, name, dry_run, capsys, t
 
 
 # As a user runs them (real processes, no tripwire): without --dry-run each still stops before Ray and --output.
-CLI_CASES = [("nanohead_grid", ["--set", "lr=1e999"], ["lr=inf", "> 0"]),
-             ("nanohead_search", ["--set", "seed=-1"], ["seed=-1", "[0, 2**32)"]),
-             ("nanohead_grid", ["--set", "device=cuda:7"], ["device=cuda:7", "auto, cpu"]),
-             ("nanohead_grid", ["--seeds", "100000"], ["500,000 trials", "--max-trials"]),
-             ("nanohead_grid", ["--set", "n_head=7"], ["n_head=7", "derives", "head_dim"])]
+CLI_CASES = [
+    ("nanohead_grid", ["--set", "lr=1e999"], ["lr=inf", "> 0"]),
+    ("nanohead_search", ["--set", "seed=-1"], ["seed=-1", "[0, 2**32)"]),
+    ("nanohead_grid", ["--set", "device=cuda:7"], ["device=cuda:7", "auto, cpu"]),
+    ("nanohead_grid", ["--seeds", "100000"], ["500,000 trials", "--max-trials"]),
+    ("nanohead_grid", ["--set", "n_head=7"], ["n_head=7", "derives", "head_dim"]),
+]
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +102,7 @@ def cli_outcomes(token_cache, tmp_path_factory):
         t0 = time.time()
         proc = run_cli(token_cache, study, *SMOKE, *argv, "--output", out, timeout=180)
         return proc, out, time.time() - t0
+
     with ThreadPoolExecutor(max_workers=3) as pool:
         return list(pool.map(one, enumerate(CLI_CASES)))
 
@@ -114,9 +121,12 @@ def test_cli_without_dry_run_exits_2_before_ray_and_output(cli_outcomes, i):
 
 # ----------------------------------------------------------------------------- device
 
+
 def test_a_device_this_machine_has_is_accepted():
-    from study.catalog import STUDIES as SPECS, get_profile
+    from study.catalog import STUDIES as SPECS
+    from study.catalog import get_profile
     from study.run import plan_trials
+
     for device in ["auto", "cpu"] + (["cuda", f"cuda:{_cuda_count() - 1}"] if _cuda_count() else []):
         trials = plan_trials(SPECS["nanohead_grid"], get_profile("smoke"), {"device": device}, 1, 1)
         assert {t["train"].device for t in trials} == {device}
@@ -125,19 +135,27 @@ def test_a_device_this_machine_has_is_accepted():
 def test_with_address_only_the_device_form_is_checked(capsys):
     """The trials run on the cluster's nodes, which the driver cannot see: cuda:7 is the cluster's business."""
     import study.run
-    code = study.run.main(["nanohead_grid", *SMOKE, "--set", "device=cuda:7", "--address", "10.0.0.1:6379", "--dry-run"])
+
+    code = study.run.main(
+        ["nanohead_grid", *SMOKE, "--set", "device=cuda:7", "--address", "10.0.0.1:6379", "--dry-run"]
+    )
     assert code == 0, capsys.readouterr().err
-    code = study.run.main(["nanohead_search", *SMOKE, "--set", "device=cuda:7", "--address", "10.0.0.1:6379", "--dry-run"])
+    code = study.run.main(
+        ["nanohead_search", *SMOKE, "--set", "device=cuda:7", "--address", "10.0.0.1:6379", "--dry-run"]
+    )
     assert code == 0, capsys.readouterr().err
     capsys.readouterr()
     for bad in ("gpu0", "cuda:x", "cuda:-1"):  # a malformed device is wrong anywhere
-        code = study.run.main(["nanohead_grid", *SMOKE, "--set", f"device={bad}", "--address", "10.0.0.1:6379", "--dry-run"])
+        code = study.run.main(
+            ["nanohead_grid", *SMOKE, "--set", f"device={bad}", "--address", "10.0.0.1:6379", "--dry-run"]
+        )
         line = _one_error_line(code, capsys.readouterr().err)
         assert f"device='{bad}'" in line and "cuda:N" in line, line
 
 
 def test_a_cuda_device_past_the_count_is_refused_locally(capsys):
     import study.run
+
     n = _cuda_count()
     code = study.run.main(["softmax1_ab", *SMOKE, "--set", f"device=cuda:{n}", "--dry-run"])
     line = _one_error_line(code, capsys.readouterr().err)
@@ -146,8 +164,10 @@ def test_a_cuda_device_past_the_count_is_refused_locally(capsys):
 
 # ----------------------------------------------------------------------------- the trial cap
 
+
 def test_plan_is_counted_before_it_is_built(capsys):
     import study.run
+
     t0 = time.time()
     code = study.run.main(["nanohead_grid", *SMOKE, "--seeds", "100000", "--dry-run"])
     line = _one_error_line(code, capsys.readouterr().err)
@@ -156,8 +176,10 @@ def test_plan_is_counted_before_it_is_built(capsys):
 
 
 def test_max_trials_raises_and_lowers_the_cap(capsys):
-    import study.run
     from study_cli import parse_table
+
+    import study.run
+
     assert study.run.main(["nanohead_grid", *SMOKE, "--seeds", "3", "--max-trials", "15", "--dry-run"]) == 0
     assert len(parse_table(capsys.readouterr().out)) == 15  # 5 proportions x 3 seeds, at the cap
     code = study.run.main(["nanohead_grid", *SMOKE, "--seeds", "3", "--max-trials", "14", "--dry-run"])
@@ -171,7 +193,9 @@ def test_max_trials_raises_and_lowers_the_cap(capsys):
 @pytest.mark.parametrize("seeds", [1, 3])
 def test_the_count_is_the_plan_length(seeds):
     """The count the cap is checked against, for every grid study, is the length of the grid it stands for."""
-    from study.catalog import STUDIES as SPECS, get_profile, grid_axes, grid_configs
+    from study.catalog import STUDIES as SPECS
+    from study.catalog import get_profile, grid_axes, grid_configs
+
     for spec in SPECS.values():
         if spec.searcher != "grid":
             continue
@@ -185,28 +209,51 @@ def test_the_count_is_the_plan_length(seeds):
 # Keys a change of which cannot show in a trial's model or training config, and why.
 NOT_VARIED = {
     ("nanohead_search", "objective"): "steers the sampler (TPE or NSGA-II), not a trial: test_study_dry_run checks "
-                                      "the dry run names NSGA-II for objective=multi",
-    **dict.fromkeys([("nanohead_grid", "shape_rule"), ("nanohead_search", "shape_rule")],
-                    "at smoke's budget both rules size 2 layers x 64 (the solver's pick is nanochat's d2); "
-                    "test_nanohead_paper checks the nanochat rule where they differ (paper: 7 x 512)"),
+    "the dry run names NSGA-II for objective=multi",
+    **dict.fromkeys(
+        [("nanohead_grid", "shape_rule"), ("nanohead_search", "shape_rule")],
+        "at smoke's budget both rules size 2 layers x 64 (the solver's pick is nanochat's d2); "
+        "test_nanohead_paper checks the nanochat rule where they differ (paper: 7 x 512)",
+    ),
 }
 # They size a model from a budget: what they change must show in its dims, not in themselves.
 SOLVER_INPUTS = ("budget", "head_dim", "aspect_ratio")
 # Fields whose value is None in a plan: a typical value of theirs (smoke: 8 x 64 tokens a micro-step).
-WHEN_NONE = {"total_batch_tokens": [1024], "max_tokens": [100_000], "embedding_lr": [0.01], "lm_head_lr": [0.01],
-             "budget": [1.6e5], "max_tokens_per_param": [20], "logit_softcap": [15.0]}
+WHEN_NONE = {
+    "total_batch_tokens": [1024],
+    "max_tokens": [100_000],
+    "embedding_lr": [0.01],
+    "lm_head_lr": [0.01],
+    "budget": [1.6e5],
+    "max_tokens_per_param": [20],
+    "logit_softcap": [15.0],
+}
 
 
 def _choices() -> dict:
     from search_spaces.scaling import VARIANTS
-    from trainables.model.config import ARCHS, ATTN_BACKENDS, MIXERS
+    from trainables.model.config import ARCHS, ATTN_BACKENDS, INITS, MIXERS, TOEP_FILTERS, TOEP_INITS
     from trainables.train import DTYPES, MUON_ADJUST_LR, OPTIMIZERS, SCHEDULES, SHAPE_RULES, WD_SCHEDULES
-    from trainables.model.config import INITS
-    from trainables.model.config import TOEP_FILTERS, TOEP_INITS
-    return dict(schedule=SCHEDULES, optimizer=OPTIMIZERS, dtype=DTYPES, mixer=MIXERS, attn_backend=ATTN_BACKENDS, arch=ARCHS,
-                device=("auto", "cpu"), tokenizer=("bpe:512", "bpe:1024"), scaling_variant=tuple(VARIANTS),
-                objective=("single", "multi"), arm=("baseline", "variant"), toep_filter=TOEP_FILTERS, toep_init=TOEP_INITS,
-                shape_rule=SHAPE_RULES, wd_schedule=WD_SCHEDULES, muon_adjust_lr=MUON_ADJUST_LR, init=INITS)
+
+    return dict(
+        schedule=SCHEDULES,
+        optimizer=OPTIMIZERS,
+        dtype=DTYPES,
+        mixer=MIXERS,
+        attn_backend=ATTN_BACKENDS,
+        arch=ARCHS,
+        device=("auto", "cpu"),
+        tokenizer=("bpe:512", "bpe:1024"),
+        scaling_variant=tuple(VARIANTS),
+        objective=("single", "multi"),
+        arm=("baseline", "variant"),
+        toep_filter=TOEP_FILTERS,
+        toep_init=TOEP_INITS,
+        shape_rule=SHAPE_RULES,
+        wd_schedule=WD_SCHEDULES,
+        muon_adjust_lr=MUON_ADJUST_LR,
+        init=INITS,
+    )
 
 
 def changed_values(key: str, value, corpus: str) -> list:
@@ -231,27 +278,44 @@ def _float_fields() -> set:
     """Config fields declared float (a profile may give one as an int, like aspect_ratio=32)."""
     from trainables.model import GPTConfig
     from trainables.train import TrainConfig
+
     return {f.name for f in fields(GPTConfig) + fields(TrainConfig) if "float" in str(f.type)}
 
 
 def _text(value) -> str:
-    return "none" if value is None else str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, float) else str(value)
+    return (
+        "none"
+        if value is None
+        else str(value).lower()
+        if isinstance(value, bool)
+        else repr(value)
+        if isinstance(value, float)
+        else str(value)
+    )
 
 
 def _plan(spec, profile, overrides: dict):
     """What the planned trials run: each one's name, model config and training config (its solver inputs left
     out: their effect is the dims). A grid's trials, or a search's draws."""
     from study.run import plan_trials, validate_search
-    items = (plan_trials(spec, profile, overrides, 1, 1) if spec.searcher == "grid"
-             else validate_search(spec, profile, overrides, n=4))
-    return [(t.get("name"), t["gpt"].to_dict(), {k: v for k, v in asdict(t["train"]).items() if k not in SOLVER_INPUTS})
-            for t in items], items
+
+    items = (
+        plan_trials(spec, profile, overrides, 1, 1)
+        if spec.searcher == "grid"
+        else validate_search(spec, profile, overrides, n=4)
+    )
+    return [
+        (t.get("name"), t["gpt"].to_dict(), {k: v for k, v in asdict(t["train"]).items() if k not in SOLVER_INPUTS})
+        for t in items
+    ], items
 
 
 def walk(study: str, corpus: str) -> dict:
     """key -> ("changed", value) | ("refused", error lines) | ("ignored", values), for every settable key."""
-    from study.catalog import STUDIES as SPECS, get_profile
+    from study.catalog import STUDIES as SPECS
+    from study.catalog import get_profile
     from study.run import UsageError, parse_overrides
+
     spec, profile = SPECS[study], get_profile("smoke")
     baseline, items = _plan(spec, profile, {})
     first = items[0]
@@ -280,10 +344,13 @@ def walks(tmp_path_factory):
     corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     corpus.write_text("A small corpus of its own.\n\nAnother document.\n")
     from study.catalog import STUDIES as SPECS
+
     return {study: walk(study, str(corpus)) for study in SPECS}
 
 
-@pytest.mark.parametrize("study", ["nanohead_grid", "nanohead_search", "softmax1_ab", "toeplitz_flags", "vocab_depth", "scaling"])
+@pytest.mark.parametrize(
+    "study", ["nanohead_grid", "nanohead_search", "softmax1_ab", "toeplitz_flags", "vocab_depth", "scaling"]
+)
 def test_every_settable_key_takes_effect_or_exits_2(walks, study):
     ignored = {key: values for key, (kind, values) in walks[study].items() if kind == "ignored"}
     assert set(ignored) == {key for s, key in NOT_VARIED if s == study}, ignored
@@ -295,9 +362,14 @@ def test_keys_a_study_derives_are_refused_naming_what_to_set(walks):
     grid = walks["nanohead_grid"]
     for key in ("n_layer", "n_embd", "n_head"):
         kind, errors = grid[key]
-        assert kind == "refused" and all("derives" in e and "budget, head_dim and aspect_ratio" in e for e in errors), errors
+        assert kind == "refused" and all("derives" in e and "budget, head_dim and aspect_ratio" in e for e in errors), (
+            errors
+        )
     assert grid["vocab_size"][0] == "refused" and "tokenizer=bpe:N" in grid["vocab_size"][1][0]
-    assert walks["vocab_depth"]["tokenizer"][0] == "refused" and "set vocab_size" in walks["vocab_depth"]["tokenizer"][1][0]
+    assert (
+        walks["vocab_depth"]["tokenizer"][0] == "refused"
+        and "set vocab_size" in walks["vocab_depth"]["tokenizer"][1][0]
+    )
     assert walks["vocab_depth"]["aspect_ratio"][0] == "refused"
     for study in ("softmax1_ab", "toeplitz_flags"):  # dims given by hand: the solver's inputs have nothing to size
         for key in ("head_dim", "aspect_ratio"):
@@ -306,21 +378,28 @@ def test_keys_a_study_derives_are_refused_naming_what_to_set(walks):
 
 def test_n_head_is_refused_and_head_dim_changes_the_heads(capsys):
     """The case that started this: --set n_head=7 planned 4 heads as if nothing was said."""
-    import study.run
     from study_cli import parse_table
+
+    import study.run
+
     code = study.run.main(["nanohead_grid", *SMOKE, "--set", "n_head=7", "--dry-run"])
     line = _one_error_line(code, capsys.readouterr().err)
     assert "--set n_head=7" in line and "nanohead_grid derives n_head" in line and "head_dim" in line, line
     assert study.run.main(["nanohead_grid", *SMOKE, "--set", "head_dim=16", "--dry-run"]) == 0
     rows = parse_table(capsys.readouterr().out)
     assert all(r["width"] == 16 * r["heads"] for r in rows), rows  # heads of 16, not the profile's 32
-    assert study.run.main(["nanohead_grid", *SMOKE, "--set", "budget=none", "--set", "n_embd=112", "--set", "n_head=7",
-                           "--dry-run"]) == 0  # without a budget n_head is the user's
+    assert (
+        study.run.main(
+            ["nanohead_grid", *SMOKE, "--set", "budget=none", "--set", "n_embd=112", "--set", "n_head=7", "--dry-run"]
+        )
+        == 0
+    )  # without a budget n_head is the user's
     assert {r["heads"] for r in parse_table(capsys.readouterr().out)} == {7}
 
 
 def test_seed_with_seeds_is_refused(capsys):
     import study.run
+
     code = study.run.main(["nanohead_grid", *SMOKE, "--seeds", "3", "--set", "seed=5", "--dry-run"])
     line = _one_error_line(code, capsys.readouterr().err)
     assert "seed=5" in line and "--seeds" in line, line
@@ -328,23 +407,35 @@ def test_seed_with_seeds_is_refused(capsys):
 
 def test_total_batch_tokens_must_split_into_micro_steps(capsys):
     import study.run
+
     code = study.run.main(["nanohead_grid", *SMOKE, "--set", "total_batch_tokens=1000", "--dry-run"])
     line = _one_error_line(code, capsys.readouterr().err)
     assert "total_batch_tokens=1000" in line and "512" in line, line  # 8 sequences x 64 tokens x 1 worker
     assert study.run.main(["nanohead_grid", *SMOKE, "--set", "total_batch_tokens=1024", "--dry-run"]) == 0
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["scaling", "--set", "budget=none"], ["budget=None", "scaling"]),
-    (["vocab_depth", "--set", "budget=none"], ["budget=None", "vocab_depth"]),
-    (["scaling", "--set", "max_tokens_per_param=-1"], ["max_tokens_per_param=-1", "> 0"]),
-    (["scaling", "--set", "max_tokens_per_param=1e999"], ["max_tokens_per_param=inf", "finite"]),
-    (["scaling", "--set", "arm=both"], ["arm='both'", "baseline or variant"]),
-    (["nanohead_grid", "--set", "budget=1e999"], ["budget=inf", "finite"]),
-], ids=["scaling_budget_none", "vocab_depth_budget_none", "tokens_per_param_negative", "tokens_per_param_inf",
-        "scaling_arm", "budget_inf"])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["scaling", "--set", "budget=none"], ["budget=None", "scaling"]),
+        (["vocab_depth", "--set", "budget=none"], ["budget=None", "vocab_depth"]),
+        (["scaling", "--set", "max_tokens_per_param=-1"], ["max_tokens_per_param=-1", "> 0"]),
+        (["scaling", "--set", "max_tokens_per_param=1e999"], ["max_tokens_per_param=inf", "finite"]),
+        (["scaling", "--set", "arm=both"], ["arm='both'", "baseline or variant"]),
+        (["nanohead_grid", "--set", "budget=1e999"], ["budget=inf", "finite"]),
+    ],
+    ids=[
+        "scaling_budget_none",
+        "vocab_depth_budget_none",
+        "tokens_per_param_negative",
+        "tokens_per_param_inf",
+        "scaling_arm",
+        "budget_inf",
+    ],
+)
 def test_study_keys_out_of_range_exit_2(argv, words, capsys):
     import study.run
+
     code = study.run.main([*argv, *SMOKE, "--dry-run"])
     line = _one_error_line(code, capsys.readouterr().err)
     for word in words:

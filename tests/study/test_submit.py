@@ -5,6 +5,7 @@ exactly those (never `ray stop`, which would end every Ray instance of this user
 What the job did is read back through Ray's own Jobs API and from the files on disk, not from
 submit's output.
 """
+
 import json
 import os
 import re
@@ -81,17 +82,26 @@ class Head:
 
     def submit(self, *args, env=None, timeout=60):
         """python -m study.submit ARGS as a user would type it, with this head's token."""
-        return subprocess.run([sys.executable, "-m", "study.submit", *args], cwd=PROJECT, env=env or self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "study.submit", *args],
+            cwd=PROJECT,
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def jobs(self) -> dict:
         """The reference: Ray's own Jobs API, read in a separate process (job id -> info)."""
-        code = ("import json, sys\nfrom ray.job_submission import JobSubmissionClient\n"
-                "jobs = JobSubmissionClient(sys.argv[1]).list_jobs()\n"
-                "print(json.dumps({j.submission_id: dict(status=str(j.status), entrypoint=j.entrypoint, "
-                "runtime_env=j.runtime_env, metadata=j.metadata) for j in jobs if j.submission_id}))")
-        out = subprocess.run([sys.executable, "-c", code, self.url], env=self.env, capture_output=True, text=True,
-                             timeout=60, check=True)
+        code = (
+            "import json, sys\nfrom ray.job_submission import JobSubmissionClient\n"
+            "jobs = JobSubmissionClient(sys.argv[1]).list_jobs()\n"
+            "print(json.dumps({j.submission_id: dict(status=str(j.status), entrypoint=j.entrypoint, "
+            "runtime_env=j.runtime_env, metadata=j.metadata) for j in jobs if j.submission_id}))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, self.url], env=self.env, capture_output=True, text=True, timeout=60, check=True
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -104,17 +114,34 @@ def head(token_cache):
     token.chmod(0o600)
     marker = secrets.token_hex(8)
     gcs, dashboard, client_server, agent = _free_ports(4)
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE", MARKER)}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE", MARKER)
+    }
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     # TMPDIR: Ray's default temp dir becomes ROOT/ray, so the head's ray_current_cluster file sits where
     # the job's `study.run --address auto` (which inherits TMPDIR from the head) looks for it.
     head_env = {**clean, **auth, "TMPDIR": str(root), MARKER: marker}
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address=127.0.0.1",
-           f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-           f"--ray-client-server-port={client_server}", f"--dashboard-agent-listen-port={agent}",
-           "--num-cpus=2", '--resources={"train_driver": 2}', "--include-dashboard=true",
-           f"--temp-dir={root / 'ray'}", "--object-store-memory=200000000", "--disable-usage-stats"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={client_server}",
+        f"--dashboard-agent-listen-port={agent}",
+        "--num-cpus=2",
+        '--resources={"train_driver": 2}',
+        "--include-dashboard=true",
+        f"--temp-dir={root / 'ray'}",
+        "--object-store-memory=200000000",
+        "--disable-usage-stats",
+    ]
     try:
         started = subprocess.run(cmd, env=head_env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stderr[-3000:]
@@ -134,8 +161,7 @@ def _one_error_line(proc) -> str:
 @pytest.mark.ray
 def test_submit_follow_status_fetch(head, tmp_path):
     shared, dest = tmp_path / "shared", tmp_path / "fetched"
-    proc = head.submit("nanohead_grid", *SMOKE, "--output", str(shared), "--address", head.url, "--follow",
-                       timeout=240)
+    proc = head.submit("nanohead_grid", *SMOKE, "--output", str(shared), "--address", head.url, "--follow", timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job_id = re.search(r"submitted job (\S+)", proc.stdout).group(1)
     assert FAKE_SECRET not in proc.stdout + proc.stderr
@@ -172,8 +198,9 @@ def test_submit_follow_status_fetch(head, tmp_path):
 @pytest.mark.ray
 def test_bad_input_and_auth_fail_here_without_submitting(head, tmp_path):
     before = set(head.jobs())
-    bad_set = head.submit("nanohead_grid", "--profile", "smoke", "--set", "bogus=1", "--output", str(tmp_path),
-                          "--address", head.url)
+    bad_set = head.submit(
+        "nanohead_grid", "--profile", "smoke", "--set", "bogus=1", "--output", str(tmp_path), "--address", head.url
+    )
     assert bad_set.returncode == 2 and "bogus" in _one_error_line(bad_set)
 
     no_token_mode = {k: v for k, v in head.env.items() if k != "RAY_AUTH_MODE"}
@@ -182,8 +209,9 @@ def test_bad_input_and_auth_fail_here_without_submitting(head, tmp_path):
 
     wrong = tmp_path / "wrong_token"
     wrong.write_text(secrets.token_hex(32))
-    rejected = head.submit("--status", "nope", "--address", head.url,
-                           env={**head.env, "RAY_AUTH_TOKEN_PATH": str(wrong)})
+    rejected = head.submit(
+        "--status", "nope", "--address", head.url, env={**head.env, "RAY_AUTH_TOKEN_PATH": str(wrong)}
+    )
     assert rejected.returncode == 2 and "rejected the token" in _one_error_line(rejected)
 
     unknown = head.submit("--status", "no_such_job", "--address", head.url)
@@ -193,10 +221,12 @@ def test_bad_input_and_auth_fail_here_without_submitting(head, tmp_path):
 
 # ----------------------------------------------------------------------------- no cluster needed
 
+
 def _submit(*args):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    return subprocess.run([sys.executable, "-m", "study.submit", *args], cwd=PROJECT, capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "study.submit", *args], cwd=PROJECT, capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_unreachable_address_exits_2_with_one_line(tmp_path):
@@ -205,14 +235,17 @@ def test_unreachable_address_exits_2_with_one_line(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("args,says", [
-    (["nanohead_grid", "--output", "relative/results"], "absolute path"),
-    (["nanohead_grid", "--output", "nosuchfs://bucket/results"], "nosuchfs"),
-    (["no_such_study", "--output", "/tmp/x"], "no_such_study"),
-    (["nanohead_grid", "--output", "/tmp/x", "--no-such-option"], "--no-such-option"),
-    (["nanohead_grid", "--output", "/tmp/x", "--address", "auto"], "dashboard"),
-    (["--status"], "--status"),
-])
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (["nanohead_grid", "--output", "relative/results"], "absolute path"),
+        (["nanohead_grid", "--output", "nosuchfs://bucket/results"], "nosuchfs"),
+        (["no_such_study", "--output", "/tmp/x"], "no_such_study"),
+        (["nanohead_grid", "--output", "/tmp/x", "--no-such-option"], "--no-such-option"),
+        (["nanohead_grid", "--output", "/tmp/x", "--address", "auto"], "dashboard"),
+        (["--status"], "--status"),
+    ],
+)
 def test_bad_options_exit_2_before_any_cluster_contact(args, says):
     proc = _submit(*args)
     assert proc.returncode == 2 and says in _one_error_line(proc)
@@ -233,6 +266,7 @@ def test_fetch_by_study_copies_a_shared_directory(tmp_path):
 
 def test_the_job_carries_no_secrets(monkeypatch):
     from study.submit import entrypoint, runtime_env
+
     monkeypatch.setenv("WANDB_API_KEY", FAKE_SECRET)
     monkeypatch.setenv("RAY_AUTH_TOKEN", FAKE_SECRET)
     monkeypatch.setenv("NANOSTUDIES_CACHE", "/shared/cache")
@@ -240,24 +274,30 @@ def test_the_job_carries_no_secrets(monkeypatch):
     assert FAKE_SECRET not in json.dumps(env) and env["env_vars"]["NANOSTUDIES_CACHE"] == "/shared/cache"
     argv = ["nanohead_grid", "--set", "lr=1e-3,3e-3", "--output", "/shared/my results"]
     import shlex
+
     assert shlex.split(entrypoint(argv)) == ["python", "-m", "study.run", *argv, "--address", "auto"]
 
 
 # ----------------------------------------------------------------------------- study.run beside a `ray start` head
 
+
 def _run_here(cwd: Path, env: dict, *args, timeout=300):
     """python -m study.run ARGS typed in cwd (a fresh folder), with the token cache of the test session."""
     env = {**env, "NANOSTUDIES_CACHE": os.environ["NANOSTUDIES_CACHE"], "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "study.run", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "study.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _driver_entrypoints(head) -> list[str]:
-    code = ("import json, sys\nfrom ray.job_submission import JobSubmissionClient\n"
-            "print(json.dumps([j.entrypoint for j in JobSubmissionClient(sys.argv[1]).list_jobs() "
-            "if str(j.type).endswith('DRIVER')]))")
-    out = subprocess.run([sys.executable, "-c", code, head.url], env=head.env, capture_output=True, text=True,
-                         timeout=60, check=True)
+    code = (
+        "import json, sys\nfrom ray.job_submission import JobSubmissionClient\n"
+        "print(json.dumps([j.entrypoint for j in JobSubmissionClient(sys.argv[1]).list_jobs() "
+        "if str(j.type).endswith('DRIVER')]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, head.url], env=head.env, capture_output=True, text=True, timeout=60, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -279,12 +319,26 @@ def test_without_address_a_study_runs_on_a_ray_of_its_own_beside_a_head(head, tm
 @pytest.mark.ray
 def test_address_auto_joins_the_head(head, tmp_path):
     env = {**head.env, "TMPDIR": str(head.root)}
-    proc = _run_here(tmp_path, env, "softmax1_ab", "--profile", "smoke", "--output", "joined", "--wandb", "disabled",
-                     "--no-report", "--address", "auto")
+    proc = _run_here(
+        tmp_path,
+        env,
+        "softmax1_ab",
+        "--profile",
+        "smoke",
+        "--output",
+        "joined",
+        "--wandb",
+        "disabled",
+        "--no-report",
+        "--address",
+        "auto",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Ray of its own" not in proc.stdout
-    assert any(e.endswith("study.run softmax1_ab --profile smoke --output joined --wandb disabled --no-report "
-                          "--address auto") for e in _driver_entrypoints(head))
+    assert any(
+        e.endswith("study.run softmax1_ab --profile smoke --output joined --wandb disabled --no-report --address auto")
+        for e in _driver_entrypoints(head)
+    )
     trials = pd.read_parquet(tmp_path / "joined" / "softmax1_ab" / "trials.parquet")
     assert sorted(trials["status"]) == ["done", "done"]
 
@@ -298,8 +352,18 @@ def test_a_stale_cluster_file_left_by_a_crash_is_ignored(token_cache, tmp_path):
     (tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     try:
-        proc = _run_here(tmp_path, {**env, "TMPDIR": str(tmp)}, "softmax1_ab", "--profile", "smoke",
-                         "--output", "out", "--wandb", "disabled", "--no-report")
+        proc = _run_here(
+            tmp_path,
+            {**env, "TMPDIR": str(tmp)},
+            "softmax1_ab",
+            "--profile",
+            "smoke",
+            "--output",
+            "out",
+            "--wandb",
+            "disabled",
+            "--no-report",
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -312,8 +376,22 @@ def test_stop_ends_a_running_job(head, tmp_path):
     # Last of the tests on this head: once (a fresh-clone run on a loaded machine) the stopped job's driver was seen
     # still training minutes later, holding the head's CPUs until the fixture ended it, which starved the study run
     # on the head after it.
-    proc = head.submit("nanohead_grid", "--profile", "smoke", "--wandb", "disabled", "--no-report", "--set",
-                       "max_steps=100000", "--set", "max_epochs=1000", "--output", str(tmp_path), "--address", head.url)
+    proc = head.submit(
+        "nanohead_grid",
+        "--profile",
+        "smoke",
+        "--wandb",
+        "disabled",
+        "--no-report",
+        "--set",
+        "max_steps=100000",
+        "--set",
+        "max_epochs=1000",
+        "--output",
+        str(tmp_path),
+        "--address",
+        head.url,
+    )
     assert proc.returncode == 0, proc.stderr
     job_id = re.search(r"submitted job (\S+)", proc.stdout).group(1)
     stopped = head.submit("--stop", job_id, "--address", head.url)

@@ -1,6 +1,7 @@
 """What a crash leaves: every file is written whole or not at all (write_atomic), and what older runs or a
 killed append left torn (a partial last line of metrics.jsonl, a truncated config) is skipped with a warning
 instead of failing the table or the resume."""
+
 import json
 import math
 import shutil
@@ -12,8 +13,8 @@ import pytest
 
 from trainables.storage import Mirror, read_jsonl, write_atomic
 
-
 # ----------------------------------------------------------------------------- write_atomic
+
 
 def test_write_atomic_replaces_the_whole_file(tmp_path):
     path = tmp_path / "study.json"
@@ -96,13 +97,16 @@ def test_read_jsonl_skips_a_torn_last_line(tmp_path):
 
 def test_reports_still_import_neither_torch_nor_ray():
     """reports/ now imports trainables.storage: it must stay a file reader (shared/DESIGN.md)."""
-    code = ("import sys, reports.build, reports.serve; "
-            "print(sorted(m for m in ('torch', 'ray', 'trainables.data') if m in sys.modules))")
+    code = (
+        "import sys, reports.build, reports.serve; "
+        "print(sorted(m for m in ('torch', 'ray', 'trainables.data') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 # ----------------------------------------------------------------------------- collect() over torn files
+
 
 def _trial(study_dir, name, trial_config: str, config: str, metrics: str):
     d = study_dir / "trials" / name
@@ -118,13 +122,22 @@ def test_collect_skips_torn_files_with_one_warning_each(tmp_path, capsys):
     from study.results import collect
 
     params = {"total": 1000, "non_embedding": 600, "embedding": 400, "lm_head": 0, "blocks": 600}
-    good_config = json.dumps({"model": {"n_layer": 2, "softmax1": True}, "params": params,
-                              "flops_per_token": 6000, "planned_steps": 30}, indent=2)
-    evals = ('{"step": 10, "tokens": 5120, "train_loss": 1.9, "val_loss": 1.75, "val_bpb": 2.5}\n'
-             '{"step": 20, "tokens": 10240, "train_loss": 1.7, "val_loss": 1.5, "val_bpb": 2.25}\n')
+    good_config = json.dumps(
+        {"model": {"n_layer": 2, "softmax1": True}, "params": params, "flops_per_token": 6000, "planned_steps": 30},
+        indent=2,
+    )
+    evals = (
+        '{"step": 10, "tokens": 5120, "train_loss": 1.9, "val_loss": 1.75, "val_bpb": 2.5}\n'
+        '{"step": 20, "tokens": 10240, "train_loss": 1.7, "val_loss": 1.5, "val_bpb": 2.25}\n'
+    )
     # a: killed while appending its step-30 eval (whose val_bpb would have been the best)
-    a = _trial(tmp_path, "a", '{"softmax1": true, "seed": 1}', good_config,
-               evals + '{"step": 30, "tokens": 15360, "train_loss": 1.5, "val_loss": 1.25, "val_b')
+    a = _trial(
+        tmp_path,
+        "a",
+        '{"softmax1": true, "seed": 1}',
+        good_config,
+        evals + '{"step": 30, "tokens": 15360, "train_loss": 1.5, "val_loss": 1.25, "val_b',
+    )
     # b: trial_config.json cut off mid-write
     b = _trial(tmp_path, "b", '{\n  "softmax1": false,\n  "se', good_config, evals)
     # c: config.json cut off mid-write
@@ -143,7 +156,12 @@ def test_collect_skips_torn_files_with_one_warning_each(tmp_path, capsys):
     assert pd.isna(rb["variant"]) and (rb["val_bpb"], rb["params_total"]) == (2.25, 1000)
     # c: no resolved model keys, params or FLOPs; the trial config and metrics as written
     assert (rc["status"], rc["variant"], rc["seed"], rc["val_bpb"]) == ("done", "softmax", 2, 2.25)
-    assert pd.isna(rc["error"]) and pd.isna(rc["params_total"]) and pd.isna(rc["flops_per_token"]) and pd.isna(rc["n_layer"])
+    assert (
+        pd.isna(rc["error"])
+        and pd.isna(rc["params_total"])
+        and pd.isna(rc["flops_per_token"])
+        and pd.isna(rc["n_layer"])
+    )
 
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 3
@@ -153,11 +171,23 @@ def test_collect_skips_torn_files_with_one_warning_each(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- resuming over a torn metrics.jsonl
 
+
 def test_resume_over_a_torn_metrics_line_keeps_the_complete_evals_up_to_the_checkpoint(token_cache, tmp_path, capsys):
     from trainables.train import train
 
-    tiny = dict(n_layer=2, n_embd=64, n_head=4, seq_len=64, batch_size=8, max_steps=40, eval_every=10, eval_batches=2,
-                tokenizer="bpe:512", lr=3e-3, warmup_steps=5)
+    tiny = dict(
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        seq_len=64,
+        batch_size=8,
+        max_steps=40,
+        eval_every=10,
+        eval_batches=2,
+        tokenizer="bpe:512",
+        lr=3e-3,
+        warmup_steps=5,
+    )
     out, saved = tmp_path / "trial", {}
 
     def keep(metrics, checkpoint_dir):

@@ -4,6 +4,7 @@ While the study runs, a second driver on the same study is refused and the first
 
 (`ray start` beside a study, --address auto and a stale cluster file: tests/study/test_submit.py, which owns
 a head. A relative --output through a bucket-free run: there too.)"""
+
 import json
 import subprocess
 import sys
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from study_cli import cli_env, read_metrics
 
 pytestmark = pytest.mark.ray
@@ -21,16 +21,28 @@ RAY_CHATTER = ("View detailed results", "TensorBoard", "core_worker.cc", "╭", 
 
 
 def _typed(cwd: Path, cache: str, *args, module="study.run", timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cache), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=cli_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
 def quickstart(token_cache, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("fresh")
     out, err = open(cwd.parent / "quickstart.out", "w+"), open(cwd.parent / "quickstart.err", "w+")
-    first = subprocess.Popen([sys.executable, "-m", "study.run", *QUICKSTART], cwd=cwd, env=cli_env(token_cache),
-                             stdout=out, stderr=err, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "study.run", *QUICKSTART],
+        cwd=cwd,
+        env=cli_env(token_cache),
+        stdout=out,
+        stderr=err,
+        text=True,
+    )
     lock = cwd / "results" / "nanohead_grid" / ".lock"
     deadline = time.time() + 120
     while not lock.exists() and first.poll() is None and time.time() < deadline:
@@ -40,8 +52,16 @@ def quickstart(token_cache, tmp_path_factory):
     second_resume = _typed(cwd, token_cache, *QUICKSTART, "--resume")
     first.wait(timeout=600)
     out.seek(0), err.seek(0)
-    return dict(cwd=cwd, rc=first.returncode, stdout=out.read(), stderr=err.read(), pid=first.pid, second=second,
-                second_resume=second_resume, cache=token_cache)
+    return dict(
+        cwd=cwd,
+        rc=first.returncode,
+        stdout=out.read(),
+        stderr=err.read(),
+        pid=first.pid,
+        second=second,
+        second_resume=second_resume,
+        cache=token_cache,
+    )
 
 
 def test_the_quickstart_exits_0_with_the_report_in_results(quickstart):

@@ -1,4 +1,5 @@
 """The phase marks that benchmarks/bench_service.py reads: one JSON line per mark, only when asked for."""
+
 import json
 import multiprocessing
 
@@ -21,6 +22,7 @@ def test_no_file_no_marks(tmp_path, monkeypatch):
 
 def _mark_many(path: str, who: int):
     import os
+
     os.environ[TIMELINE_ENV] = path
     for i in range(200):
         mark("tick", who=who, i=i, pad="x" * 200)
@@ -41,7 +43,9 @@ def test_a_training_run_marks_its_phases_in_order(tmp_path, monkeypatch, token_c
     path = tmp_path / "timeline.jsonl"
     monkeypatch.setenv(TIMELINE_ENV, str(path))
     with span("outer", trial="t"):
-        train({**TINY, "max_steps": 4, "eval_every": 2}, report=lambda metrics, checkpoint_dir: None, log=lambda m: None)
+        train(
+            {**TINY, "max_steps": 4, "eval_every": 2}, report=lambda metrics, checkpoint_dir: None, log=lambda m: None
+        )
     events = [m["event"] for m in _marks(path)]
     assert events[0] == "outer_start" and events[-1] == "outer_end"
     assert events[1:3] == ["train_start", "first_step"]

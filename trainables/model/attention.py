@@ -1,6 +1,7 @@
 """Causal self-attention with normal heads (RoPE) and nano heads (no RoPE), softmax or softmax1,
 on three interchangeable backends: PyTorch SDPA (default), flash-attn (CUDA), and a manual one
 that writes the math out (the reference the other two are tested against)."""
+
 import math
 
 import torch
@@ -66,7 +67,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     and three elementwise ops (the signs live in the sin table)."""
     d = x.size(-1) // 2
     cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
-    if x.device.type == "cpu" and torch.compiler.is_compiling():  # per half: inductor fuses it into one pass, not a copy and a pass
+    if (
+        x.device.type == "cpu" and torch.compiler.is_compiling()
+    ):  # per half: inductor fuses it into one pass, not a copy and a pass
         x1, x2, c, s = x[..., :d], x[..., d:], cos[..., :d], sin[..., :d]
         return torch.cat([x1 * c + x2 * s, x2 * c - x1 * s], dim=-1)
     swapped = torch.cat([x[..., d:], x[..., :d]], dim=-1)
@@ -78,8 +81,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 SDPA_HEAD_DIM_MULTIPLE = 8
 
 
-def attend(q, k, v, *, softmax1_: bool, backend: str, dropout_p: float = 0.0,
-           pad_head_dim: bool | None = None) -> torch.Tensor:
+def attend(
+    q, k, v, *, softmax1_: bool, backend: str, dropout_p: float = 0.0, pad_head_dim: bool | None = None
+) -> torch.Tensor:
     """Causal attention. q: [B, H, Tq, D]; k, v: [B, Hkv, Tk, D] with H a multiple of Hkv (GQA).
     The Tq queries are the last Tq positions of the Tk keys (Tq < Tk when decoding with a KV cache).
     pad_head_dim (sdpa): zero-pad D to a multiple of 8 so a fused kernel runs; None pads on CUDA only (a CPU's
@@ -93,8 +97,9 @@ def attend(q, k, v, *, softmax1_: bool, backend: str, dropout_p: float = 0.0,
         # (top-left aligned in SDPA for Tq == Tk) would shift every row by one and leak the next token.
         # With both padded, query i+1 sees keys 0..i+1 = the null key + the original 0..i. Row 0 is dropped.
         pad = lambda t: F.pad(t, (0, 0, 1, 0))
-        return attend(pad(q), pad(k), pad(v), softmax1_=False, backend=backend, dropout_p=dropout_p,
-                      pad_head_dim=pad_head_dim)[:, :, 1:]
+        return attend(
+            pad(q), pad(k), pad(v), softmax1_=False, backend=backend, dropout_p=dropout_p, pad_head_dim=pad_head_dim
+        )[:, :, 1:]
     if backend == "flash":
         return _attend_flash(q, k, v, dropout_p)
     d = q.size(-1)
@@ -177,14 +182,18 @@ class CausalSelfAttention(nn.Module):
         compiled_cpu = x.device.type == "cpu" and torch.compiler.is_compiling()
         if compiled_cpu:  # one matmul for q, k and v (nanoGPT's c_attn): on a CPU three narrow ones are slower
             w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
-            q, k, v = F.linear(x, w).split([self.c_q.out_features, self.c_k.out_features, self.c_v.out_features], dim=-1)
+            q, k, v = F.linear(x, w).split(
+                [self.c_q.out_features, self.c_k.out_features, self.c_v.out_features], dim=-1
+            )
         else:
             q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
         q_normal, q_nano = self._heads(q, s.n_normal, s.n_nano)
         k_normal, k_nano = self._heads(k, s.n_kv_normal, s.n_kv_nano)
         v_normal, v_nano = self._heads(v, s.n_kv_normal, s.n_kv_nano)
         # RoPE on normal heads only: nano heads are position-free by design (the seed's hypothesis).
-        if self.cfg.qk_norm and compiled_cpu:  # norm first, which inductor fuses better: RoPE, a rotation, keeps the norm
+        if (
+            self.cfg.qk_norm and compiled_cpu
+        ):  # norm first, which inductor fuses better: RoPE, a rotation, keeps the norm
             q_normal, k_normal, q_nano, k_nano = map(norm, (q_normal, k_normal, q_nano, k_nano))
             q_normal, k_normal = apply_rotary(q_normal, cos, sin), apply_rotary(k_normal, cos, sin)
         else:

@@ -6,6 +6,7 @@ nanoGPT's own architecture (`arch="nanogpt"`, with or without `bias`; softmax1 t
 is checked when it is built, so a bad value fails with a message naming the field, never with a
 shape error deep inside forward.
 """
+
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
@@ -20,31 +21,33 @@ ARCHS = ("nanochat", "nanogpt")
 
 @dataclass(kw_only=True)
 class GPTConfig:
-    arch: str = "nanochat"           # "nanochat" (gpt.py) | "nanogpt": karpathy/nanoGPT's model.py (nanogpt.py)
+    arch: str = "nanochat"  # "nanochat" (gpt.py) | "nanogpt": karpathy/nanoGPT's model.py (nanogpt.py)
     vocab_size: int = 4096
     n_layer: int = 4
     n_embd: int = 256
-    n_head: int = 4                  # query heads (normal heads when nano heads are on); Toeplitz heads for the mixer
-    n_kv_head: int | None = None     # GQA; None -> n_head (plain multi-head attention)
-    seq_len: int = 256               # context length; also the Toeplitz filter length
-    mlp_ratio: float = 4.0           # MLP hidden width = mlp_ratio * n_embd
-    nanohead_proportion: float = 0.0 # share of the query width given to tiny heads without RoPE
+    n_head: int = 4  # query heads (normal heads when nano heads are on); Toeplitz heads for the mixer
+    n_kv_head: int | None = None  # GQA; None -> n_head (plain multi-head attention)
+    seq_len: int = 256  # context length; also the Toeplitz filter length
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * n_embd
+    nanohead_proportion: float = 0.0  # share of the query width given to tiny heads without RoPE
     nanohead_dim: int = 3
-    softmax1: bool = False           # exp(s_i) / (1 + sum_j exp(s_j)): heads may attend to nothing
-    mixer: str = "attention"         # "attention" | "toeplitz"
-    toep_mean: bool = False          # Toeplitz: divide by the cumulative filter sum (weighted mean)
-    toep_proj: bool = False          # Toeplitz: input and output projections around the mixing
-    toep_proj_bias: bool = True      # Toeplitz: the projections carry biases (the note's nn.Linear default)
-    toep_filter: str = "linear"      # Toeplitz filter w from its parameter: "linear" w = raw (the note) | "exp" w = exp(raw) > 0
-    toep_init: str = "normal"        # Toeplitz raw at init: "normal" N(0, 0.2^2) (the note) | "ema" decaying averages, sum 1
+    softmax1: bool = False  # exp(s_i) / (1 + sum_j exp(s_j)): heads may attend to nothing
+    mixer: str = "attention"  # "attention" | "toeplitz"
+    toep_mean: bool = False  # Toeplitz: divide by the cumulative filter sum (weighted mean)
+    toep_proj: bool = False  # Toeplitz: input and output projections around the mixing
+    toep_proj_bias: bool = True  # Toeplitz: the projections carry biases (the note's nn.Linear default)
+    toep_filter: str = (
+        "linear"  # Toeplitz filter w from its parameter: "linear" w = raw (the note) | "exp" w = exp(raw) > 0
+    )
+    toep_init: str = "normal"  # Toeplitz raw at init: "normal" N(0, 0.2^2) (the note) | "ema" decaying averages, sum 1
     tie_embeddings: bool = False
     dropout: float = 0.0
-    attn_backend: str = "sdpa"       # "sdpa" | "flash" (flash-attn, CUDA only) | "manual"
+    attn_backend: str = "sdpa"  # "sdpa" | "flash" (flash-attn, CUDA only) | "manual"
     qk_norm: bool = True
-    init: str = "gpt2"               # "gpt2": N(0, 0.02) | "nanochat": its init_weights, which its learning rates were tuned with
+    init: str = "gpt2"  # "gpt2": N(0, 0.02) | "nanochat": its init_weights, which its learning rates were tuned with
     rope_base: float = 10000.0
     logit_softcap: float | None = 15.0
-    bias: bool = False               # nanogpt: biases in the Linears and LayerNorms (nanoGPT's `bias`); nanochat has none
+    bias: bool = False  # nanogpt: biases in the Linears and LayerNorms (nanoGPT's `bias`); nanochat has none
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -56,34 +59,74 @@ class GPTConfig:
         _check(self.mixer in MIXERS, "mixer", self.mixer, f"one of {', '.join(MIXERS)}")
         _check(self.toep_filter in TOEP_FILTERS, "toep_filter", self.toep_filter, f"one of {', '.join(TOEP_FILTERS)}")
         _check(self.toep_init in TOEP_INITS, "toep_init", self.toep_init, f"one of {', '.join(TOEP_INITS)}")
-        _check(self.attn_backend in ATTN_BACKENDS, "attn_backend", self.attn_backend, f"one of {', '.join(ATTN_BACKENDS)}")
+        _check(
+            self.attn_backend in ATTN_BACKENDS, "attn_backend", self.attn_backend, f"one of {', '.join(ATTN_BACKENDS)}"
+        )
         _check(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
-        _check(self.init == "gpt2" or (self.arch == "nanochat" and self.mixer == "attention" and not self.tie_embeddings),
-               "init", self.init, "'gpt2' unless arch='nanochat', mixer='attention' and untied embeddings (nanochat's init is for its own model)")
-        _check(is_number(self.nanohead_proportion) and 0.0 <= self.nanohead_proportion < 1.0, "nanohead_proportion", self.nanohead_proportion, "a number in [0, 1)")
+        _check(
+            self.init == "gpt2" or (self.arch == "nanochat" and self.mixer == "attention" and not self.tie_embeddings),
+            "init",
+            self.init,
+            "'gpt2' unless arch='nanochat', mixer='attention' and untied embeddings (nanochat's init is for its own model)",
+        )
+        _check(
+            is_number(self.nanohead_proportion) and 0.0 <= self.nanohead_proportion < 1.0,
+            "nanohead_proportion",
+            self.nanohead_proportion,
+            "a number in [0, 1)",
+        )
         _check(is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a number in [0, 1)")
-        _check(is_number(self.mlp_ratio) and self.mlp_ratio > 0 and int(self.mlp_ratio * self.n_embd) >= 1, "mlp_ratio", self.mlp_ratio,
-               f"a finite number > 0 with mlp_ratio x n_embd >= 1 (n_embd={self.n_embd})")
-        _check(is_number(self.rope_base) and self.rope_base > 1, "rope_base", self.rope_base, "a finite number > 1 (RoPE's wavelengths grow as its powers)")
-        _check(self.logit_softcap is None or (is_number(self.logit_softcap) and self.logit_softcap >= 0), "logit_softcap", self.logit_softcap,
-               "None, 0 (off) or a finite positive number")
+        _check(
+            is_number(self.mlp_ratio) and self.mlp_ratio > 0 and int(self.mlp_ratio * self.n_embd) >= 1,
+            "mlp_ratio",
+            self.mlp_ratio,
+            f"a finite number > 0 with mlp_ratio x n_embd >= 1 (n_embd={self.n_embd})",
+        )
+        _check(
+            is_number(self.rope_base) and self.rope_base > 1,
+            "rope_base",
+            self.rope_base,
+            "a finite number > 1 (RoPE's wavelengths grow as its powers)",
+        )
+        _check(
+            self.logit_softcap is None or (is_number(self.logit_softcap) and self.logit_softcap >= 0),
+            "logit_softcap",
+            self.logit_softcap,
+            "None, 0 (off) or a finite positive number",
+        )
         _check(self.n_embd % self.n_head == 0, "n_head", self.n_head, f"a divisor of n_embd={self.n_embd}")
         _check(self.n_head % self.n_kv_head == 0, "n_kv_head", self.n_kv_head, f"a divisor of n_head={self.n_head}")
         _check(self.arch in ARCHS, "arch", self.arch, f"one of {', '.join(ARCHS)}")
-        _check(isinstance(self.bias, bool) and (not self.bias or self.arch == "nanogpt"), "bias", self.bias,
-               "True or False with arch='nanogpt'; False with arch='nanochat' (it has no biases)")
+        _check(
+            isinstance(self.bias, bool) and (not self.bias or self.arch == "nanogpt"),
+            "bias",
+            self.bias,
+            "True or False with arch='nanogpt'; False with arch='nanochat' (it has no biases)",
+        )
         if self.arch == "nanogpt":  # nanoGPT's model.py has none of these: refused rather than silently ignored
             why = "with arch='nanogpt' (nanoGPT's model.py has"
             _check(self.mixer == "attention", "mixer", self.mixer, f"'attention' {why} attention only)")
-            _check(self.nanohead_proportion == 0, "nanohead_proportion", self.nanohead_proportion, f"0 {why} no nano heads)")
+            _check(
+                self.nanohead_proportion == 0,
+                "nanohead_proportion",
+                self.nanohead_proportion,
+                f"0 {why} no nano heads)",
+            )
             _check(self.n_kv_head == self.n_head, "n_kv_head", self.n_kv_head, f"n_head={self.n_head} {why} no GQA)")
             _check(not self.qk_norm, "qk_norm", self.qk_norm, f"False {why} no QK norm)")
             _check(not self.logit_softcap, "logit_softcap", self.logit_softcap, f"None or 0 {why} no logit softcap)")
         if self.mixer == "attention":
             nanohead_split(self)  # raises a ValueError naming the field when no valid split exists
         else:
-            _check(self.nanohead_proportion == 0, "nanohead_proportion", self.nanohead_proportion, "0 with mixer='toeplitz' (nano heads are attention heads)")
-            _check(not self.softmax1, "softmax1", self.softmax1, "False with mixer='toeplitz' (the mixer has no softmax)")
+            _check(
+                self.nanohead_proportion == 0,
+                "nanohead_proportion",
+                self.nanohead_proportion,
+                "0 with mixer='toeplitz' (nano heads are attention heads)",
+            )
+            _check(
+                not self.softmax1, "softmax1", self.softmax1, "False with mixer='toeplitz' (the mixer has no softmax)"
+            )
 
     @property
     def mlp_hidden(self) -> int:
@@ -110,9 +153,9 @@ def is_number(value) -> bool:
 
 
 class HeadSplit(NamedTuple):
-    n_normal: int      # query heads with RoPE, each normal_dim wide
+    n_normal: int  # query heads with RoPE, each normal_dim wide
     normal_dim: int
-    n_nano: int        # query heads without RoPE, each nano_dim wide
+    n_nano: int  # query heads without RoPE, each nano_dim wide
     nano_dim: int
     n_kv_normal: int
     n_kv_nano: int
@@ -144,15 +187,24 @@ def nanohead_split(cfg: GPTConfig) -> HeadSplit:
     if cfg.arch == "nanogpt":  # n_head heads of n_embd/n_head, without RoPE: any width (its config refuses nano heads)
         return HeadSplit(n_head, n_embd // n_head, 0, nd, n_head, 0)
     if p == 0:
-        _check((n_embd // n_head) % 2 == 0, "n_head", n_head, f"such that the head dim n_embd/n_head={n_embd // n_head} is even (RoPE rotates pairs)")
+        _check(
+            (n_embd // n_head) % 2 == 0,
+            "n_head",
+            n_head,
+            f"such that the head dim n_embd/n_head={n_embd // n_head} is even (RoPE rotates pairs)",
+        )
         return HeadSplit(n_head, n_embd // n_head, 0, nd, cfg.n_kv_head, 0)
-    valid = [k for k in range(g, n_embd // nd + 1, g)
-             if (n_embd - k * nd) % (2 * n_head) == 0 and (n_embd - k * nd) // n_head >= 2]
+    valid = [
+        k
+        for k in range(g, n_embd // nd + 1, g)
+        if (n_embd - k * nd) % (2 * n_head) == 0 and (n_embd - k * nd) // n_head >= 2
+    ]
     if not valid:
         raise ValueError(
             f"GPTConfig.nanohead_proportion={p!r} with nanohead_dim={nd}: no split of n_embd={n_embd} into "
             f"{n_head} even-width normal heads plus nano heads (count divisible by {g}) exists; "
-            f"choose n_embd, n_head or nanohead_dim so that n_embd - k*nanohead_dim is a multiple of 2*n_head")
+            f"choose n_embd, n_head or nanohead_dim so that n_embd - k*nanohead_dim is a multiple of 2*n_head"
+        )
     target = p * n_embd / nd
     k = min(valid, key=lambda k: (abs(k - target), k))
     return HeadSplit(n_head, (n_embd - k * nd) // n_head, k, nd, n_head // g, k // g)

@@ -4,6 +4,7 @@ Pre-norm blocks (RMSNorm without gain), rotary embeddings, QK norm, relu^2 MLP, 
 untied embeddings by default, logit softcap, GQA. Token mixing per block is either causal
 self-attention (normal + nano heads, softmax or softmax1) or the multi-head Toeplitz mixer.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -64,26 +65,36 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         if cfg.arch != "nanochat":  # a nanogpt config built here would silently train another architecture
-            raise ValueError(f"GPTConfig.arch={cfg.arch!r}: GPT builds arch='nanochat'; build any config with "
-                             f"trainables.model.build_model")
+            raise ValueError(
+                f"GPTConfig.arch={cfg.arch!r}: GPT builds arch='nanochat'; build any config with "
+                f"trainables.model.build_model"
+            )
         if cfg.attn_backend == "flash" and cfg.mixer == "attention" and not flash_attn_available():
-            raise ValueError("GPTConfig.attn_backend='flash' needs a CUDA GPU and the flash-attn package "
-                             "(pip install -e .[gpu]); use attn_backend='sdpa' (default) or 'manual'")
+            raise ValueError(
+                "GPTConfig.attn_backend='flash' needs a CUDA GPU and the flash-attn package "
+                "(pip install -e .[gpu]); use attn_backend='sdpa' (default) or 'manual'"
+            )
         self.cfg = cfg
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-            h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+            )
+        )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         # Rotary tables for the normal heads; not parameters, not saved (they follow from the config).
-        cos, sin = rotary_tables(nanohead_split(cfg).normal_dim if cfg.mixer == "attention" else 2, cfg.seq_len, cfg.rope_base)
+        cos, sin = rotary_tables(
+            nanohead_split(cfg).normal_dim if cfg.mixer == "attention" else 2, cfg.seq_len, cfg.rope_base
+        )
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):  # residual projections: scaled so the stream's variance holds with depth (GPT-2)
+            if name.endswith(
+                "c_proj.weight"
+            ):  # residual projections: scaled so the stream's variance holds with depth (GPT-2)
                 nn.init.normal_(p, mean=0.0, std=0.02 / (2 * cfg.n_layer) ** 0.5)
         if cfg.init == "nanochat":
             self._init_nanochat()
@@ -94,7 +105,7 @@ class GPT(nn.Module):
         blocks' input matrices uniform with std 1/sqrt(n_embd), both residual projections zero."""
         nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
         nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
-        s = 3 ** 0.5 * self.cfg.n_embd ** -0.5  # a uniform of this bound has std 1/sqrt(n_embd)
+        s = 3**0.5 * self.cfg.n_embd**-0.5  # a uniform of this bound has std 1/sqrt(n_embd)
         for name, p in self.transformer.h.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.zeros_(p)
@@ -109,15 +120,22 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, loss_reduction: str = "mean",
-                mixer_path: str = "parallel", cache: list[dict] | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        loss_reduction: str = "mean",
+        mixer_path: str = "parallel",
+        cache: list[dict] | None = None,
+    ):
         """idx [B, T] -> logits [B, T, vocab]; with targets, the cross-entropy (mean, or [B, T] with
         loss_reduction="none"; targets == -1 are ignored). cache: one dict per layer, for generate()."""
         B, T = idx.shape
         pos = cache_len(cache)
         if pos + T > self.cfg.seq_len:
             raise ValueError(f"sequence of {pos + T} tokens is longer than GPTConfig.seq_len={self.cfg.seq_len}")
-        cos, sin = self.cos[pos:pos + T], self.sin[pos:pos + T]
+        cos, sin = self.cos[pos : pos + T], self.sin[pos : pos + T]
         x = norm(self.transformer.wte(idx))
         for i, block in enumerate(self.transformer.h):
             x = block(x, cos, sin, mixer_path, None if cache is None else cache[i])
@@ -127,15 +145,24 @@ class GPT(nn.Module):
         return softcap_cross_entropy(logits, targets, self.cfg.logit_softcap, loss_reduction)
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 *, mixer_path: str = "parallel", generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        *,
+        mixer_path: str = "parallel",
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
         """Samples max_new_tokens after idx [B, T] -> [B, T + max_new_tokens]. temperature=0 is greedy.
 
         Keys/values (attention) or mixer inputs (Toeplitz) are cached so each new token costs one
         position. Once the context outgrows seq_len, each step reruns the last seq_len tokens (nanoGPT).
         use_cache=False reruns the whole context every step (the Toeplitz note's uncached baseline)."""
         cache = [dict() for _ in self.transformer.h] if use_cache else None
-        logits = self(idx[:, -self.cfg.seq_len:], mixer_path=mixer_path, cache=cache)
+        logits = self(idx[:, -self.cfg.seq_len :], mixer_path=mixer_path, cache=cache)
         for _ in range(max_new_tokens):
             next_token = sample(logits[:, -1, :], temperature, top_k, generator)
             idx = torch.cat([idx, next_token], dim=1)
@@ -143,7 +170,7 @@ class GPT(nn.Module):
                 logits = self(next_token, mixer_path=mixer_path, cache=cache)
             else:
                 cache = None
-                logits = self(idx[:, -self.cfg.seq_len:], mixer_path=mixer_path)
+                logits = self(idx[:, -self.cfg.seq_len :], mixer_path=mixer_path)
         return idx
 
 
@@ -168,13 +195,15 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int | None, generato
 
 # ----------------------------------------------------------------------------- logit softcap and the loss
 
+
 def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     """cap * tanh(logits / cap) (gemma, nanochat): logits smoothly bounded to (-cap, cap). None or 0: off."""
     return cap * torch.tanh(logits / cap) if cap else logits
 
 
-def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float | None,
-                          reduction: str = "mean") -> torch.Tensor:
+def softcap_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, cap: float | None, reduction: str = "mean"
+) -> torch.Tensor:
     """Cross-entropy of softcap(logits) against targets (-1 = ignored), in float32.
     logits [..., V], targets [...]; reduction "mean" (over the targets not ignored) or "none" (shape of targets).
 
@@ -198,7 +227,9 @@ def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: floa
     return loss.view(targets.shape) if reduction == "none" else loss
 
 
-def _cpu_softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float | None, mean: bool) -> torch.Tensor:
+def _cpu_softcap_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, cap: float | None, mean: bool
+) -> torch.Tensor:
     return _SoftcapCrossEntropy.apply(logits, targets, cap, mean)
 
 
@@ -231,7 +262,9 @@ class _CompiledSoftcapCrossEntropy(torch.autograd.Function):
     def backward(ctx, g):
         logits, tgt, lse, row_weight = ctx.saved_tensors
         s = torch.sigmoid(logits.float() * (2 / ctx.cap))
-        onehot = torch.arange(logits.size(1), dtype=torch.int32, device=logits.device) == tgt.int()  # int32: half the lanes of int64
+        onehot = (
+            torch.arange(logits.size(1), dtype=torch.int32, device=logits.device) == tgt.int()
+        )  # int32: half the lanes of int64
         w = (row_weight * g * 4).unsqueeze(1)  # d softcap / dz = 1 - tanh^2 = 4 s (1 - s)
         grad = (torch.exp(ctx.cap * (2 * s - 1) - lse.unsqueeze(1)) - onehot.float()) * w * s * (1 - s)
         return grad.to(logits.dtype), None, None, None
@@ -268,11 +301,11 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
         s_buf, y_buf = torch.empty(min(rows, N), V), torch.empty(min(rows, N), V)
         for i in range(0, N, rows):
             j = min(i + rows, N)
-            s, y = s_buf[:j - i], (grad[i:j] if need_grad else y_buf[:j - i])
+            s, y = s_buf[: j - i], (grad[i:j] if need_grad else y_buf[: j - i])
             z = logits[i:j].float()  # bf16 logits (autocast): the softcap and the loss still in float32
             if cap:
-                torch.mul(z, 2 / cap, out=s).sigmoid_()                # s = sigmoid(2z / cap)
-                torch.mul(s, 2 * cap, out=y).sub_(cap)                 # y = cap (2s - 1) = cap tanh(z / cap)
+                torch.mul(z, 2 / cap, out=s).sigmoid_()  # s = sigmoid(2z / cap)
+                torch.mul(s, 2 * cap, out=y).sub_(cap)  # y = cap (2s - 1) = cap tanh(z / cap)
             else:
                 y.copy_(z)
             y_max = y.amax(dim=1, keepdim=True)
@@ -281,10 +314,10 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
             total = y.sum(dim=1, keepdim=True)
             losses[i:j] = (y_max + total.log() - y_target).squeeze(1)
             if need_grad:
-                w = row_weight[i:j] * 4 if cap else row_weight[i:j]    # the softcap's factor 4 (below) folded in
-                y.mul_(w / total).scatter_add_(1, tgt[i:j], -w)        # w (softmax - onehot)
+                w = row_weight[i:j] * 4 if cap else row_weight[i:j]  # the softcap's factor 4 (below) folded in
+                y.mul_(w / total).scatter_add_(1, tgt[i:j], -w)  # w (softmax - onehot)
                 if cap:
-                    y.mul_(torch.addcmul(s, s, s, value=-1))           # * s (1 - s): the chain rule through the softcap
+                    y.mul_(torch.addcmul(s, s, s, value=-1))  # * s (1 - s): the chain rule through the softcap
         ctx.save_for_backward(grad)
         ctx.mean, ctx.logits_dtype = mean, logits.dtype
         return (losses * row_weight.squeeze(1)).sum() if mean else losses.mul_(valid)
@@ -293,6 +326,8 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         (grad,) = ctx.saved_tensors
-        if ctx.mean and g.item() == 1.0:  # loss.backward(): the gradient as stored (not in place: backward may run twice)
+        if (
+            ctx.mean and g.item() == 1.0
+        ):  # loss.backward(): the gradient as stored (not in place: backward may run twice)
             return grad.to(ctx.logits_dtype), None, None, None
         return (grad * (g if ctx.mean else g.unsqueeze(1))).to(ctx.logits_dtype), None, None, None

@@ -8,6 +8,7 @@ generate): softmax1 (cfg.softmax1), the sdpa/manual/flash backends, a KV cache, 
 the loss per token (loss_reduction="none"). forward returns logits (all positions: nanoGPT's inference path
 keeps the last one only) or, given targets, the loss: not nanoGPT's (logits, loss) pair.
 """
+
 import math
 
 import torch
@@ -32,7 +33,6 @@ class LayerNorm(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         # key, query, value projections for all heads, but in a batch
@@ -56,14 +56,19 @@ class CausalSelfAttention(nn.Module):
                 k, v = torch.cat([cache["kv"][0], k], dim=2), torch.cat([cache["kv"][1], v], dim=2)
             cache["kv"] = (k, v)
         # SDPA with is_causal as nanoGPT; softmax1 pads a null key and a null query in front (see attend)
-        y = attend(q, k, v, softmax1_=self.cfg.softmax1, backend=self.cfg.attn_backend,
-                   dropout_p=self.dropout if self.training else 0.0)
+        y = attend(
+            q,
+            k,
+            v,
+            softmax1_=self.cfg.softmax1,
+            backend=self.cfg.attn_backend,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
-
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=cfg.bias)
@@ -76,7 +81,6 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.ln_1 = LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -93,25 +97,33 @@ class NanoGPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         if cfg.arch != "nanogpt":
-            raise ValueError(f"GPTConfig.arch={cfg.arch!r}: NanoGPT builds arch='nanogpt'; build any config with "
-                             f"trainables.model.build_model")
+            raise ValueError(
+                f"GPTConfig.arch={cfg.arch!r}: NanoGPT builds arch='nanogpt'; build any config with "
+                f"trainables.model.build_model"
+            )
         if cfg.attn_backend == "flash" and not flash_attn_available():
-            raise ValueError("GPTConfig.attn_backend='flash' needs a CUDA GPU and the flash-attn package "
-                             "(pip install -e .[gpu]); use attn_backend='sdpa' (default) or 'manual'")
+            raise ValueError(
+                "GPTConfig.attn_backend='flash' needs a CUDA GPU and the flash-attn package "
+                "(pip install -e .[gpu]); use attn_backend='sdpa' (default) or 'manual'"
+            )
         self.cfg = cfg
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.seq_len, cfg.n_embd),
-            drop=nn.Dropout(cfg.dropout),
-            h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
-            ln_f=LayerNorm(cfg.n_embd, bias=cfg.bias),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.seq_len, cfg.n_embd),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                ln_f=LayerNorm(cfg.n_embd, bias=cfg.bias),
+            )
+        )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:  # in nanoGPT's direction, so that a seed gives nanoGPT's initial weights
             self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):  # residual projections: scaled so the stream's variance holds with depth (GPT-2)
+            if name.endswith(
+                "c_proj.weight"
+            ):  # residual projections: scaled so the stream's variance holds with depth (GPT-2)
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
@@ -126,8 +138,15 @@ class NanoGPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, loss_reduction: str = "mean",
-                mixer_path: str = "parallel", cache: list[dict] | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        loss_reduction: str = "mean",
+        mixer_path: str = "parallel",
+        cache: list[dict] | None = None,
+    ):
         """idx [B, T] -> logits [B, T, vocab]; with targets, the cross-entropy (mean, or [B, T] with
         loss_reduction="none"; targets == -1 are ignored). cache: one dict per layer, for generate().
         mixer_path is gpt.GPT's (Toeplitz heads); attention has one path."""

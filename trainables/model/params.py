@@ -3,8 +3,9 @@
 count_params(cfg) equals the numel of build_model(cfg) for every variant (tested over a grid), so studies
 can plan and param-match without building models.
 """
+
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .config import GPTConfig, nanohead_split
 
@@ -19,29 +20,45 @@ def count_params(cfg: GPTConfig) -> dict:
     if cfg.mixer == "attention":
         s = nanohead_split(cfg)
         kv_width = s.n_kv_normal * s.normal_dim + s.n_kv_nano * s.nano_dim
-        mixer = 2 * C * C + 2 * C * kv_width                      # c_q, c_proj; c_k, c_v
+        mixer = 2 * C * C + 2 * C * kv_width  # c_q, c_proj; c_k, c_v
     else:
-        mixer = cfg.n_head * cfg.seq_len + (2 * C * (C + cfg.toep_proj_bias) if cfg.toep_proj else 0)  # filters; in/out proj (+ biases)
+        mixer = cfg.n_head * cfg.seq_len + (
+            2 * C * (C + cfg.toep_proj_bias) if cfg.toep_proj else 0
+        )  # filters; in/out proj (+ biases)
     mlp = 2 * C * cfg.mlp_hidden
     blocks = L * (mixer + mlp)
     total = embedding + lm_head + blocks
-    return dict(embedding=embedding, lm_head=lm_head, blocks=blocks, mixer=L * mixer, mlp=L * mlp,
-                total=total, non_embedding=total - embedding)
+    return dict(
+        embedding=embedding,
+        lm_head=lm_head,
+        blocks=blocks,
+        mixer=L * mixer,
+        mlp=L * mlp,
+        total=total,
+        non_embedding=total - embedding,
+    )
 
 
 def _count_nanogpt(cfg: GPTConfig) -> dict:
     """nanoGPT's model: `embedding` holds the token and the position tables; `blocks` holds every block (its two
     LayerNorms included) and the final LayerNorm ln_f, so it is more than mixer + mlp; biases where cfg.bias."""
     C, L, H, b = cfg.n_embd, cfg.n_layer, cfg.mlp_hidden, int(cfg.bias)
-    embedding = cfg.vocab_size * C + cfg.seq_len * C          # wte, wpe
+    embedding = cfg.vocab_size * C + cfg.seq_len * C  # wte, wpe
     lm_head = 0 if cfg.tie_embeddings else cfg.vocab_size * C
-    mixer = 3 * C * C + 3 * C * b + C * C + C * b             # c_attn, c_proj
-    mlp = 2 * C * H + (H + C) * b                             # c_fc, c_proj
-    norm = C * (1 + b)                                        # one LayerNorm: weight (and bias)
+    mixer = 3 * C * C + 3 * C * b + C * C + C * b  # c_attn, c_proj
+    mlp = 2 * C * H + (H + C) * b  # c_fc, c_proj
+    norm = C * (1 + b)  # one LayerNorm: weight (and bias)
     blocks = L * (mixer + mlp + 2 * norm) + norm
     total = embedding + lm_head + blocks
-    return dict(embedding=embedding, lm_head=lm_head, blocks=blocks, mixer=L * mixer, mlp=L * mlp,
-                total=total, non_embedding=total - embedding)
+    return dict(
+        embedding=embedding,
+        lm_head=lm_head,
+        blocks=blocks,
+        mixer=L * mixer,
+        mlp=L * mlp,
+        total=total,
+        non_embedding=total - embedding,
+    )
 
 
 def flops_per_token(cfg: GPTConfig) -> float:
@@ -71,8 +88,8 @@ class Candidate:
     n_embd: int
     n_head: int
     vocab_size: int
-    params: dict        # count_params of the candidate
-    rel_error: float    # (params - target) / target
+    params: dict  # count_params of the candidate
+    rel_error: float  # (params - target) / target
 
     @property
     def shares(self) -> dict:
@@ -85,11 +102,21 @@ class Candidate:
         return self.n_embd / self.n_layer
 
     def config(self, **overrides) -> GPTConfig:
-        return GPTConfig(vocab_size=self.vocab_size, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head, **overrides)
+        return GPTConfig(
+            vocab_size=self.vocab_size, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head, **overrides
+        )
 
 
-def solve_architecture(target_params: float, vocab_size: int, head_dim: int = 64, *, tolerance: float = 0.05,
-                       aspect_ratio: float | None = None, max_layers: int = 64, **overrides) -> list[Candidate]:
+def solve_architecture(
+    target_params: float,
+    vocab_size: int,
+    head_dim: int = 64,
+    *,
+    tolerance: float = 0.05,
+    aspect_ratio: float | None = None,
+    max_layers: int = 64,
+    **overrides,
+) -> list[Candidate]:
     """Depth/width candidates within `tolerance` of a parameter budget.
 
     For each depth 1..max_layers, the width is the multiple of head_dim (n_head = width / head_dim) whose
@@ -106,7 +133,9 @@ def solve_architecture(target_params: float, vocab_size: int, head_dim: int = 64
         best = None
         for n_head in range(1, 4097):
             try:
-                cfg = GPTConfig(vocab_size=vocab_size, n_layer=n_layer, n_embd=n_head * head_dim, n_head=n_head, **overrides)
+                cfg = GPTConfig(
+                    vocab_size=vocab_size, n_layer=n_layer, n_embd=n_head * head_dim, n_head=n_head, **overrides
+                )
             except ValueError:
                 continue  # e.g. no nano-head split at this width
             p = count_params(cfg)
@@ -118,9 +147,11 @@ def solve_architecture(target_params: float, vocab_size: int, head_dim: int = 64
         if best is not None and abs(best.rel_error) <= tolerance:
             candidates.append(best)
     if not candidates:
-        raise ValueError(f"target_params={target_params:.4g}: no architecture with vocab_size={vocab_size} and "
-                         f"head_dim={head_dim} within {tolerance:.0%} (the embeddings alone hold "
-                         f"{vocab_size * head_dim * (1 if overrides.get('tie_embeddings') else 2):.4g} at the narrowest width)")
+        raise ValueError(
+            f"target_params={target_params:.4g}: no architecture with vocab_size={vocab_size} and "
+            f"head_dim={head_dim} within {tolerance:.0%} (the embeddings alone hold "
+            f"{vocab_size * head_dim * (1 if overrides.get('tie_embeddings') else 2):.4g} at the narrowest width)"
+        )
     if aspect_ratio is not None:
         candidates.sort(key=lambda c: (abs(math.log(c.aspect_ratio / aspect_ratio)), abs(c.rel_error)))
     return candidates
@@ -133,8 +164,15 @@ def nanochat_shape(depth: int, aspect_ratio: float = 64, head_dim: int = 128) ->
     return depth, n_embd, n_embd // head_dim
 
 
-def nanochat_depth(target_params: float, vocab_size: int, head_dim: int = 128, *, aspect_ratio: float = 64,
-                   max_layers: int = 64, **overrides) -> Candidate:
+def nanochat_depth(
+    target_params: float,
+    vocab_size: int,
+    head_dim: int = 128,
+    *,
+    aspect_ratio: float = 64,
+    max_layers: int = 64,
+    **overrides,
+) -> Candidate:
     """The depth whose nanochat shape (nanochat_shape) has the total parameter count nearest the target: how the
     nanohead note sized its "~50M" model (runs/nanohead_experiment.py searched the depth, then base_train built
     it). No tolerance: the widths a depth allows are far apart (at vocab 32768 and 50M, d7 is 512 wide: +11%).
@@ -155,6 +193,8 @@ def nanochat_depth(target_params: float, vocab_size: int, head_dim: int = 128, *
         if err > 0:
             break  # deeper only grows further past the target
     if best is None:
-        raise ValueError(f"target_params={target_params:.4g}: no nanochat shape (width = depth x {aspect_ratio:g} rounded "
-                         f"up to a multiple of head_dim={head_dim}) builds with vocab_size={vocab_size}")
+        raise ValueError(
+            f"target_params={target_params:.4g}: no nanochat shape (width = depth x {aspect_ratio:g} rounded "
+            f"up to a multiple of head_dim={head_dim}) builds with vocab_size={vocab_size}"
+        )
     return best

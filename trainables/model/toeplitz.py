@@ -17,6 +17,7 @@ Two paths with identical outputs, chosen per call:
               FFT convolution (O(S log S)) from FFT_MIN_LEN on;
   sequential: the same computation one head at a time (the seed benchmarks both in generation).
 """
+
 import math
 
 import torch
@@ -49,7 +50,7 @@ class ToeplitzMixer(nn.Module):
         # so some heads look locally and others far back from the first step; sum 1 keeps the scale.
         lags = torch.arange(seq_len, dtype=torch.float32)
         taus = torch.logspace(0, math.log10(max(seq_len / 4, 1.0)), n_head)
-        log_w = -lags[None, :] / taus[:, None]                       # [n_head, seq_len]
+        log_w = -lags[None, :] / taus[:, None]  # [n_head, seq_len]
         log_w = log_w - torch.logsumexp(log_w, dim=1, keepdim=True)
         return log_w.clamp(min=-30.0) if kind == "exp" else torch.exp(log_w)
 
@@ -71,7 +72,7 @@ class ToeplitzMixer(nn.Module):
                 past = cache["x"].size(1)
                 x = torch.cat([cache["x"], x], dim=1)
             cache["x"] = x
-        w = self.filters()[:, : past + T]                            # [H, S]
+        w = self.filters()[:, : past + T]  # [H, S]
         heads = [slice(None)] if path == "parallel" else [slice(h, h + 1) for h in range(self.n_head)]
         y = torch.cat([causal_conv(x[:, :, h], w[h].to(x.dtype), out_from=past) for h in heads], dim=2)
         if self.mean:
@@ -90,7 +91,7 @@ def causal_conv(x: torch.Tensor, w: torch.Tensor, out_from: int = 0) -> torch.Te
     if out_from > 0:
         # Decoding: only the newest positions are needed; each is a dot product with the reversed filter.
         t = torch.arange(out_from, S, device=x.device)
-        lag = (t[:, None] - torch.arange(S, device=x.device)[None, :])            # [T_new, S]
+        lag = t[:, None] - torch.arange(S, device=x.device)[None, :]  # [T_new, S]
         m = torch.where(lag >= 0, w[:, lag.clamp(min=0)], torch.zeros((), dtype=w.dtype, device=w.device))
         return torch.einsum("hts,bshd->bthd", m, x)
     if S < FFT_MIN_LEN:
@@ -101,7 +102,7 @@ def causal_conv(x: torch.Tensor, w: torch.Tensor, out_from: int = 0) -> torch.Te
     # (bf16 FFTs lose too much), float64 stays float64.
     n = 2 * S
     dtype = torch.promote_types(x.dtype, torch.float32)
-    xf = torch.fft.rfft(x.to(dtype), n=n, dim=1)                                  # [B, n/2+1, H, D]
-    wf = torch.fft.rfft(w.to(dtype), n=n, dim=1)                                  # [H, n/2+1]
+    xf = torch.fft.rfft(x.to(dtype), n=n, dim=1)  # [B, n/2+1, H, D]
+    wf = torch.fft.rfft(w.to(dtype), n=n, dim=1)  # [H, n/2+1]
     y = torch.fft.irfft(xf * wf.T[None, :, :, None], n=n, dim=1)[:, :S]
     return y.to(x.dtype)
