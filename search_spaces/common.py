@@ -22,35 +22,39 @@ def tokenizer_vocab_size(name: str) -> int:
 
 
 def architecture(config: dict, **baseline) -> dict:
-    """Fixes n_layer/n_embd/n_head from config['budget'] (the solver, or nanochat's depth rule with
-    shape_rule="nanochat"), for the study's baseline architecture.
+    """Fixes n_layer/n_embd/n_head from config['budget'] (trainables.model.size_model: the solver, or nanochat's
+    depth rule with shape_rule="nanochat"), for the study's baseline architecture.
 
     Variants then change only what they change (a proportion, softmax1, ...), on the same dims: that is what
     param-matching to the baseline means here. `baseline` holds the baseline's own model keys (e.g.
-    nanohead_proportion=0). Without a budget the config's dims are kept as they are."""
+    nanohead_proportion=0); without it every arm is matched to the budget with its own keys. Without a budget
+    the config's dims are kept as they are."""
     from dataclasses import fields
 
-    from trainables.model import GPTConfig, solve_architecture
+    from trainables.model import GPTConfig
+    from trainables.model.params import size_model
 
     if config.get("budget") is None:  # dims not given are GPTConfig's defaults, written out for the trial's name
         return {**{f.name: f.default for f in fields(GPTConfig) if f.name in ("n_layer", "n_embd", "n_head")}, **config}
-    model_keys = {f.name for f in fields(GPTConfig)} - {"vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head"}
+    model_keys = {f.name for f in fields(GPTConfig)} - {"vocab_size", "n_layer", "n_embd", "n_head"}
     overrides = {k: v for k, v in config.items() if k in model_keys}
     overrides.update(baseline)
     vocab = tokenizer_vocab_size(config["tokenizer"])
     head_dim = config.get("head_dim", 64)
-    aspect_ratio = config.get("aspect_ratio", 64.0)
     try:
-        if config.get("shape_rule") == "nanochat":  # nanochat's width for each depth; the depth nearest the budget
-            from trainables.model.params import nanochat_depth
-
-            best = nanochat_depth(config["budget"], vocab, head_dim, aspect_ratio=aspect_ratio, **overrides)
-        else:
-            best = solve_architecture(config["budget"], vocab, head_dim, aspect_ratio=aspect_ratio, **overrides)[0]
+        best = size_model(
+            config["budget"],
+            vocab,
+            head_dim,
+            aspect_ratio=config.get("aspect_ratio", 64.0),
+            shape_rule=config.get("shape_rule", "solver"),
+            **overrides,
+        )
     except ValueError:
         # The solver skips every width whose GPTConfig does not build, so a bad model key (nanohead_dim=0, an
         # odd head_dim) surfaces as "no architecture within 5%": name the key instead, when one is to blame.
-        GPTConfig(vocab_size=vocab, n_layer=1, n_embd=head_dim, n_head=1, **overrides)
+        probe = {k: v for k, v in overrides.items() if k != "n_kv_head"}  # a count one head cannot have
+        GPTConfig(vocab_size=vocab, n_layer=1, n_embd=head_dim, n_head=1, **probe)
         raise
     out = {k: v for k, v in config.items() if k not in ("budget", "shape_rule")}  # consumed: the dims hold them
     out.update(n_layer=best.n_layer, n_embd=best.n_embd, n_head=best.n_head, target_params=config["budget"])

@@ -15,6 +15,7 @@ resolve() fills those from the model it sizes unless they are given: `--set embe
 from . import fidelity
 from .common import FINEWEB_EDU, architecture, nanochat_sizes, seed_suffix
 from .fidelity import FidelityRow
+from .spec import StudySpec
 
 AXES = {"nanohead_proportion": [0.0, 0.2, 0.4, 0.6, 0.8]}
 SEARCH_AXES = ("nanohead_proportion", "nanohead_dim", "n_layer", "lr")
@@ -258,3 +259,39 @@ def search_note_vs_run(trials: list[dict], workers: int) -> tuple[FidelityRow, .
         "this project's extension of the note's experiment",
     )
     return (search, *(r for r in note_vs_run(trials, workers) if r.aspect not in ("arms", "metric")))
+
+
+GRID = StudySpec(
+    name="nanohead_grid",
+    family="nanohead",
+    note="000_f68f42f0f06710c9.txt, 001_cb10fb95bfa0b62b.txt",
+    hypothesis="Mixing tiny heads (dim 2-3, no RoPE) into a GPT improves loss at equal parameters; "
+    "moderate proportions (0.2-0.4) help, 0.8 hurts.",
+    base=base,
+    axes=lambda profile: dict(AXES),
+    resolve=resolve,
+    variant=variant,
+    trial_name=trial_name,
+    baseline="p00",
+    views=("nanohead",),
+    fidelity=note_vs_run,
+)
+
+SEARCH = StudySpec(
+    name="nanohead_search",
+    family="nanohead_search",
+    note="000_f68f42f0f06710c9.txt",
+    hypothesis="Where in (proportion, nano head dim, depth, learning rate) is the best model, and what does "
+    "the val_bpb-vs-parameters Pareto front look like (--set objective=multi)?",
+    base=lambda profile: {**base(profile), "objective": "single"},
+    axes=search_space,
+    resolve=search_resolve,
+    variant=variant,
+    trial_name=trial_name,
+    searcher="optuna",
+    scheduler="asha",
+    num_samples={"smoke": 4, "cpu": 12, "gpu": 40, "paper": 100},
+    views=("optuna",),
+    study_keys=("objective",),
+    fidelity=search_note_vs_run,
+)

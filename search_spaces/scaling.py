@@ -3,6 +3,7 @@ loss-vs-parameters frontier and fit L(N) = E + A N^-alpha per arm. The variant i
 --set scaling_variant=NAME (one of VARIANTS)."""
 
 from .common import FINEWEB_EDU, architecture, seed_suffix
+from .spec import StudySpec
 
 VARIANTS = {
     "nanohead_p20": {"nanohead_proportion": 0.2},
@@ -74,3 +75,21 @@ def variant(config: dict) -> str:
 
 def trial_name(config: dict) -> str:
     return f"scaling_{variant(config)}_{config['target_params'] / 1e6:g}M" + seed_suffix(config)
+
+
+STUDY = StudySpec(
+    name="scaling",
+    family="scaling",
+    note="000_f68f42f0f06710c9.txt (default variant nanohead_p40)",
+    hypothesis="Does the variant's advantage (or deficit) hold across parameter budgets? Fit L(N) = E + A N^-alpha "
+    "per arm.",
+    base=base,
+    axes=axes,
+    resolve=resolve,
+    variant=variant,
+    trial_name=trial_name,
+    baseline="baseline",
+    views=("scaling",),
+    study_keys=("scaling_variant", "max_tokens_per_param"),
+    derived=DERIVED,
+)

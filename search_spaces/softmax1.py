@@ -8,6 +8,7 @@ by at least 5%. Samples from both arms.
 from . import fidelity
 from .common import REDDIT, seed_suffix
 from .fidelity import FidelityRow
+from .spec import StudySpec
 
 AXES = {"softmax1": [False, True]}
 # nanoGPT's model.py at the note's commit eba36e8: LayerNorm, learned positions, GELU, tied embeddings, bias=False.
@@ -208,3 +209,20 @@ def note_vs_run(trials: list[dict], workers: int) -> tuple[FidelityRow, ...]:
             "" if n_seeds == 1 else "seeds: one run per arm cannot tell a few % from noise",
         ),
     )
+
+
+STUDY = StudySpec(
+    name="softmax1_ab",
+    family="softmax1",
+    note="004_39036d62147a7b75.txt",
+    hypothesis="softmax1 (quiet attention) improves perplexity by at least 5% over softmax on the baby GPT "
+    "(pre-registered threshold).",
+    base=base,
+    axes=lambda profile: dict(AXES),
+    resolve=resolve,
+    variant=variant,
+    trial_name=trial_name,
+    baseline="softmax",
+    views=("softmax1",),
+    fidelity=note_vs_run,
+)

@@ -7,6 +7,7 @@ processed in parallel vs one at a time, cached vs uncached (tokens/s, mean time,
 from . import fidelity
 from .common import SIMPLE_STORIES, seed_suffix
 from .fidelity import FidelityRow
+from .spec import StudySpec
 
 AXES = {"toep_mean": [True, False], "toep_proj": [True, False]}
 # The note's mixer, the same in every arm (its model code): linear filters w = raw, raw ~ N(0, 0.2^2) at init,
@@ -216,3 +217,20 @@ def note_vs_run(trials: list[dict], workers: int) -> tuple[FidelityRow, ...]:
             "fixed seeds repeat a run; --seeds N gives intervals",
         ),
     )
+
+
+STUDY = StudySpec(
+    name="toeplitz_flags",
+    family="toeplitz",
+    note="003_dda6ec3c2e766f7d.txt",
+    hypothesis="How do the weighted mean and the projections of a multi-head Toeplitz mixer trade quality "
+    "for speed, and how much faster is generation with heads in parallel?",
+    base=base,
+    axes=lambda profile: dict(AXES),
+    resolve=resolve,
+    variant=variant,
+    trial_name=trial_name,
+    baseline="nomean_noproj",
+    views=("toeplitz",),
+    fidelity=note_vs_run,
+)

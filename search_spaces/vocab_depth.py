@@ -20,6 +20,7 @@ from functools import cache
 from . import fidelity
 from .common import FINEWEB_EDU, nanochat_sizes, seed_suffix
 from .fidelity import FidelityRow
+from .spec import StudySpec
 
 # The note's candidates at each profile's scale: (vocab, depth, width) = note's (65536, 29, 192), (24576, 4, 512),
 # (32768, 7, 384) with width, head dim and vocab / 4 (cpu) or / 16 (smoke); the parameters / 16 and / 256.
@@ -316,3 +317,23 @@ def note_vs_run(trials: list[dict], workers: int) -> tuple[FidelityRow, ...]:
             "this project's loader: the same kind of windows, visited in a shuffled order",
         ),
     )
+
+
+STUDY = StudySpec(
+    name="vocab_depth",
+    family="vocab_depth",
+    note="002_ae9661a3f257ab4b.txt",
+    hypothesis="At a fixed budget split evenly between embedding, lm_head and blocks, which vocabulary size "
+    "(and so depth/width) gives the best bits per byte; does tying the embeddings help? Arms: the "
+    "note's d29/65536, d4/24576, d7/32768 (scaled down below gpu); lrs by nanochat's width rule "
+    "(Muon 0.02; AdamW embedding 0.2, lm_head 0.004, x (width/768)^-0.5); a tied table at the "
+    "lm_head's lr.",
+    base=base,
+    axes=axes,
+    resolve=resolve,
+    variant=variant,
+    trial_name=trial_name,
+    views=("vocab_depth",),
+    derived=DERIVED,
+    fidelity=note_vs_run,
+)

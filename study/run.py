@@ -1,7 +1,9 @@
-"""python -m study.run STUDY [options]: run a named study on this machine or on a Ray cluster.
+"""python -m study.run STUDY [options]: run a named study, or a study file (NAME.toml, NAME.py), on this
+machine or on a Ray cluster; run_study() is the same for a notebook.
 
 Everything a user can get wrong (study, profile, --set keys and values, storage URL, address, data) is
-checked before Ray starts: a bad input exits 2 with one line on stderr and leaves results/ untouched.
+checked before Ray starts: a bad input exits 2 with one line on stderr (run_study: a UsageError) and leaves
+results/ untouched. The checks end in one Plan (study, profile, options, trials, resources) that the service runs.
 """
 
 import argparse
@@ -12,11 +14,12 @@ import os
 import socket
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from study.catalog import STUDIES, StudySpec, get_profile, get_study, grid_configs
-from study.profiles import DEFAULT_PROFILE, PROFILES
+from search_spaces.spec import StudySpec, grid_axes, grid_configs
+from study.catalog import STUDIES, get_profile, get_study
+from study.profiles import DEFAULT_PROFILE, PROFILES, Profile
 from trainables.timeline import mark, span
 
 
@@ -32,9 +35,9 @@ def build_parser(spec: StudySpec | None = None) -> argparse.ArgumentParser:
     epilog = "studies: " + ", ".join(STUDIES) + "\nprofiles: " + ", ".join(PROFILES)
     if spec:
         profile = PROFILES[DEFAULT_PROFILE]
-        axes = spec.axes(profile)
+        axes = spec.axes_for(profile)
         description = (
-            f"{spec.name}: {spec.hypothesis}\n\nseed note: {spec.seed_note}\nsearcher: {spec.searcher}, "
+            f"{spec.name}: {spec.hypothesis}\n\nnote: {spec.note or '-'}\nsearcher: {spec.searcher}, "
             f"scheduler: {spec.scheduler}, metric: {spec.metric} ({spec.mode})\naxes: "
             + ", ".join(f"{k}={v if isinstance(v, list) else type(v).__name__}" for k, v in axes.items())
         )
@@ -46,7 +49,7 @@ def build_parser(spec: StudySpec | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    ap.add_argument("study", nargs="?", help="study name (see --list)")
+    ap.add_argument("study", nargs="?", help="study name (see --list), or a study file: NAME.toml or NAME.py")
     ap.add_argument("--list", action="store_true", help="list the studies and exit")
     ap.add_argument(
         "--profile", default=DEFAULT_PROFILE, help=f"budget: {', '.join(PROFILES)} (default {DEFAULT_PROFILE})"
@@ -119,22 +122,35 @@ def parse_value(text: str):
     return text
 
 
-def parse_overrides(items: list[str], spec: StudySpec, profile) -> dict:
-    allowed = spec.settable_keys(profile)
+def parse_set(items: list[str]) -> dict:
+    """--set KEY=VALUE items -> {key: value}; the keys and types are checked against the study (check_overrides)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--set {item!r}: must be KEY=VALUE")
-        if key not in allowed:
-            raise UsageError(f"--set {key}: unknown key for {spec.name}; allowed: {', '.join(sorted(allowed))}")
         out[key] = parse_value(value)
-        _check_type(key, out[key])
     return out
 
 
-def _check_type(key: str, value):
-    """A --set value must have its field's type (lr=abc would otherwise fail deep inside a comparison)."""
+def check_overrides(spec: StudySpec, profile, overrides: dict) -> dict:
+    """Each key must be one the study takes, each value of its field's type; a tuple is an axis, as a list is."""
+    allowed = spec.settable_keys(profile)
+    out = {}
+    for key, value in overrides.items():
+        if key not in allowed:
+            raise UsageError(f"--set {key}: unknown key for {spec.name}; allowed: {', '.join(sorted(allowed))}")
+        out[key] = list(value) if isinstance(value, (list, tuple)) else value
+        try:
+            check_type(key, out[key])
+        except ValueError as e:
+            raise UsageError(f"--set {e}") from None
+    return out
+
+
+def check_type(key: str, value):
+    """A value must have its field's type (lr=abc would otherwise fail deep inside a comparison): a ValueError
+    "KEY=VALUE: must be ..." otherwise."""
     import types
     from dataclasses import fields
 
@@ -145,14 +161,14 @@ def _check_type(key: str, value):
     if declared is None:  # a study's own key: its resolve() checks its range, here only that a number is finite
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, float) and not math.isfinite(v):
-                raise UsageError(f"--set {key}={v!r}: must be a finite number")
+                raise ValueError(f"{key}={v!r}: must be a finite number")
         return
     declared = set(declared.__args__) if isinstance(declared, types.UnionType) else {declared}
     words = {int: "an integer", float: "a number", bool: "true or false", str: "text", type(None): "none"}
     allowed = declared | ({int} if float in declared else set())
     for v in value if isinstance(value, list) else [value]:
         if type(v) not in allowed:
-            raise UsageError(f"--set {key}={v!r}: must be {' or '.join(words[t] for t in words if t in declared)}")
+            raise ValueError(f"{key}={v!r}: must be {' or '.join(words[t] for t in words if t in declared)}")
 
 
 # ----------------------------------------------------------------------------- planning (no Ray)
@@ -170,10 +186,6 @@ DERIVED_FROM = {
             "budget, head_dim and aspect_ratio (the solver)",
             "set those instead, or budget=none and n_layer, n_embd, n_head by hand",
         ),
-    ),
-    "n_kv_head": (
-        "n_head: with a budget, n_kv_head is read as the ratio n_head / n_kv_head",
-        "give a ratio, or budget=none",
     ),
     "vocab_size": ("the tokenizer (bpe:N has N tokens)", "set tokenizer=bpe:N instead"),
     "seed": ("--seeds (seeds 0..N-1)", "give --set seed with --seeds 1, or --seeds alone"),
@@ -193,33 +205,25 @@ def plan_trials(
 ) -> list[dict]:
     """Grid studies: every trial's resolved config, validated (GPTConfig/TrainConfig/solver, each --set kept, the
     device) and named. The trials are counted before the grid is expanded."""
-    from search_spaces.common import tokenizer_vocab_size
-    from study.catalog import grid_axes
-    from trainables.train import TrainConfig, resolve_configs
-
     if max_trials < 1:
         raise UsageError(f"--max-trials {max_trials}: must be >= 1")
-    count = math.prod(len(values) for values in grid_axes(spec, profile, overrides, seeds)[1].values())
+    base, axes = grid_axes(spec, profile, overrides, seeds)
+    count = math.prod(len(values) for values in axes.values())
     if count > max_trials:
         raise UsageError(
             f"{spec.name} would plan {count:,} trials (its axes x --seeds {seeds}): more than --max-trials "
             f"{max_trials:,}; use fewer seeds or axis values, or raise the cap with --max-trials {count}"
         )
     trials, names = [], set()
-    for searched in grid_configs(spec, profile, overrides, seeds):
-        _checked(lambda: TrainConfig.from_dict(searched))  # ranges first: the study derives dims from budget, head_dim
-        config = _checked(lambda: spec.resolve(searched))
-        gpt, tc = _checked(lambda: resolve_configs(config, tokenizer_vocab_size(config["tokenizer"])))
-        name = spec.trial_name(config)
+    for searched in grid_configs(base, axes):
+        trial = _planned_trial(spec, searched)
+        name = trial["name"] = _checked(lambda: spec.name_of(trial["config"]))
         if name in names:
             raise UsageError(f"two trials would both be named {name!r}: vary an axis or use --seeds")
         names.add(name)
-        _check_trial(spec, overrides, searched, config, gpt, tc, workers, name)
-        trials.append(
-            dict(
-                name=name, searched=searched, config=config, gpt=gpt, train=tc, tokens=_planned_tokens(tc, gpt, workers)
-            )
-        )
+        _check_trial(spec, overrides, trial, workers, name)
+        trial["tokens"] = _planned_tokens(trial["train"], trial["gpt"], workers)
+        trials.append(trial)
     check_epochs([(t["name"], t["config"], t["train"], t["tokens"]) for t in trials])
     for device in sorted({t["train"].device for t in trials}):
         check_device(device, address)
@@ -243,9 +247,6 @@ def validate_search(
 
     from ray import tune  # noqa: F401  (the space is made of Tune domains; importing tune starts nothing)
 
-    from search_spaces.common import tokenizer_vocab_size
-    from trainables.train import TrainConfig, resolve_configs
-
     if max_trials < 1:
         raise UsageError(f"--max-trials {max_trials}: must be >= 1")
     if num_samples is not None and num_samples > max_trials:
@@ -253,32 +254,44 @@ def validate_search(
             f"--num-samples {num_samples:,}: more than --max-trials {max_trials:,}; ask for fewer, or raise "
             f"the cap with --max-trials {num_samples}"
         )
-    space = spec.axes(profile)
-    base = {**spec.base(profile), **overrides}
+    base, space = search_space(spec, profile, overrides)
     rng = random.Random(0)
     draws = []
     for _ in range(n):
         drawn = {
-            k: (v.sample(random_state=rng.randint(0, 2**31)) if hasattr(v, "sample") else v)
-            for k, v in space.items()
-            if k not in overrides
+            k: (v.sample(random_state=rng.randint(0, 2**31)) if hasattr(v, "sample") else v) for k, v in space.items()
         }
-        searched = {**base, **drawn}
-        _checked(lambda: TrainConfig.from_dict(searched))  # ranges first: the study derives dims from budget, head_dim
-        config = _checked(lambda: spec.resolve(searched))
-        gpt, tc = _checked(lambda: resolve_configs(config, tokenizer_vocab_size(config["tokenizer"])))
-        _check_trial(spec, overrides, searched, config, gpt, tc, workers, None)
-        draws.append(dict(searched=searched, config=config, gpt=gpt, train=tc))
+        trial = _planned_trial(spec, {**base, **drawn})
+        _check_trial(spec, overrides, trial, workers, None)
+        draws.append(trial)
     for device in sorted({d["train"].device for d in draws}):
         check_device(device, address)
     return draws
 
 
-def _check_trial(
-    spec: StudySpec, overrides: dict, searched: dict, config: dict, gpt, tc, workers: int, name: str | None
-):
+def search_space(spec: StudySpec, profile, overrides: dict) -> tuple[dict, dict]:
+    """An Optuna study's constant keys (with every --set) and the space its searcher draws the rest from."""
+    return {**spec.base_keys(profile), **overrides}, {
+        k: v for k, v in spec.axes_for(profile).items() if k not in overrides
+    }
+
+
+def _planned_trial(spec: StudySpec, searched: dict) -> dict:
+    """One searched config, resolved (spec.trial_config: the one place a study's resolve runs before its trial
+    does) and built into its GPTConfig and TrainConfig, each step's error as a UsageError."""
+    from search_spaces.common import tokenizer_vocab_size
+    from trainables.train import TrainConfig, resolve_configs
+
+    _checked(lambda: TrainConfig.from_dict(searched))  # ranges first: the study derives dims from budget, head_dim
+    config = _checked(lambda: spec.trial_config(searched))
+    gpt, tc = _checked(lambda: resolve_configs(config, tokenizer_vocab_size(config["tokenizer"])))
+    return dict(searched=searched, config=config, gpt=gpt, train=tc)
+
+
+def _check_trial(spec: StudySpec, overrides: dict, trial: dict, workers: int, name: str | None):
     """What only a whole trial shows: each --set holds in the model and training it builds (a key the study derives
     would be silently replaced), and its batch splits into micro-steps."""
+    searched, config, gpt, tc = trial["searched"], trial["config"], trial["gpt"], trial["train"]
     built = {**vars(tc), **vars(gpt)}
     where = f"trial {name}" if name else "a drawn trial"
     for key, value in overrides.items():
@@ -393,7 +406,7 @@ def _refuse_epochs(name: str, config: dict, tc, tokens: int, e: tuple[float, int
 def print_dry_run(spec: StudySpec, trials: list[dict]):
     from trainables.model import count_params, flops_per_token, nanohead_split
 
-    variants = [spec.variant({**t["config"], **t["gpt"].to_dict()}) for t in trials]
+    variants = [spec.arm({**t["config"], **t["gpt"].to_dict()}) for t in trials]
     tw, vw = max([34, *(len(t["name"]) for t in trials)]), max([14, *map(len, variants)])  # long names stay aligned
     header = f"{'trial':{tw}} {'variant':{vw}} {'L':>3} {'width':>5} {'heads':>5} {'nano':>6} {'vocab':>6} {'params':>11} {'embed':>10} {'lm_head':>10} {'blocks':>11} {'tokens':>11} {'epochs':>7} {'FLOPs':>9}"
     print(f"{spec.name}: {len(trials)} trials\n{header}\n{'-' * len(header)}")
@@ -458,7 +471,7 @@ def note_vs_run(spec: StudySpec, profile, overrides: dict, seeds: int, workers: 
             r if r.aspect not in default or default[r.aspect].this_run == r.this_run else changed(r, default[r.aspect])
             for r in rows
         ]
-    return dict(note=spec.seed_note, rows=[asdict(r) for r in rows], **({"text": text} if text else {}))
+    return dict(note=spec.note, rows=[asdict(r) for r in rows], **({"text": text} if text else {}))
 
 
 def _fidelity_trials(trials: list[dict], workers: int) -> list[dict]:
@@ -815,7 +828,186 @@ def prepare_data(configs: list[dict]):
             _refuse_epochs("a trial", c, tc, tokens, (tokens / n_train, n_train, True))
 
 
-# ----------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------- the plan and the run
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """What a run is asked for: the command line's options, run_study's keyword arguments (same names)."""
+
+    profile: str = DEFAULT_PROFILE
+    dry_run: bool = False
+    seeds: int = 1
+    num_samples: int | None = None
+    max_trials: int = MAX_TRIALS
+    set: dict = field(default_factory=dict)  # key -> value; a list makes (or replaces) an axis
+    output: str = "results"
+    resume: bool = False
+    address: str | None = None
+    workers_per_trial: int | None = None
+    gpus_per_trial: int | None = None
+    cpus_per_worker: float = 1.0
+    ray_train: bool = False
+    wandb: str = "offline"
+    storage: str | None = None
+    no_report: bool = False
+    verbose: bool = False
+
+
+@dataclass(kw_only=True)
+class Plan:
+    """Everything a run needs, checked: built by make_plan before Ray starts and handed to the service."""
+
+    spec: StudySpec
+    profile: Profile
+    options: RunOptions
+    overrides: dict  # the checked --set values
+    workers: int  # Ray Train workers (DDP ranks) per trial
+    gpus: int  # GPUs per trial
+    base: dict  # every trial's constant keys
+    axes: dict  # grid: the axes (seed included); Optuna: the space
+    trials: list[dict]  # grid: every trial, named and resolved; Optuna: the draws that checked the space
+    fidelity: dict  # the note beside this run (study.json's "fidelity")
+
+    @property
+    def num_samples(self) -> int:
+        return self.options.num_samples or self.spec.samples(self.profile)
+
+    def command(self, resume: bool = False) -> list[str]:
+        """The command line that runs this plan (the study by name: a study file's copy is in its study.json)."""
+        o, default = self.options, RunOptions()
+        argv = [self.spec.name, "--profile", self.profile.name]
+        for key, value in sorted(self.overrides.items()):
+            argv += ["--set", f"{key}={','.join(map(_text, value)) if isinstance(value, list) else _text(value)}"]
+        for name in ("seeds", "num_samples", "workers_per_trial", "gpus_per_trial", "cpus_per_worker", "address"):
+            if getattr(o, name) != getattr(default, name):
+                argv += [f"--{name.replace('_', '-')}", str(getattr(o, name))]
+        argv += ["--output", str(o.output)] + ["--ray-train"] * o.ray_train + ["--resume"] * resume
+        return argv
+
+
+def _text(value) -> str:
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
+    """Checks every option against the study and plans its trials (no Ray): a UsageError names what is wrong."""
+    profile = _checked(lambda: get_profile(options.profile))
+    if options.seeds < 1:
+        raise UsageError(f"--seeds {options.seeds}: must be >= 1")
+    if options.num_samples is not None and options.num_samples < 1:
+        raise UsageError(f"--num-samples {options.num_samples}: must be >= 1")
+    if options.seeds > 1 and spec.searcher == "optuna":
+        raise UsageError(
+            f"--seeds: {spec.name} is an Optuna search (each trial is a new config); seeds apply to grid studies"
+        )
+    if options.storage and spec.searcher != "optuna":
+        raise UsageError(
+            f"--storage: {spec.name} uses no Optuna storage; it applies to Optuna searches "
+            f"({', '.join(s for s in STUDIES if STUDIES[s].searcher == 'optuna')})"
+        )
+    if options.wandb not in ("offline", "online", "disabled"):
+        raise UsageError(f"--wandb {options.wandb!r}: must be offline, online or disabled")
+    workers = profile.workers_per_trial if options.workers_per_trial is None else options.workers_per_trial
+    gpus = profile.gpus_per_trial if options.gpus_per_trial is None else options.gpus_per_trial
+    if workers < 1:
+        raise UsageError(f"--workers-per-trial {workers}: must be >= 1")
+    if gpus < 0:
+        raise UsageError(f"--gpus-per-trial {gpus}: must be >= 0")
+    if not options.cpus_per_worker > 0:
+        raise UsageError(f"--cpus-per-worker {options.cpus_per_worker}: must be > 0")
+    overrides = check_overrides(spec, profile, options.set)
+    if "objective" in spec.study_keys and overrides.get("objective", "single") not in ("single", "multi"):
+        raise UsageError(f"--set objective={overrides['objective']!r}: must be single or multi")
+    check_storage(options.storage)
+    options = replace(options, output=check_output(options.output))
+    check_mixers(spec, profile, overrides)
+    if spec.searcher == "grid":
+        base, axes = grid_axes(spec, profile, overrides, options.seeds)
+        trials = plan_trials(
+            spec, profile, overrides, options.seeds, workers, max_trials=options.max_trials, address=options.address
+        )
+    else:
+        base, axes = search_space(spec, profile, overrides)
+        trials = validate_search(
+            spec,
+            profile,
+            overrides,
+            workers=workers,
+            num_samples=options.num_samples or spec.samples(profile),
+            max_trials=options.max_trials,
+            address=options.address,
+        )
+    check_corpora([t["config"] for t in trials])  # an Optuna space varies no corpus or tokenizer: the draws name them
+    fidelity = note_vs_run(spec, profile, overrides, options.seeds, workers, trials)
+    return Plan(
+        spec=spec,
+        profile=profile,
+        options=options,
+        overrides=overrides,
+        workers=workers,
+        gpus=gpus,
+        base=base,
+        axes=axes,
+        trials=trials,
+        fidelity=fidelity,
+    )
+
+
+def check_mixers(spec: StudySpec, profile, overrides: dict):
+    """A mixer a study file registered must pass the contract the built-in ones pass, before any trial runs."""
+    from trainables.model.mixers import MixerContractError, check_mixer, registered_mixers
+
+    names = {spec.base_keys(profile).get("mixer"), overrides.get("mixer")}
+    for values in (spec.axes_for(profile).get("mixer"), overrides.get("mixer")):
+        names |= set(values) if isinstance(values, list) else set()
+    for name in sorted(n for n in names if isinstance(n, str) and n in registered_mixers()):
+        try:
+            check_mixer(name)
+        except MixerContractError as e:
+            raise UsageError(str(e)) from None
+
+
+def print_plan(plan: Plan):
+    """--dry-run: the trial table (grid) or the space (Optuna), then the note beside this run."""
+    spec, workers = plan.spec, plan.workers
+    if spec.searcher == "grid":
+        print_dry_run(spec, plan.trials)
+    else:
+        objective = plan.overrides.get("objective", plan.base.get("objective"))
+        print(
+            f"{spec.name}: {plan.num_samples} trials drawn by Optuna "
+            f"({'NSGA-II, val_bpb vs params' if objective == 'multi' else 'TPE'}) with {spec.scheduler} early "
+            f"stopping, from:"
+        )
+        for k, v in plan.axes.items():
+            print(f"  {k}: {_describe_domain(v)}")
+        planned = [
+            (f"a drawn trial ({i})", d["config"], d["train"], _planned_tokens(d["train"], d["gpt"], workers))
+            for i, d in enumerate(plan.trials)
+        ]
+        check_epochs(planned)
+        _, config, _, tokens = max(planned, key=lambda p: p[3])
+        print(
+            f"tokens per trial: up to {tokens:,}, {_epochs_text(_epochs(config, tokens))} epochs; train tokens of "
+            f"the corpus: {_corpora_text([d['config'] for d in plan.trials])}"
+        )
+    print_mixer_flops(plan)
+    print_note_vs_run(plan.fidelity)
+
+
+def print_mixer_flops(plan: Plan):
+    """A registered mixer without its own flops_per_token is counted as 6 x its parameters: the FLOPs say so."""
+    from trainables.model.mixers import declares_flops, registered_mixers
+
+    used = sorted({t["gpt"].mixer for t in plan.trials} & set(registered_mixers()))
+    for name in used:
+        if not declares_flops(name):
+            print(
+                f"\nFLOPs: mixer {name!r} gives no flops_per_token, so its FLOPs count only 6 x its parameters "
+                f"(a matmul's share); give the class a flops_per_token(cfg) for its mixing work"
+            )
+
 
 # What a study's trials are made of: resuming with other values would silently train the old plan (Tune restores
 # its pickled trials) or mix two plans in one Optuna study. --num-samples may differ (it extends a search).
@@ -824,7 +1016,7 @@ def prepare_data(configs: list[dict]):
 RESUME_FIXED = ("profile", "seeds", "workers_per_trial", "ray_train", "cpus_per_worker")
 
 
-def check_resume_matches(study, args, overrides: dict):
+def check_resume_matches(study, plan: Plan):
     """--resume must name the same profile, --set values, --seeds and resources as the run it continues
     (study.json)."""
     try:
@@ -843,8 +1035,9 @@ def check_resume_matches(study, args, overrides: dict):
         )
 
     then = effective(started)
-    then["set"] = parse_overrides(started.get("set") or [], get_study(started.get("study") or args.study), profile)
-    now = {**effective(vars(args)), "set": overrides}
+    recorded = started.get("set") or {}
+    then["set"] = check_overrides(plan.spec, profile, parse_set(recorded) if isinstance(recorded, list) else recorded)
+    now = {**effective(asdict(plan.options)), "set": plan.overrides}
     diff = [k for k in then if then[k] != now[k]]
     if diff:
 
@@ -875,7 +1068,11 @@ def main(argv=None):
             print(f"{name:16} {spec.hypothesis}")
         return 0
     try:
-        return run(args)
+        if not args.study:
+            raise UsageError("no study given: python -m study.run STUDY (see --list), or a study file NAME.toml")
+        options = RunOptions(**{k: v for k, v in vars(args).items() if k not in ("study", "list")})
+        options.set = parse_set(args.set)
+        return run_plan_status(find_study(args.study, options.output), options)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -884,92 +1081,68 @@ def main(argv=None):
         return 130
 
 
-def run(args) -> int:
-    if not args.study:
-        raise UsageError("no study given: python -m study.run STUDY (see --list)")
-    spec = _checked(lambda: get_study(args.study))
-    profile = _checked(lambda: get_profile(args.profile))
-    if args.seeds < 1:
-        raise UsageError(f"--seeds {args.seeds}: must be >= 1")
-    if args.num_samples is not None and args.num_samples < 1:
-        raise UsageError(f"--num-samples {args.num_samples}: must be >= 1")
-    if args.seeds > 1 and spec.searcher == "optuna":
-        raise UsageError(
-            f"--seeds: {spec.name} is an Optuna search (each trial is a new config); seeds apply to grid studies"
-        )
-    if args.storage and spec.searcher != "optuna":
-        raise UsageError(
-            f"--storage: {spec.name} uses no Optuna storage; it applies to {', '.join(s for s in STUDIES if STUDIES[s].searcher == 'optuna')}"
-        )
-    workers = profile.workers_per_trial if args.workers_per_trial is None else args.workers_per_trial
-    gpus = profile.gpus_per_trial if args.gpus_per_trial is None else args.gpus_per_trial
-    if workers < 1:
-        raise UsageError(f"--workers-per-trial {workers}: must be >= 1")
-    if gpus < 0:
-        raise UsageError(f"--gpus-per-trial {gpus}: must be >= 0")
-    if not args.cpus_per_worker > 0:
-        raise UsageError(f"--cpus-per-worker {args.cpus_per_worker}: must be > 0")
-    overrides = parse_overrides(args.set, spec, profile)
-    if spec.study_keys and "objective" in overrides and overrides["objective"] not in ("single", "multi"):
-        raise UsageError(f"--set objective={overrides['objective']!r}: must be single or multi")
-    check_storage(args.storage)
-    args.output = check_output(args.output)
+def find_study(study: "str | os.PathLike | StudySpec", output: str = "results") -> StudySpec:
+    """A study by name, a study file (.toml, .py), or a StudySpec; a name that is neither built in nor loaded yet is
+    looked up in its results folder, whose study.json keeps a copy of the study file it was started from."""
+    from study.files import load_study_file, study_from_results
 
-    if spec.searcher == "grid":
-        trials = plan_trials(
-            spec, profile, overrides, args.seeds, workers, max_trials=args.max_trials, address=args.address
-        )
-        data_configs = [t["config"] for t in trials]
-        check_corpora(data_configs)
-        fidelity = note_vs_run(spec, profile, overrides, args.seeds, workers, trials)
-        if args.dry_run:
-            print_dry_run(spec, trials)
-            print_note_vs_run(fidelity)
-            return 0
-    else:
-        draws = validate_search(
-            spec,
-            profile,
-            overrides,
-            workers=workers,
-            num_samples=args.num_samples or spec.num_samples[profile.name],
-            max_trials=args.max_trials,
-            address=args.address,
-        )
-        data_configs = [d["config"] for d in draws]  # the space varies no corpus or tokenizer: the draws name them all
-        check_corpora(data_configs)
-        fidelity = note_vs_run(spec, profile, overrides, args.seeds, workers, draws)
-        if args.dry_run:
-            n = args.num_samples or spec.num_samples[profile.name]
-            print(
-                f"{spec.name}: {n} trials drawn by Optuna ({'NSGA-II, val_bpb vs params' if overrides.get('objective') == 'multi' else 'TPE'}) "
-                f"with {spec.scheduler} early stopping, from:"
-            )
-            for k, v in spec.axes(profile).items():
-                print(f"  {k}: {_describe_domain(v)}")
-            planned = [
-                (f"a drawn trial ({i})", d["config"], d["train"], _planned_tokens(d["train"], d["gpt"], workers))
-                for i, d in enumerate(draws)
-            ]
-            check_epochs(planned)
-            _, config, _, tokens = max(planned, key=lambda p: p[3])
-            print(
-                f"tokens per trial: up to {tokens:,}, {_epochs_text(_epochs(config, tokens))} epochs; train tokens of "
-                f"the corpus: {_corpora_text([d['config'] for d in draws])}"
-            )
-            print_note_vs_run(fidelity)
-            return 0
+    if isinstance(study, StudySpec):
+        return study
+    text = os.fspath(study)
+    if text.endswith((".toml", ".py")):
+        return load_study_file(text)
+    if text in STUDIES:
+        return STUDIES[text]
+    return study_from_results(text, output) or _checked(lambda: get_study(text))
 
-    check_address(args.address)
-    check_storage_reachable(args.storage)
-    if args.address in (None, "local"):
-        check_local_resources(profile, workers, gpus, args.cpus_per_worker)
-    check_output_reachable(args.output)
+
+def run_study(study, *, resume: bool = False, **options):
+    """Runs a study from Python, as `python -m study.run` does: `study` is a name, a study file's path or a
+    StudySpec; the keyword arguments are the command line's options (profile="smoke", seeds=2, set={...},
+    output="results", ...). A bad input raises UsageError (a ValueError) with the CLI's one-line message.
+    Returns the finished study's StudyResult (load_study); with dry_run=True, prints the plan and returns it."""
+    from study.api import load_study
+    from trainables.storage import join
+
+    unknown = sorted(set(options) - {f for f in RunOptions.__dataclass_fields__})
+    if unknown:
+        raise UsageError(
+            f"run_study: unknown option {unknown[0]!r}; options: {', '.join(RunOptions.__dataclass_fields__)}"
+        )
+    options = RunOptions(resume=resume, **options)
+    options.set = dict(options.set or {})
+    spec = find_study(study, options.output)
+    if options.dry_run:
+        plan = make_plan(spec, options)
+        print_plan(plan)
+        return plan
+    plan, status = run_plan(spec, options)
+    if status == 1:
+        raise RuntimeError(f"{spec.name}: the study failed; see {join(plan.options.output, spec.name, 'driver.log')}")
+    return load_study(join(plan.options.output, spec.name))
+
+
+def run_plan_status(spec: StudySpec, options: RunOptions) -> int:
+    if options.dry_run:
+        print_plan(make_plan(spec, options))
+        return 0
+    return run_plan(spec, options)[1]
+
+
+def run_plan(spec: StudySpec, options: RunOptions) -> tuple[Plan, int]:
+    """Plans the study, takes its folder's lock, prepares its data and runs it: (plan, exit status)."""
+    plan = make_plan(spec, options)
+    options = plan.options
+    check_address(options.address)
+    check_storage_reachable(options.storage)
+    if options.address in (None, "local"):
+        check_local_resources(plan.profile, plan.workers, plan.gpus, options.cpus_per_worker)
+    check_output_reachable(options.output)
     from study.lock import StudyLock, StudyLocked
     from study.results import StudyStorage
     from trainables.storage import is_uri, join
 
-    location = join(args.output, spec.name)
+    location = join(options.output, spec.name)
     made = [] if is_uri(location) else _make_folder(location)  # the lock file lives in the study's folder
     lock = StudyLock(location)
     try:
@@ -982,19 +1155,19 @@ def run(args) -> int:
         ) from None
     study = None
     try:
-        study = StudyStorage.open(args.output, spec.name)  # with a URI: a staged copy of what is there
+        study = StudyStorage.open(options.output, spec.name)  # with a URI: a staged copy of what is there
         existing = any(study.local.glob("tune*/tuner.pkl"))
-        if existing and not args.resume:
+        if existing and not options.resume:
             raise UsageError(
                 f"{study.shown} already holds a run of {spec.name}: add --resume to continue it, or "
                 f"choose another --output"
             )
-        if args.resume and not existing:
+        if options.resume and not existing:
             raise UsageError(f"--resume: {study.shown} holds no run of {spec.name} to resume")
         if existing:
-            check_resume_matches(study, args, overrides)
+            check_resume_matches(study, plan)
         with span("prepare_data"):
-            prepare_data(data_configs)
+            prepare_data([t["config"] for t in plan.trials])
         with span("import_service"):
             from study.service import execute  # Ray and friends load only now, after every check passed
     except BaseException:
@@ -1004,7 +1177,7 @@ def run(args) -> int:
         _remove_empty(made)
         raise
     try:
-        return execute(spec, profile, args, overrides, study, workers, gpus, resuming=existing, fidelity=fidelity)
+        return plan, execute(plan, study, resuming=existing)
     finally:
         lock.release()
 

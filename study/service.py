@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -182,47 +182,34 @@ def _fmt(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def build_tuner(
-    spec,
-    profile,
-    args,
-    overrides,
-    study: StudyStorage,
-    resources,
-    concurrent: int,
-    exp_name: str,
-    num_samples: int | None,
-):
+def build_tuner(plan, study: StudyStorage, resources, concurrent: int, exp_name: str):
+    spec, profile, options = plan.spec, plan.profile, plan.options
     metric, mode = spec.metric, spec.mode
     study_dir = study.local
-    trainable = make_trainable(study.root, resources, resolve=spec.resolve)
-    base = {**spec.base(profile), **{k: v for k, v in overrides.items() if not isinstance(v, list)}}
+    trainable = trial_trainable(plan, study, resources)
+    base = plan.base
     searcher, scheduler = None, None
     tune_metric, tune_mode = metric, mode
     if spec.searcher == "grid":
-        from study.catalog import grid_configs
-
-        axes = {**spec.axes(profile), **{k: v for k, v in overrides.items() if isinstance(v, list)}}
-        axes = {k: v for k, v in axes.items() if k not in base or isinstance(overrides.get(k), list)}
-        if args.seeds > 1 or "seed" not in base:
-            axes.setdefault("seed", list(range(args.seeds)))
-        space = {**base, **{k: tune.grid_search(v) for k, v in axes.items()}}
-        n_trials = len(grid_configs(spec, profile, overrides, args.seeds))
+        space = {**base, **{k: tune.grid_search(list(v)) for k, v in plan.axes.items()}}
+        n_trials = len(plan.trials)
         samples = 1
+        names = {_config_key(t["searched"]): t["name"] for t in plan.trials}  # the plan named every trial
 
         def name_of(trial):
-            return spec.trial_name(spec.resolve(dict(trial.config)))
+            return names[_config_key(trial.config)]
     else:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        space = {**base, **{k: v for k, v in spec.axes(profile).items() if k not in overrides}}
-        storage_url = args.storage or f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+        space = {**base, **plan.axes}
+        samples = plan.num_samples
+        storage_url = options.storage or f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
         storage = optuna.storages.RDBStorage(storage_url)
         # An extension seeds its sampler with the trials already in the study: a fresh sampler with the first
         # run's seed would draw the first run's configs again (TPE's startup trials are random draws).
         seed = len(_optuna_trials(optuna, storage, spec.name))
-        if overrides.get("objective", base.get("objective")) == "multi":
+        if base.get("objective") == "multi":
             optuna_search = OptunaSearch(
                 metric=[metric, "params_total"],
                 mode=[mode, "min"],
@@ -240,7 +227,6 @@ def build_tuner(
                 sampler=optuna.samplers.TPESampler(seed=seed),
             )
         searcher = ConcurrencyLimiter(optuna_search, max_concurrent=concurrent)
-        samples = num_samples
         n_trials = samples
 
         def name_of(trial):
@@ -268,8 +254,8 @@ def build_tuner(
     callbacks = [Progress(n_trials, metric, concurrent, name_of)]
     if study.uri:
         callbacks.append(PushStudyFiles())
-    if args.wandb != "disabled":
-        callbacks.append(wandb_callback(spec, args.wandb))
+    if options.wandb != "disabled":
+        callbacks.append(wandb_callback(spec, options.wandb))
     tuner = tune.Tuner(
         trainable,
         param_space=space,
@@ -288,6 +274,22 @@ def build_tuner(
         ),
     )
     return tuner, n_trials, callbacks
+
+
+def _config_key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def trial_trainable(plan, study: StudyStorage, resources):
+    """The Tune trainable of this plan's trials: the study's one resolve (spec.trial_config) runs in each trial,
+    and the mixers a study file registered travel with it (by value: the workers never saw the file)."""
+    from ray import cloudpickle
+    from trainables.model.mixers import registered_mixers
+
+    mixers = registered_mixers()
+    for cls in mixers.values():
+        cloudpickle.register_pickle_by_value(sys.modules[cls.__module__])
+    return make_trainable(study.root, resources, resolve=plan.spec.trial_config, mixers=mixers)
 
 
 def _optuna_trials(optuna, storage, name: str) -> list:
@@ -310,25 +312,19 @@ def wandb_callback(spec, mode: str) -> StudyWandb:
     )
 
 
-def write_study_json(
-    spec,
-    profile,
-    args,
-    study_dir: Path,
-    started: str,
-    ended: str | None,
-    interrupted: bool,
-    fidelity: dict | None = None,
-):
-    """fidelity: study.run.note_vs_run's table (the note beside this plan), which the report shows."""
+def write_study_json(plan, study_dir: Path, started: str, ended: str | None, interrupted: bool):
+    """What the report and a --resume read: the study, its plan's options, the note beside this run (fidelity),
+    the environment, and a study file's own text (study_file)."""
+    spec, options = plan.spec, plan.options
     env = environment()
     meta = dict(
         study=spec.name,
         family=spec.family,
-        profile=profile.name,
+        views=list(spec.views),
+        profile=plan.profile.name,
         hypothesis=spec.hypothesis,
-        seed_note=spec.seed_note,
-        args={k: v for k, v in vars(args).items()},
+        note=spec.note,
+        args={**asdict(options), "set": plan.overrides},
         versions=env.pop("versions"),
         git_commit=env.pop("git_commit"),
         started=started,
@@ -336,12 +332,14 @@ def write_study_json(
         interrupted=interrupted,
         metric=spec.metric,
         mode=spec.mode,
+        threshold=spec.threshold,
         environment=env,
-        **({"baseline": {"variant": spec.baseline}} if spec.baseline else {}),
-        **({"fidelity": fidelity} if fidelity else {}),
+        **({"baseline": {"variant": spec.baseline_arm}} if spec.baseline_arm else {}),
+        **({"fidelity": plan.fidelity} if plan.fidelity else {}),
+        **({"study_file": {"name": spec.source_name, "text": spec.source}} if spec.source else {}),
     )
-    if args.storage:  # a database URL may carry a password: keep only its form
-        meta["args"]["storage"] = _redact_url(args.storage)
+    if options.storage:  # a database URL may carry a password: keep only its form
+        meta["args"]["storage"] = _redact_url(options.storage)
     path = study_dir / "study.json"
     if path.exists():  # rewritten at the end, or resumed: keep the first start and the code it started with
         try:
@@ -377,8 +375,8 @@ class Console:
     banners and tables, its C++ log lines) goes to the study's driver.log, and to the terminal too with --verbose.
     Redirecting file descriptors 1 and 2 is what catches output written below Python."""
 
-    def __init__(self, log_path: Path, verbose: bool):
-        self.log_path, self.verbose = log_path, verbose
+    def __init__(self, log_path: Path, verbose: bool, command: list[str]):
+        self.log_path, self.verbose, self.command = log_path, verbose, command
 
     def __enter__(self):
         global _CONSOLE
@@ -387,7 +385,7 @@ class Console:
         self.log = open(self.log_path, "a", buffering=1)
         self.log.write(
             f"\n==== {datetime.now(UTC).isoformat(timespec='seconds')} python -m study.run "
-            f"{shlex.join(redacted_argv(sys.argv[1:]))}\n"
+            f"{shlex.join(redacted_argv(self.command))}\n"
         )
         self.saved = None
         if not self.verbose:
@@ -417,27 +415,17 @@ class Console:
         self.log.close()
 
 
-def execute(
-    spec,
-    profile,
-    args,
-    overrides,
-    study: StudyStorage,
-    workers: int,
-    gpus: int,
-    resuming: bool,
-    fidelity: dict | None = None,
-) -> int:
+def execute(plan, study: StudyStorage, resuming: bool) -> int:
     """Runs the study and returns the exit status: 0 done, 1 every trial failed (or the results could not be
     written), 130 interrupted (resume it). Whatever happens after the Tuner starts, the study's files are
     written and pushed as far as they can be, and a failure is one line (its traceback goes to driver.log)."""
     global _ACTIVE
     _ACTIVE = study
     study.local.mkdir(parents=True, exist_ok=True)
-    with Console(study.local / LOG_FILE, getattr(args, "verbose", False)) as console:
+    with Console(study.local / LOG_FILE, plan.options.verbose, plan.command(plan.options.resume)) as console:
         status = 1
         try:
-            status = _run(spec, profile, args, overrides, study, workers, gpus, resuming, fidelity)
+            status = _run(plan, study, resuming)
         except Exception as e:
             import traceback
 
@@ -464,27 +452,21 @@ def execute(
         return status
 
 
-def _run(
-    spec,
-    profile,
-    args,
-    overrides,
-    study: StudyStorage,
-    workers: int,
-    gpus: int,
-    resuming: bool,
-    fidelity: dict | None = None,
-) -> int:
+def _run(plan, study: StudyStorage, resuming: bool) -> int:
+    spec, profile, options, workers = plan.spec, plan.profile, plan.options, plan.workers
     study_dir = study.local
     started = datetime.now(UTC).isoformat()
     resources = TrialResources(
-        num_workers=workers, cpus_per_worker=args.cpus_per_worker, use_gpu=gpus > 0, always_train=args.ray_train
+        num_workers=workers,
+        cpus_per_worker=options.cpus_per_worker,
+        use_gpu=plan.gpus > 0,
+        always_train=options.ray_train,
     )
-    concurrent, resources = start_ray(args.address, resources, stops_early=spec.scheduler == "asha")
-    write_study_json(spec, profile, args, study_dir, started, None, False, fidelity)
+    concurrent, resources = start_ray(options.address, resources, stops_early=spec.scheduler == "asha")
+    write_study_json(plan, study_dir, started, None, False)
     study.files.push()
     exps = experiment_dirs(study_dir)
-    num_samples = args.num_samples or spec.num_samples[profile.name]
+    num_samples = plan.num_samples
     say(
         f"{spec.name} ({profile.name} profile): up to {concurrent} trials at once, {workers} worker(s) each; "
         f"results in {study.shown}"
@@ -492,20 +474,20 @@ def _run(
     if resuming and spec.searcher == "optuna" and _finished(exps[-1]):
         exp_name = f"tune_{len(exps) + 1}"  # Tune cannot extend a finished experiment (ray#42221): a new one, same Optuna study
         say(f"extending the finished search with {num_samples} trials ({exp_name})")
-        tuner, _, _ = build_tuner(spec, profile, args, overrides, study, resources, concurrent, exp_name, num_samples)
+        tuner, _, _ = build_tuner(plan, study, resources, concurrent, exp_name)
     elif resuming:
         exp = join(study.root, exps[-1].name)
         say(f"resuming {exp}: finished trials are kept, unfinished ones continue from their checkpoints")
         # The pickled Tuner brings back its callbacks, searcher state and trial names.
         tuner = tune.Tuner.restore(
             exp,
-            trainable=make_trainable(study.root, resources, resolve=spec.resolve),
+            trainable=trial_trainable(plan, study, resources),
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=False,
         )
     else:
-        tuner, _, _ = build_tuner(spec, profile, args, overrides, study, resources, concurrent, "tune", num_samples)
+        tuner, _, _ = build_tuner(plan, study, resources, concurrent, "tune")
     mark("fit_start")
     results = tuner.fit()
     mark("fit_end")
@@ -516,28 +498,23 @@ def _run(
     df = collect(study_dir, spec)
     write_trials(df, study_dir)
     write_family_outputs(df, spec.family, study_dir)
-    write_study_json(spec, profile, args, study_dir, started, datetime.now(UTC).isoformat(), interrupted, fidelity)
+    write_study_json(plan, study_dir, started, datetime.now(UTC).isoformat(), interrupted)
     done = int((df["status"] == "done").sum()) if len(df) else 0
     failed = int((df["status"] == "failed").sum()) if len(df) else 0
     say(f"{len(df)} trials: {done} done, {failed} failed; {join(study.shown, 'trials.parquet')}")
-    if not interrupted and not args.no_report:
+    if not interrupted and not options.no_report:
         build_report(study_dir, study.shown)
     mark("results_end")
     if interrupted:
-        # the same command (profile, --set, ...) plus --resume: the study is re-planned from what is typed
-        again = (
-            [a for a in sys.argv[1:] if a != "--resume"]
-            if spec.name in sys.argv[1:]
-            else [spec.name, "--output", str(args.output)]
-        )
-        say(f"interrupted: continue with  python -m study.run {shlex.join(redacted_argv(again))} --resume")
+        # the same plan (profile, --set, ...) plus --resume: a study file's copy in study.json gives it by name
+        say(f"interrupted: continue with  python -m study.run {shlex.join(redacted_argv(plan.command(resume=True)))}")
         return 130
     if len(df) and failed == len(df):
         reason = df["error"].dropna().iloc[0] if df["error"].notna().any() else "see the trials' error.txt"
         say(f"error: every trial failed ({failed} of {len(df)}); the first reason: {reason}", err=True)
         return 1
     if study.uri:
-        say(f"to look at it here: python -m study.submit {spec.name} --fetch --output {args.output}")
+        say(f"to look at it here: python -m study.submit {spec.name} --fetch --output {options.output}")
     return 0
 
 

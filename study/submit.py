@@ -23,6 +23,7 @@ the like from their own environment.
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import re
@@ -36,6 +37,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from study.catalog import STUDIES
+from study.files import STUDY_FILE_ENV
 from study.run import UsageError, check_folder, redacted_argv
 from study.run import build_parser as build_run_parser
 from study.run import check_output as check_run_output
@@ -315,8 +317,14 @@ def submit(sargs, run_argv: list[str]) -> int:
         raise UsageError(
             "no study given: python -m study.submit STUDY --output ABS_PATH (studies: " + ", ".join(STUDIES) + ")"
         )
-    if args.study not in STUDIES:
-        raise UsageError(f"unknown study {args.study!r}; studies: {', '.join(STUDIES)}")
+    study_file = args.study.endswith((".toml", ".py"))
+    if not study_file and args.study not in STUDIES:
+        raise UsageError(f"unknown study {args.study!r}; studies: {', '.join(STUDIES)}, or a study file NAME.toml")
+    job_argv = run_argv
+    if study_file:  # checked here from wherever it is (study.run runs in the project); the job runs it by name
+        path = os.path.abspath(args.study)
+        run_argv = [path if a == args.study else a for a in run_argv]
+        job_argv = [Path(path).name if a == args.study else a for a in job_argv]
     if args.dry_run:  # what the job would run, shown here; nothing is submitted
         return subprocess.run(
             [sys.executable, "-m", "study.run", *_checkable_here(run_argv, args.output)], cwd=PROJECT
@@ -332,7 +340,15 @@ def submit(sargs, run_argv: list[str]) -> int:
             + ", ".join(f"{p} ({s / 2**20:.1f} MiB)" for s, p in largest)
             + "; add them to .gitignore or .rayignore"
         )
-    job_id = f"{args.study}-{datetime.now():%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
+    env = runtime_env()
+    name = args.study
+    if study_file:  # the job gets the file's text (it may live outside the uploaded project) and runs it by name
+        from study.files import load_study_file
+
+        spec = load_study_file(path)
+        name = spec.name
+        env["env_vars"][STUDY_FILE_ENV] = json.dumps({"name": spec.source_name, "text": spec.source})
+    job_id = f"{name}-{datetime.now():%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
     if args.storage and "@" in args.storage:
         print(
             "note: --storage is part of the job's entrypoint, which the cluster's job list shows: prefer a URL "
@@ -340,7 +356,7 @@ def submit(sargs, run_argv: list[str]) -> int:
             file=sys.stderr,
         )
     metadata = {
-        META + "study": args.study,
+        META + "study": name,
         META + "profile": args.profile,
         META + "output": args.output if is_uri(args.output) else os.path.normpath(args.output),
     }
@@ -348,14 +364,14 @@ def submit(sargs, run_argv: list[str]) -> int:
 
     try:
         job_id = client.submit_job(
-            entrypoint=entrypoint(run_argv), submission_id=job_id, runtime_env=runtime_env(), metadata=metadata
+            entrypoint=entrypoint(job_argv), submission_id=job_id, runtime_env=env, metadata=metadata
         )
     except AuthenticationError as e:
         raise UsageError(auth_message(client.get_address(), e)) from None
-    trials = plan.splitlines()[0] if plan.strip() else args.study
+    trials = plan.splitlines()[0] if plan.strip() else name
     print(f"submitted job {job_id} to {client.get_address()}: {trials}", flush=True)
-    print(f"  python -m study.run {' '.join(shlex.quote(a) for a in redacted_argv(run_argv))} --address auto")
-    print(f"  code: {size / 2**20:.1f} MiB from {PROJECT}; results: {join(args.output, args.study)}")
+    print(f"  python -m study.run {' '.join(shlex.quote(a) for a in redacted_argv(job_argv))} --address auto")
+    print(f"  code: {size / 2**20:.1f} MiB from {PROJECT}; results: {join(args.output, name)}")
     if not sargs.follow:
         print(f"  then: python -m study.submit --status {job_id}  (or --stop, --fetch)")
         return 0

@@ -29,7 +29,8 @@ import torch
 import torch.distributed as dist
 
 from trainables.data import TokenLoader, evaluate_bpb, prepare_tokens
-from trainables.model import GPT, GPTConfig, build_model, count_params, flops_per_token, solve_architecture
+from trainables.model import GPT, GPTConfig, build_model, count_params, flops_per_token
+from trainables.model.params import size_model
 from trainables.storage import read_jsonl, write_atomic
 from trainables.timeline import mark, span
 
@@ -226,19 +227,16 @@ def resolve_configs(config: dict, vocab_size: int) -> tuple[GPTConfig, TrainConf
     model_keys = {k: v for k, v in config.items() if k in {f.name for f in fields(GPTConfig)}}
     model_keys["vocab_size"] = vocab_size
     if tc.budget is not None:
-        for k in ("n_layer", "n_embd", "n_head"):
-            model_keys.pop(k, None)
-        kv_ratio = model_keys.pop("n_kv_head", None)  # with a budget, n_kv_head is read as a ratio n_head/n_kv_head
-        kw = dict(aspect_ratio=tc.aspect_ratio, **{k: v for k, v in model_keys.items() if k != "vocab_size"})
-        if tc.shape_rule == "nanochat":
-            from trainables.model.params import nanochat_depth
-
-            best = nanochat_depth(tc.budget, vocab_size, tc.head_dim, **kw)
-        else:
-            best = solve_architecture(tc.budget, vocab_size, tc.head_dim, **kw)[0]
+        dims = ("vocab_size", "n_layer", "n_embd", "n_head")
+        best = size_model(
+            tc.budget,
+            vocab_size,
+            tc.head_dim,
+            aspect_ratio=tc.aspect_ratio,
+            shape_rule=tc.shape_rule,
+            **{k: v for k, v in model_keys.items() if k not in dims},
+        )
         model_keys.update(n_layer=best.n_layer, n_embd=best.n_embd, n_head=best.n_head)
-        if kv_ratio:
-            model_keys["n_kv_head"] = max(1, best.n_head // kv_ratio)
     return GPTConfig(**model_keys), tc
 
 

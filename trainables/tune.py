@@ -122,6 +122,7 @@ def train_worker(config: dict):
     import torch
 
     torch.set_num_threads(int(config["_threads_per_worker"]))
+    register_mixers(config.get("_mixers") or {})
     rank = ray.train.get_context().get_world_rank()
     mark("worker_start", trial=config["_trial_name"], rank=rank)
     files = None
@@ -148,6 +149,14 @@ def report_diverged(error: str, report_fn, rank: int):
         report_fn(metrics, checkpoint=checkpoint)
 
 
+def register_mixers(mixers: dict):
+    if mixers:
+        from trainables.model.mixers import register_mixer
+
+        for name, cls in mixers.items():
+            register_mixer(name, cls)
+
+
 def _trial_keys(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
@@ -156,14 +165,17 @@ class TrialFailed(RuntimeError):
     pass
 
 
-def make_trainable(study_root: str | os.PathLike, resources: TrialResources, resolve=None):
+def make_trainable(study_root: str | os.PathLike, resources: TrialResources, resolve=None, mixers: dict | None = None):
     """The Tune function trainable for a study stored at study_root (a folder every node sees, or a cloud URI),
     wrapped with its resources. resolve(config) -> the full flat trial config (derived keys, solver dims),
-    applied in the trial driver."""
+    applied in the trial driver. mixers: name -> class, a study file's own mixers, registered in every process
+    that builds a model (trial driver and Train workers)."""
+    mixers = dict(mixers or {})
     study_root = str(study_root) if is_uri(study_root) else str(Path(study_root).resolve())
     threads = max(1, int(resources.cpus_per_worker))
 
     def run_trial(config: dict):
+        register_mixers(mixers)
         config = resolve(config) if resolve else config
         name = tune.get_context().get_trial_name()
         mark("trial_fn_start", trial=name)
@@ -191,6 +203,7 @@ def make_trainable(study_root: str | os.PathLike, resources: TrialResources, res
                 "_study_root": study_root,
                 "_trial_name": name,
                 "_threads_per_worker": threads,
+                "_mixers": mixers,
             },
             scaling_config=ScalingConfig(
                 num_workers=resources.num_workers,

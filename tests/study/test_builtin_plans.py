@@ -28,7 +28,7 @@ def _plan(name: str, profile: str) -> list[dict]:
     return [
         {
             **({"name": t["name"]} if "name" in t else {}),
-            "variant": spec.variant(t["config"]),
+            "variant": spec.arm(t["config"]),
             "config": {k: _plain(v) for k, v in sorted(t["config"].items())},
         }
         for t in rows

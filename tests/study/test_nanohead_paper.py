@@ -170,7 +170,7 @@ def test_schedules_are_base_trains():
     from study.catalog import STUDIES, get_profile
     from trainables.train import TrainConfig, lr_multiplier, muon_momentum, weight_decay_multiplier
 
-    tc = TrainConfig.from_dict(STUDIES["nanohead_grid"].base(get_profile("paper")))
+    tc = TrainConfig.from_dict(STUDIES["nanohead_grid"].base_keys(get_profile("paper")))
     n, warmdown = 500, round(0.5 * 500)
     for it in range(n):
         lrm = 1.0 if it <= n - warmdown else (n - it) / warmdown  # warmup 0, final_lr_frac 0

@@ -2,7 +2,6 @@
 numbers (shared/seeds/00N_*.txt, nanoGPT eba36e8, nanochat 98eed6d), written out here by hand."""
 
 import json
-from argparse import Namespace
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -148,14 +147,12 @@ def test_fidelity_row_is_checked():
 
 
 def test_study_json_records_the_table(tmp_path):
-    from study.catalog import get_profile, get_study
-    from study.run import note_vs_run, plan_trials
+    from study.catalog import get_study
+    from study.run import RunOptions, make_plan
     from study.service import write_study_json
 
-    spec, profile = get_study("toeplitz_flags"), get_profile("paper")
-    fidelity = note_vs_run(spec, profile, {}, 1, 1, plan_trials(spec, profile, {}, 1, 1))
-    args = Namespace(study=spec.name, profile="paper", storage=None)
-    write_study_json(spec, profile, args, tmp_path, "2026-01-01T00:00:00", None, False, fidelity)
+    plan = make_plan(get_study("toeplitz_flags"), RunOptions(profile="paper"))
+    write_study_json(plan, tmp_path, "2026-01-01T00:00:00", None, False)
     saved = json.loads((tmp_path / "study.json").read_text())["fidelity"]
     assert saved["note"] == "003_dda6ec3c2e766f7d.txt"
     steps = next(r for r in saved["rows"] if r["aspect"] == "steps")

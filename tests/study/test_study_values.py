@@ -193,15 +193,16 @@ def test_max_trials_raises_and_lowers_the_cap(capsys):
 @pytest.mark.parametrize("seeds", [1, 3])
 def test_the_count_is_the_plan_length(seeds):
     """The count the cap is checked against, for every grid study, is the length of the grid it stands for."""
+    from search_spaces.spec import grid_axes, grid_configs
     from study.catalog import STUDIES as SPECS
-    from study.catalog import get_profile, grid_axes, grid_configs
+    from study.catalog import get_profile
 
     for spec in SPECS.values():
         if spec.searcher != "grid":
             continue
         for overrides in ({}, {"lr": [1e-3, 2e-3]}, {"seed": 4}):
-            axes = grid_axes(spec, get_profile("smoke"), overrides, seeds)[1]
-            assert math.prod(map(len, axes.values())) == len(grid_configs(spec, get_profile("smoke"), overrides, seeds))
+            base, axes = grid_axes(spec, get_profile("smoke"), overrides, seeds)
+            assert math.prod(map(len, axes.values())) == len(grid_configs(base, axes))
 
 
 # ----------------------------------------------------------------------------- every key takes effect or exits 2
@@ -314,7 +315,7 @@ def walk(study: str, corpus: str) -> dict:
     """key -> ("changed", value) | ("refused", error lines) | ("ignored", values), for every settable key."""
     from study.catalog import STUDIES as SPECS
     from study.catalog import get_profile
-    from study.run import UsageError, parse_overrides
+    from study.run import UsageError, check_overrides, parse_set
 
     spec, profile = SPECS[study], get_profile("smoke")
     baseline, items = _plan(spec, profile, {})
@@ -326,7 +327,7 @@ def walk(study: str, corpus: str) -> dict:
         errors, ignored = [], []
         for value in changed_values(key, current, corpus):
             try:
-                planned = _plan(spec, profile, parse_overrides([f"{key}={_text(value)}"], spec, profile))[0]
+                planned = _plan(spec, profile, check_overrides(spec, profile, parse_set([f"{key}={_text(value)}"])))[0]
             except UsageError as e:
                 errors.append(str(e))
                 continue

@@ -198,3 +198,15 @@ def nanochat_depth(
             f"up to a multiple of head_dim={head_dim}) builds with vocab_size={vocab_size}"
         )
     return best
+
+
+def size_model(
+    budget: float, vocab_size: int, head_dim: int = 64, *, aspect_ratio: float = 64.0, shape_rule: str = "solver", **model_keys
+) -> Candidate:
+    """The dims a budget gives: the one rule both a study's resolve and a trial config with a budget go through.
+    shape_rule "solver": solve_architecture's pick nearest aspect_ratio; "nanochat": nanochat's depth rule.
+    model_keys are the other GPTConfig keys, n_kv_head (a count of kv heads) among them: only widths whose head
+    count it divides are candidates."""
+    if shape_rule == "nanochat":
+        return nanochat_depth(budget, vocab_size, head_dim, aspect_ratio=aspect_ratio, **model_keys)
+    return solve_architecture(budget, vocab_size, head_dim, aspect_ratio=aspect_ratio, **model_keys)[0]
