@@ -50,14 +50,18 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.attn = CausalSelfAttention(cfg) if cfg.mixer == "attention" else ToeplitzMixer(cfg)
+        self.kind = cfg.mixer
+        self.mixer = CausalSelfAttention(cfg) if cfg.mixer == "attention" else ToeplitzMixer(cfg)
         self.mlp = MLP(cfg)
 
+    def mix(self, x, cos, sin, mixer_path: str, cache: dict | None):
+        """The token mixer on x, called as its kind takes it: attention needs the rotary tables, Toeplitz a path."""
+        if self.kind == "attention":
+            return self.mixer(x, cos, sin, cache)
+        return self.mixer(x, mixer_path, cache)
+
     def forward(self, x, cos, sin, mixer_path: str, cache: dict | None):
-        if isinstance(self.attn, CausalSelfAttention):
-            x = x + self.attn(norm(x), cos, sin, cache)
-        else:
-            x = x + self.attn(norm(x), mixer_path, cache)
+        x = x + self.mix(norm(x), cos, sin, mixer_path, cache)
         return x + self.mlp(norm(x))
 
 
