@@ -438,6 +438,7 @@ def run_probes(
                         probe_normal_entropy, probe_normal_ablation (means over normal heads)
       with nano heads:  probe_nano_prev_token, probe_nano_entropy, probe_nano_ablation
       Toeplitz:         probe_receptive_field_mean, probe_receptive_field_max (over heads and layers)
+      a registered mixer: only those every model has
     details (JSON-serialisable): "activations" (per layer), "heads" and "ablation" (per head; attention),
     "filters" (per head; Toeplitz), "tokens" (target tokens probed), "ablated_heads"/"total_heads"/
     "ablation_tokens" (attention).
@@ -481,7 +482,7 @@ def run_probes(
                 scalars[f"probe_{kind}_prev_token"] = _mean([h["prev_token"] for h in heads if h["kind"] == kind])
                 scalars[f"probe_{kind}_entropy"] = _mean([h["entropy"] for h in heads if h["kind"] == kind])
                 scalars[f"probe_{kind}_ablation"] = _mean([a["loss_increase"] for a in ablation if a["kind"] == kind])
-        else:
+        elif model.cfg.mixer == "toeplitz":  # a registered mixer gets only the probes every model has
             filters = toeplitz_filters(model)
             details["filters"] = filters
             rf = [f["receptive_field"] for f in filters]
