@@ -47,6 +47,7 @@ from torch import Tensor
 from .model.attention import CausalSelfAttention, causal_probs, norm
 from .model.gpt import softcap_cross_entropy
 from .model.nanogpt import CausalSelfAttention as NanoGPTAttention
+from .model.nanogpt import NanoGPT
 from .model.toeplitz import ToeplitzMixer
 
 MAX_ABLATION_HEADS = 64  # head_ablation costs one forward per head: beyond this, a fixed sample
@@ -120,8 +121,13 @@ def _hooks(handles: list):
             h.remove()
 
 
+def _mixers(model: nn.Module) -> list[nn.Module]:
+    """Each block's token mixer: `mixer` in the nanochat-style GPT, `attn` in NanoGPT (nanoGPT's module names)."""
+    return [b.attn if isinstance(model, NanoGPT) else b.mixer for b in model.transformer.h]
+
+
 def _attn_layers(model: nn.Module) -> list[CausalSelfAttention | NanoGPTAttention]:
-    layers = [b.attn for b in model.transformer.h]
+    layers = _mixers(model)
     if not all(isinstance(a, (CausalSelfAttention, NanoGPTAttention)) for a in layers):
         raise ValueError(
             f"attention probes need an attention model (mixer='attention'); this one uses {type(layers[0]).__name__}"
@@ -321,7 +327,7 @@ def activation_stats(model: nn.Module, idx: Tensor) -> list[dict]:
         return fn
 
     handles = [b.register_forward_hook(hook(i, "resid")) for i, b in enumerate(blocks)]
-    handles += [b.attn.register_forward_hook(hook(i, "attn")) for i, b in enumerate(blocks)]
+    handles += [m.register_forward_hook(hook(i, "attn")) for i, m in enumerate(_mixers(model))]
     with _evaluating(model), _hooks(handles):
         model(idx)
     return stats
@@ -369,7 +375,7 @@ def toeplitz_filters(model: nn.Module) -> list[dict]:
     with toep_mean (the weighted mean's normalisation), else w. receptive_field: on effective, the
     smallest lag holding 90% of the absolute mass."""
     model = _unwrap(model)
-    mixers = [b.attn for b in model.transformer.h]
+    mixers = _mixers(model)
     if not all(isinstance(m, ToeplitzMixer) for m in mixers):
         raise ValueError("toeplitz_filters needs a Toeplitz model (mixer='toeplitz')")
     out = []
@@ -432,6 +438,7 @@ def run_probes(
                         probe_normal_entropy, probe_normal_ablation (means over normal heads)
       with nano heads:  probe_nano_prev_token, probe_nano_entropy, probe_nano_ablation
       Toeplitz:         probe_receptive_field_mean, probe_receptive_field_max (over heads and layers)
+      a registered mixer: only those every model has
     details (JSON-serialisable): "activations" (per layer), "heads" and "ablation" (per head; attention),
     "filters" (per head; Toeplitz), "tokens" (target tokens probed), "ablated_heads"/"total_heads"/
     "ablation_tokens" (attention).
@@ -475,7 +482,7 @@ def run_probes(
                 scalars[f"probe_{kind}_prev_token"] = _mean([h["prev_token"] for h in heads if h["kind"] == kind])
                 scalars[f"probe_{kind}_entropy"] = _mean([h["entropy"] for h in heads if h["kind"] == kind])
                 scalars[f"probe_{kind}_ablation"] = _mean([a["loss_increase"] for a in ablation if a["kind"] == kind])
-        else:
+        elif model.cfg.mixer == "toeplitz":  # a registered mixer gets only the probes every model has
             filters = toeplitz_filters(model)
             details["filters"] = filters
             rf = [f["receptive_field"] for f in filters]

@@ -293,9 +293,9 @@ def reference_logits(model, cfg, idx, *, kind=None, rope_on_nano=False, attend=a
         for block in model.transformer.h:
             h = rms(x)
             if cfg.mixer == "attention":
-                x = x + attention_ref(block.attn, cfg, h, kind=kind, rope_on_nano=rope_on_nano, attend=attend)
+                x = x + attention_ref(block.mixer, cfg, h, kind=kind, rope_on_nano=rope_on_nano, attend=attend)
             else:
-                x = x + toeplitz_ref(block.attn, cfg, h)
+                x = x + toeplitz_ref(block.mixer, cfg, h)
             mlp = mlp_of(block)
             h = rms(x) @ d64(mlp.c_fc.weight).T
             h = torch.relu(h) ** 2

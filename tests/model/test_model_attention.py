@@ -107,7 +107,7 @@ def test_nano_heads_matter():
     idx = tokens(cfg, 2, 16)
     with torch.no_grad():
         a = model(idx)
-        model.transformer.h[0].attn.c_q.weight[sp.n_normal * sp.normal_dim :].mul_(-3.0)
+        model.transformer.h[0].mixer.c_q.weight[sp.n_normal * sp.normal_dim :].mul_(-3.0)
         b = model(idx)
     assert (a - b).abs().max().item() > 1e-4
 
@@ -116,7 +116,7 @@ def test_head_projection_shapes():
     for name in ("attn", "gqa", "mqa", "nano", "nano_gqa", "nano_d2"):
         cfg = GPTConfig(**{**BASE, **ATTENTION[name]})
         sp = cfg_split(cfg)
-        attn = GPT(cfg).transformer.h[0].attn
+        attn = GPT(cfg).transformer.h[0].mixer
         kv = sp.n_kv_normal * sp.normal_dim + sp.n_kv_nano * sp.nano_dim
         assert tuple(attn.c_q.weight.shape) == (cfg.n_embd, cfg.n_embd), name
         assert tuple(attn.c_k.weight.shape) == (kv, cfg.n_embd), name

@@ -26,7 +26,7 @@ def _mixer(mean: bool, proj: bool, seq_len: int, dtype=F64, seed: int = 0, **mor
         **more,
     )
     model = build(cfg, seed=seed, dtype=dtype)
-    return cfg, model.transformer.h[0].attn
+    return cfg, model.transformer.h[0].mixer
 
 
 def _naive(mixer, cfg, x):
@@ -125,9 +125,9 @@ def test_projection_switch(proj):
     cfg = GPTConfig(vocab_size=64, n_layer=2, n_embd=16, n_head=4, seq_len=32, mixer="toeplitz", toep_proj=proj)
     model = GPT(cfg)
     for block in model.transformer.h:
-        lins = [m for m in block.attn.modules() if isinstance(m, torch.nn.Linear)]
+        lins = [m for m in block.mixer.modules() if isinstance(m, torch.nn.Linear)]
         assert len(lins) == (2 if proj else 0)
-        assert not hasattr(block.attn, "c_q"), "the Toeplitz mixer replaces attention entirely"
+        assert not hasattr(block.mixer, "c_q"), "the Toeplitz mixer replaces attention entirely"
 
 
 def test_unknown_path_rejected():

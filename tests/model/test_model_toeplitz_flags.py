@@ -24,7 +24,7 @@ def _cfg(**ov) -> GPTConfig:
 
 def _mixer(**ov):
     model = build(_cfg(**ov), seed=0)
-    return model.transformer.h[0].attn
+    return model.transformer.h[0].mixer
 
 
 def _by_hand(x: torch.Tensor, w: torch.Tensor, mean: bool) -> torch.Tensor:
@@ -95,7 +95,7 @@ def test_normal_init_is_the_notes_n_0_02():
     """The note's model initialises the filter weights with normal_(mean=0, std=0.2), in every arm."""
     cfg = GPTConfig(vocab_size=64, n_layer=4, n_embd=64, n_head=16, seq_len=1024, mixer="toeplitz")
     torch.manual_seed(0)
-    raw = torch.cat([b.attn.raw.detach().flatten() for b in GPT(cfg).transformer.h])  # 65,536 draws
+    raw = torch.cat([b.mixer.raw.detach().flatten() for b in GPT(cfg).transformer.h])  # 65,536 draws
     assert abs(raw.mean().item()) < 0.005  # 5 standard errors (0.2 / 256 = 0.00078) would be 0.004
     assert abs(raw.std().item() - 0.2) < 0.005
 
@@ -106,7 +106,7 @@ def test_ema_init_by_hand(kind):
     whichever the parametrisation, so flipping toep_filter alone under this init does not change the initial model."""
     S = 32
     torch.manual_seed(0)
-    mixer = GPT(_cfg(toep_init="ema", toep_filter=kind, seq_len=S)).transformer.h[0].attn
+    mixer = GPT(_cfg(toep_init="ema", toep_filter=kind, seq_len=S)).transformer.h[0].mixer
     w = mixer.filters().detach().double()
     for h in range(H):
         tau = 10 ** (h * math.log10(S / 4) / (H - 1))  # 1, 2, 4, 8
@@ -140,8 +140,8 @@ def test_projection_biases_start_at_zero():
     """As the note's model init (zeros_ on every bias): a fresh model's biases are 0."""
     model = GPT(_cfg(n_layer=2, toep_proj=True))
     for block in model.transformer.h:
-        assert torch.equal(block.attn.in_proj.bias, torch.zeros(C))
-        assert torch.equal(block.attn.c_proj.bias, torch.zeros(C))
+        assert torch.equal(block.mixer.in_proj.bias, torch.zeros(C))
+        assert torch.equal(block.mixer.c_proj.bias, torch.zeros(C))
 
 
 COMBOS = list(
@@ -184,9 +184,9 @@ def test_each_key_flipped_alone_changes_only_its_own_part(key):
     base_cfg = _cfg(toep_proj=True, **NOTE)
     flip_cfg = _cfg(toep_proj=True, **{**NOTE, key: FLIPS[key]})
     torch.manual_seed(3)
-    a = GPT(base_cfg).transformer.h[0].attn
+    a = GPT(base_cfg).transformer.h[0].mixer
     torch.manual_seed(3)
-    b = GPT(flip_cfg).transformer.h[0].attn
+    b = GPT(flip_cfg).transformer.h[0].mixer
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
     x = torch.randn(2, 10, C, generator=torch.Generator().manual_seed(4))
     if key == "toep_proj_bias":  # only the two biases go; the rest keeps its names and shapes

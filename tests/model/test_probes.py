@@ -104,7 +104,7 @@ def _wired_model(*, softmax1=False, nano_attends_nothing=False) -> GPT:
         softmax1=softmax1,
     )
     model = build(cfg, seed=3)
-    attn = model.transformer.h[0].attn
+    attn = model.transformer.h[0].mixer
     assert attn.split[:4] == (1, 16, 1, 16)
     with torch.no_grad():
         model.transformer.wte.weight.zero_()
@@ -180,7 +180,7 @@ def test_attention_probs_reproduce_the_models_attention_output(name):
     idx = tokens(cfg, 2, 24)
     seen = {}
     handles = [
-        b.attn.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(i, (args[0], out)))
+        b.mixer.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(i, (args[0], out)))
         for i, b in enumerate(model.transformer.h)
     ]
     with torch.no_grad():
@@ -190,7 +190,7 @@ def test_attention_probs_reproduce_the_models_attention_output(name):
     probs = attention_probs(model, idx)
     assert len(probs) == cfg.n_layer and _no_hooks(model)
     for i, p in enumerate(probs):
-        attn = model.transformer.h[i].attn
+        attn = model.transformer.h[i].mixer
         s = attn.split
         x, out = seen[i]
         B, T, _ = x.shape
@@ -236,7 +236,7 @@ def test_activation_stats_against_a_manual_pass_with_a_planted_outlier():
         x = norm(model.transformer.wte(idx))
         cos, sin = model.cos[:16], model.sin[:16]
         for i, block in enumerate(model.transformer.h):
-            a = block.attn(norm(x), cos, sin)
+            a = block.mixer(norm(x), cos, sin)
             x = x + a
             x = x + block.mlp(norm(x))
             assert stats[i]["layer"] == i
@@ -272,7 +272,7 @@ def _representable_model() -> GPT:
         w.view(-1)[0] = 127
         return w / 128
 
-    attn, mlp = model.transformer.h[0].attn, model.transformer.h[0].mlp
+    attn, mlp = model.transformer.h[0].mixer, model.transformer.h[0].mlp
     with torch.no_grad():
         model.transformer.wte.weight.copy_(torch.where(torch.rand(4, C, generator=g) > 0.5, 1.0, -1.0))
         model.transformer.wte.weight[1] = s
@@ -376,7 +376,7 @@ def test_ablating_a_head_with_zero_output_columns_costs_nothing():
     model = build(cfg, seed=4)
     hd = cfg.n_embd // cfg.n_head
     with torch.no_grad():
-        model.transformer.h[1].attn.c_proj.weight[:, 2 * hd : 3 * hd] = 0  # layer 1, head 2
+        model.transformer.h[1].mixer.c_proj.weight[:, 2 * hd : 3 * hd] = 0  # layer 1, head 2
     idx, targets = tokens(cfg, 2, 16), tokens(cfg, 2, 16, seed=9)
     res = head_ablation(model, idx, targets)
     assert len(res) == cfg.n_layer * cfg.n_head
@@ -396,7 +396,7 @@ def test_ablating_the_only_head_equals_zeroing_the_attention_output():
     for r in res:
         ref = copy.deepcopy(model)
         with torch.no_grad():
-            ref.transformer.h[r["layer"]].attn.c_proj.weight.zero_()
+            ref.transformer.h[r["layer"]].mixer.c_proj.weight.zero_()
         assert r["loss_increase"] == pytest.approx(_loss(ref, idx, targets) - base, abs=1e-12)
 
 
@@ -412,7 +412,7 @@ def test_nano_head_ablation_zeroes_that_heads_output_columns():
     for r in res:
         ref = copy.deepcopy(model)
         with torch.no_grad():
-            ref.transformer.h[0].attn.c_proj.weight[:, list(cols[r["head"]])] = 0
+            ref.transformer.h[0].mixer.c_proj.weight[:, list(cols[r["head"]])] = 0
         assert r["loss_increase"] == pytest.approx(_loss(ref, idx, targets) - base, abs=1e-12)
 
 
@@ -453,7 +453,7 @@ def test_toeplitz_one_hot_filters_have_their_lag_as_receptive_field():
     lags = [[0, 3, 7, 31], [1, 2, 30, 5]]
     with torch.no_grad():
         for i, layer_lags in enumerate(lags):
-            raw = model.transformer.h[i].attn.raw
+            raw = model.transformer.h[i].mixer.raw
             raw.zero_()
             for h, k in enumerate(layer_lags):
                 raw[h, k] = 0.7
@@ -470,7 +470,7 @@ def test_toeplitz_one_hot_filters_have_their_lag_as_receptive_field():
 def test_toeplitz_mean_effective_weights_are_what_the_mixer_applies_at_the_last_position():
     cfg = GPTConfig(**{**BASE, "mixer": "toeplitz", "toep_mean": True, "n_layer": 1})
     model = build(cfg, seed=8)
-    mixer = model.transformer.h[0].attn
+    mixer = model.transformer.h[0].mixer
     f = toeplitz_filters(model)
     T = cfg.seq_len
     x = torch.randn(1, T, cfg.n_embd, generator=torch.Generator().manual_seed(0), dtype=F64)

@@ -160,9 +160,9 @@ def test_the_optimizer_is_muon_for_the_blocks_and_adamw_for_the_tables(paper_tri
     assert model.transformer.wte.weight.std().item() == pytest.approx(1.0, rel=0.01)
     assert model.lm_head.weight.std().item() == pytest.approx(0.001, rel=0.01)
     block = model.transformer.h[0]
-    for w in (block.attn.c_q.weight, block.attn.c_k.weight, block.mlp.c_fc.weight):
+    for w in (block.mixer.c_q.weight, block.mixer.c_k.weight, block.mlp.c_fc.weight):
         assert w.abs().max().item() <= math.sqrt(3 / 512) and w.std().item() == pytest.approx(512**-0.5, rel=0.02)
-    assert not block.attn.c_proj.weight.any() and not block.mlp.c_proj.weight.any()
+    assert not block.mixer.c_proj.weight.any() and not block.mlp.c_proj.weight.any()
 
 
 def test_schedules_are_base_trains():

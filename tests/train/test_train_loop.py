@@ -113,7 +113,7 @@ def test_optimizer_groups_route_linear_weights_to_muon_even_when_width_equals_se
     in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
     in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
     linear = {id(m.weight) for m in model.transformer.h.modules() if isinstance(m, torch.nn.Linear)}
-    filters = {id(b.attn.raw) for b in model.transformer.h}
+    filters = {id(b.mixer.raw) for b in model.transformer.h}
     assert in_muon == linear  # every block matrix, nothing else
     assert filters <= in_adamw and not in_muon & in_adamw  # filters (also [n_head, seq_len] = 2-D) stay in AdamW
     assert len(in_muon) + len(in_adamw) == len(list(model.parameters()))

@@ -1,8 +1,9 @@
 """GPTConfig and the nano-head split rule.
 
 Every architecture the studies compare is one GPTConfig: the nanochat-style baseline, nano heads
-(`nanohead_proportion`), softmax1 (`softmax1`), the Toeplitz mixer (`mixer="toeplitz"`), and
-nanoGPT's own architecture (`arch="nanogpt"`, with or without `bias`; softmax1 too). A config
+(`nanohead_proportion`), softmax1 (`softmax1`), the Toeplitz mixer (`mixer="toeplitz"`), a mixer a user
+registered (mixers.register_mixer), and nanoGPT's own architecture (`arch="nanogpt"`, with or without `bias`;
+softmax1 too). A config
 is checked when it is built, so a bad value fails with a message naming the field, never with a
 shape error deep inside forward.
 """
@@ -11,7 +12,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
-MIXERS = ("attention", "toeplitz")
+from .mixers import BUILTIN_MIXERS, known_mixers, registered_mixers
+
+MIXERS = BUILTIN_MIXERS
 TOEP_FILTERS = ("linear", "exp")
 TOEP_INITS = ("normal", "ema")
 ATTN_BACKENDS = ("sdpa", "flash", "manual")
@@ -32,7 +35,7 @@ class GPTConfig:
     nanohead_proportion: float = 0.0  # share of the query width given to tiny heads without RoPE
     nanohead_dim: int = 3
     softmax1: bool = False  # exp(s_i) / (1 + sum_j exp(s_j)): heads may attend to nothing
-    mixer: str = "attention"  # "attention" | "toeplitz"
+    mixer: str = "attention"  # "attention" | "toeplitz" | a name given to register_mixer
     toep_mean: bool = False  # Toeplitz: divide by the cumulative filter sum (weighted mean)
     toep_proj: bool = False  # Toeplitz: input and output projections around the mixing
     toep_proj_bias: bool = True  # Toeplitz: the projections carry biases (the note's nn.Linear default)
@@ -56,7 +59,7 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name}={value!r}: must be an integer >= 1")
-        _check(self.mixer in MIXERS, "mixer", self.mixer, f"one of {', '.join(MIXERS)}")
+        _check(self.mixer in MIXERS or self.mixer in registered_mixers(), "mixer", self.mixer, known_mixers())
         _check(self.toep_filter in TOEP_FILTERS, "toep_filter", self.toep_filter, f"one of {', '.join(TOEP_FILTERS)}")
         _check(self.toep_init in TOEP_INITS, "toep_init", self.toep_init, f"one of {', '.join(TOEP_INITS)}")
         _check(
@@ -117,15 +120,18 @@ class GPTConfig:
             _check(not self.logit_softcap, "logit_softcap", self.logit_softcap, f"None or 0 {why} no logit softcap)")
         if self.mixer == "attention":
             nanohead_split(self)  # raises a ValueError naming the field when no valid split exists
-        else:
+        else:  # Toeplitz or a registered mixer: the attention-only keys would be silently ignored
             _check(
                 self.nanohead_proportion == 0,
                 "nanohead_proportion",
                 self.nanohead_proportion,
-                "0 with mixer='toeplitz' (nano heads are attention heads)",
+                f"0 with mixer={self.mixer!r} (nano heads are attention heads)",
             )
             _check(
-                not self.softmax1, "softmax1", self.softmax1, "False with mixer='toeplitz' (the mixer has no softmax)"
+                not self.softmax1,
+                "softmax1",
+                self.softmax1,
+                f"False with mixer={self.mixer!r} (softmax1 replaces attention's softmax)",
             )
 
     @property

@@ -1,8 +1,9 @@
 """A nanochat-style decoder-only transformer that carries every architecture the studies compare.
 
 Pre-norm blocks (RMSNorm without gain), rotary embeddings, QK norm, relu^2 MLP, no biases,
-untied embeddings by default, logit softcap, GQA. Token mixing per block is either causal
-self-attention (normal + nano heads, softmax or softmax1) or the multi-head Toeplitz mixer.
+untied embeddings by default, logit softcap, GQA. Token mixing per block is causal self-attention
+(normal + nano heads, softmax or softmax1), the multi-head Toeplitz mixer, or a mixer a user registered
+(mixers.register_mixer, whose docstring is the contract it meets).
 """
 
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from .attention import CausalSelfAttention, flash_attn_available, norm, rotary_tables
 from .config import GPTConfig, nanohead_split
+from .mixers import mixer_class, mixer_has_cache
 from .toeplitz import ToeplitzMixer
 
 
@@ -50,15 +52,36 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.attn = CausalSelfAttention(cfg) if cfg.mixer == "attention" else ToeplitzMixer(cfg)
+        self.kind = cfg.mixer
+        if cfg.mixer == "attention":
+            self.mixer = CausalSelfAttention(cfg)
+        elif cfg.mixer == "toeplitz":
+            self.mixer = ToeplitzMixer(cfg)
+        else:
+            self.mixer = mixer_class(cfg.mixer)(cfg)
         self.mlp = MLP(cfg)
 
+    def mix(self, x, cos, sin, mixer_path: str, cache: dict | None):
+        """The token mixer on x, called as its kind takes it: attention needs the rotary tables, Toeplitz a path,
+        a registered mixer only x and its cache (the contract in mixers.register_mixer)."""
+        if self.kind == "attention":
+            return self.mixer(x, cos, sin, cache)
+        if self.kind == "toeplitz":
+            return self.mixer(x, mixer_path, cache)
+        return self.mixer(x, cache)
+
     def forward(self, x, cos, sin, mixer_path: str, cache: dict | None):
-        if isinstance(self.attn, CausalSelfAttention):
-            x = x + self.attn(norm(x), cos, sin, cache)
-        else:
-            x = x + self.attn(norm(x), mixer_path, cache)
+        x = x + self.mix(norm(x), cos, sin, mixer_path, cache)
         return x + self.mlp(norm(x))
+
+
+class Cache(list):
+    """generate()'s cache: one dict per layer, each its mixer's own, and pos, the positions they hold (counted
+    here by forward, not read from the dicts: a registered mixer keeps in its dict whatever it needs)."""
+
+    def __init__(self, n_layer: int):
+        super().__init__(dict() for _ in range(n_layer))
+        self.pos = 0
 
 
 class GPT(nn.Module):
@@ -127,10 +150,10 @@ class GPT(nn.Module):
         *,
         loss_reduction: str = "mean",
         mixer_path: str = "parallel",
-        cache: list[dict] | None = None,
+        cache: Cache | None = None,
     ):
         """idx [B, T] -> logits [B, T, vocab]; with targets, the cross-entropy (mean, or [B, T] with
-        loss_reduction="none"; targets == -1 are ignored). cache: one dict per layer, for generate()."""
+        loss_reduction="none"; targets == -1 are ignored). cache: generate()'s, one dict per layer."""
         B, T = idx.shape
         pos = cache_len(cache)
         if pos + T > self.cfg.seq_len:
@@ -139,6 +162,8 @@ class GPT(nn.Module):
         x = norm(self.transformer.wte(idx))
         for i, block in enumerate(self.transformer.h):
             x = block(x, cos, sin, mixer_path, None if cache is None else cache[i])
+        if cache is not None:
+            cache.pos += T
         logits = self.lm_head(norm(x))
         if targets is None:
             return softcap(logits, self.cfg.logit_softcap)
@@ -160,8 +185,9 @@ class GPT(nn.Module):
 
         Keys/values (attention) or mixer inputs (Toeplitz) are cached so each new token costs one
         position. Once the context outgrows seq_len, each step reruns the last seq_len tokens (nanoGPT).
-        use_cache=False reruns the whole context every step (the Toeplitz note's uncached baseline)."""
-        cache = [dict() for _ in self.transformer.h] if use_cache else None
+        use_cache=False reruns the whole context every step (the Toeplitz note's uncached baseline), as does
+        a registered mixer whose has_cache is False."""
+        cache = Cache(len(self.transformer.h)) if use_cache and mixer_has_cache(self.cfg) else None
         logits = self(idx[:, -self.cfg.seq_len :], mixer_path=mixer_path, cache=cache)
         for _ in range(max_new_tokens):
             next_token = sample(logits[:, -1, :], temperature, top_k, generator)
@@ -174,12 +200,9 @@ class GPT(nn.Module):
         return idx
 
 
-def cache_len(cache: list[dict] | None) -> int:
+def cache_len(cache: Cache | None) -> int:
     """Positions already held in a generation cache."""
-    if not cache or not cache[0]:
-        return 0
-    first = next(iter(cache[0].values()))
-    return first.size(1) if isinstance(first, torch.Tensor) else first[0].size(2)
+    return 0 if cache is None else cache.pos
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator=None) -> torch.Tensor:

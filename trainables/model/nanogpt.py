@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .attention import attend, flash_attn_available
 from .config import GPTConfig, nanohead_split
-from .gpt import GPT, cache_len, softcap_cross_entropy
+from .gpt import GPT, Cache, cache_len, softcap_cross_entropy
 
 
 class LayerNorm(nn.Module):
@@ -145,7 +145,7 @@ class NanoGPT(nn.Module):
         *,
         loss_reduction: str = "mean",
         mixer_path: str = "parallel",
-        cache: list[dict] | None = None,
+        cache: Cache | None = None,
     ):
         """idx [B, T] -> logits [B, T, vocab]; with targets, the cross-entropy (mean, or [B, T] with
         loss_reduction="none"; targets == -1 are ignored). cache: one dict per layer, for generate().
@@ -158,6 +158,8 @@ class NanoGPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache=None if cache is None else cache[i])
+        if cache is not None:
+            cache.pos += T
         logits = self.lm_head(self.transformer.ln_f(x))
         if targets is None:
             return logits

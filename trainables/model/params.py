@@ -1,13 +1,15 @@
 """Parameter and FLOP accounting from a config alone, and the architecture solver.
 
 count_params(cfg) equals the numel of build_model(cfg) for every variant (tested over a grid), so studies
-can plan and param-match without building models.
+can plan and param-match without building models; a registered mixer's own count (or one of its layers built on
+the meta device) enters as the `mixer` component, so it is param-matched like the built-ins.
 """
 
 import math
 from dataclasses import dataclass
 
 from .config import GPTConfig, nanohead_split
+from .mixers import mixer_flops, mixer_params
 
 
 def count_params(cfg: GPTConfig) -> dict:
@@ -21,10 +23,12 @@ def count_params(cfg: GPTConfig) -> dict:
         s = nanohead_split(cfg)
         kv_width = s.n_kv_normal * s.normal_dim + s.n_kv_nano * s.nano_dim
         mixer = 2 * C * C + 2 * C * kv_width  # c_q, c_proj; c_k, c_v
-    else:
+    elif cfg.mixer == "toeplitz":
         mixer = cfg.n_head * cfg.seq_len + (
             2 * C * (C + cfg.toep_proj_bias) if cfg.toep_proj else 0
         )  # filters; in/out proj (+ biases)
+    else:
+        mixer = mixer_params(cfg)  # one layer of a registered mixer
     mlp = 2 * C * cfg.mlp_hidden
     blocks = L * (mixer + mlp)
     total = embedding + lm_head + blocks
@@ -70,7 +74,9 @@ def flops_per_token(cfg: GPTConfig) -> float:
       + Toeplitz:   6 x n_layer x n_embd x seq_len                   (one multiply-add per channel and
                                                                       lag, forward 2*C*T, x3; its filters
                                                                       are counted here, not in the 6N term)
-    Both mixing terms count the full seq_len window, not the causal half, as nanochat does.
+      + a registered mixer: n_layer x its flops_per_token(cfg)       (0 when it declares none: then only
+                                                                      its parameters count, in the 6N term)
+    Both built-in mixing terms count the full seq_len window, not the causal half, as nanochat does.
     arch="nanogpt": the position table is an input table too, so with tied embeddings this is nanoGPT's own
     estimate_mfu count, 6 N + 12 L H Q T with N = get_num_params() (every parameter but wpe).
     """
@@ -78,8 +84,10 @@ def flops_per_token(cfg: GPTConfig) -> float:
     matmul = p["total"] - p["embedding"] + cfg.vocab_size * cfg.n_embd * cfg.tie_embeddings
     if cfg.mixer == "attention":
         return 6 * matmul + 12 * cfg.n_layer * cfg.n_embd * cfg.seq_len
-    matmul -= cfg.n_layer * cfg.n_head * cfg.seq_len
-    return 6 * matmul + 6 * cfg.n_layer * cfg.n_embd * cfg.seq_len
+    if cfg.mixer == "toeplitz":
+        matmul -= cfg.n_layer * cfg.n_head * cfg.seq_len
+        return 6 * matmul + 6 * cfg.n_layer * cfg.n_embd * cfg.seq_len
+    return 6 * matmul + cfg.n_layer * mixer_flops(cfg)
 
 
 @dataclass(frozen=True)
