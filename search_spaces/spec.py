@@ -65,7 +65,7 @@ class StudySpec:
             raise ValueError(f"{key}={value!r}: must be {allowed}")
 
         if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
-            bad("name", self.name, "lower-case letters, digits and _ (it names the results folder)")
+            bad("name", self.name, "[a-z0-9_]+: lower-case letters, digits and _ (it names the results folder)")
         if not isinstance(self.hypothesis, str) or not self.hypothesis.strip():
             bad("hypothesis", self.hypothesis, "a sentence saying what the study tests")
         if self.metric not in ("val_bpb", "val_loss", "best_val_bpb", "train_loss"):

@@ -10,7 +10,7 @@ Names load on first use, so `python -m study.run --help` imports no torch.
 
 _EXPORTS = {
     "run_study": "study.run",
-    "UsageError": "study.run",
+    "UsageError": "study.errors",
     "RunOptions": "study.run",
     "load_study": "study.api",
     "StudyResult": "study.api",

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from search_spaces.spec import MODES, PROFILE_NAMES, SCHEDULERS, SEARCHERS, StudySpec
 from study.catalog import register_study
-from study.run import UsageError, check_type
+from study.errors import UsageError
+from study.run import check_type
 
 # A submitted job's study file: its name and text (study.submit), for a cluster that never saw the file
 STUDY_FILE_ENV = "NANOSTUDIES_STUDY_FILE"

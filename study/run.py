@@ -19,13 +19,9 @@ from pathlib import Path
 
 from search_spaces.spec import StudySpec, grid_axes, grid_configs
 from study.catalog import STUDIES, get_profile, get_study
+from study.errors import UsageError
 from study.profiles import DEFAULT_PROFILE, PROFILES, Profile
 from trainables.timeline import mark, span
-
-
-class UsageError(ValueError):
-    """A mistake in what the user typed: reported in one line, exit status 2."""
-
 
 # ----------------------------------------------------------------------------- command line
 
@@ -1101,7 +1097,6 @@ def run_study(study, *, resume: bool = False, **options):
     StudySpec; the keyword arguments are the command line's options (profile="smoke", seeds=2, set={...},
     output="results", ...). A bad input raises UsageError (a ValueError) with the CLI's one-line message.
     Returns the finished study's StudyResult (load_study); with dry_run=True, prints the plan and returns it."""
-    from study.api import load_study
     from trainables.storage import join
 
     unknown = sorted(set(options) - {f for f in RunOptions.__dataclass_fields__})
@@ -1116,6 +1111,8 @@ def run_study(study, *, resume: bool = False, **options):
         plan = make_plan(spec, options)
         print_plan(plan)
         return plan
+    from study.api import load_study
+
     plan, status = run_plan(spec, options)
     if status == 1:
         raise RuntimeError(f"{spec.name}: the study failed; see {join(plan.options.output, spec.name, 'driver.log')}")
