@@ -123,7 +123,7 @@ def read_jsonl(path, warnings):
 
 
 def read_trials_table(d, warnings):
-    """trials.parquet, else trials.csv, else rows rebuilt from trials/*/ (a study cut short)."""
+    """trials.parquet, else trials.csv, else rows rebuilt from trials/*/ (a running study, or one cut short)."""
     for name, reader in (("trials.parquet", pd.read_parquet), ("trials.csv", pd.read_csv)):
         path = d / name
         if path.exists():
@@ -131,30 +131,46 @@ def read_trials_table(d, warnings):
                 return reader(path)
             except Exception as e:  # a half-written table: say so and try the next source
                 warnings.append(f"{name}: unreadable ({e.__class__.__name__}: {e})")
-    rows = []
-    for tdir in sorted(p for p in (d / "trials").glob("*") if p.is_dir()):
-        config = read_json(tdir / "config.json", warnings) or {}
-        row = {"trial": tdir.name, **{k: v for k, v in config.items() if not isinstance(v, (dict, list))}}
-        metrics = read_jsonl(tdir / "metrics.jsonl", warnings) if (tdir / "metrics.jsonl").exists() else []
-        last = {}
-        for m in metrics:
-            last.update({k: v for k, v in m.items() if v is not None})
-        row.update(
-            {k: last[k] for k in ("train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "wall_s") if k in last}
-        )
-        if "tokens" in last:
-            row["tokens_trained"] = last["tokens"]
-        bpbs = [m["val_bpb"] for m in metrics if isinstance(m.get("val_bpb"), (int, float))]
-        row["best_val_bpb"] = min(bpbs) if bpbs else math.nan
-        row["status"] = "stopped"
-        row["error"] = "no trials table: row rebuilt from this trial's files"
-        rows.append(row)
+    rows = [trial_row(tdir, warnings) for tdir in sorted(p for p in (d / "trials").glob("*") if p.is_dir())]
     if rows:
         warnings.append(
-            "no trials.parquet or trials.csv: rows rebuilt from trials/*/ (status unknown, shown as stopped)"
+            "no trials.parquet or trials.csv: rows rebuilt from trials/*/ (done: the last eval reached the planned "
+            "steps; unfinished: not yet; stopped: no planned steps recorded)"
         )
         return pd.DataFrame(rows)
     return None
+
+
+def _object(v):
+    return v if isinstance(v, dict) else {}
+
+
+def trial_row(tdir, warnings):
+    """One trial's row from its files: trial_config.json (the searched config), config.json (the trainer's
+    record: the trial's config, the model as built, parameter counts, planned steps) and metrics.jsonl."""
+    searched = _object(read_json(tdir / "trial_config.json", warnings))
+    built = _object(read_json(tdir / "config.json", warnings))
+    config = {**searched, **_object(built.get("trial")), **_object(built.get("model")), **built}
+    row = {"trial": tdir.name, **{k: v for k, v in config.items() if not isinstance(v, (dict, list))}}
+    row.update({f"params_{k}": v for k, v in _object(built.get("params")).items() if isinstance(v, (int, float))})
+    metrics = read_jsonl(tdir / "metrics.jsonl", warnings) if (tdir / "metrics.jsonl").exists() else []
+    last = {}
+    for m in metrics:
+        last.update({k: v for k, v in m.items() if v is not None})
+    row.update(
+        {k: last[k] for k in ("train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "wall_s") if k in last}
+    )
+    if "tokens" in last:
+        row["tokens_trained"] = last["tokens"]
+    bpbs = [m["val_bpb"] for m in metrics if isinstance(m.get("val_bpb"), (int, float))]
+    row["best_val_bpb"] = min(bpbs) if bpbs else math.nan
+    planned = row.get("planned_steps")
+    if not isinstance(planned, (int, float)):
+        row["status"], row["error"] = "stopped", "no trials table: row rebuilt from this trial's files"
+    else:
+        row["status"] = "done" if last.get("step", 0) >= planned else "unfinished"
+        row["error"] = None
+    return row
 
 
 def normalise_trials(df, study_name):
