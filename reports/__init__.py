@@ -5,6 +5,7 @@ Study reports, from files only (no torch, no ray):
     analyse  -> Pareto fronts, t-intervals, Welch tests vs the baseline, power-law fits with bootstrap intervals
     figures  -> plotly figures; PNG export through kaleido + Chromium
     html     -> report.html, self-contained (plotly.js inlined once), every study string escaped
+    sections -> the report views by name (study.json "views"): each one's analysis, section, figures, files
     build    -> python -m reports.build results/STUDY   (build_report() for study.run)
     serve    -> python -m reports.serve [results]        (an index of studies on 127.0.0.1)
 """

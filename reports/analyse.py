@@ -155,25 +155,35 @@ def summarise_groups(trials, metric="val_bpb", baseline=None):
     )
 
 
+def arms_vs_baseline(trials, baseline, metric="val_bpb"):
+    """(stratum, variant, baseline values, variant values) for every finished variant but the baseline.
+
+    A stratum is {} or {"budget": b}: arms are compared within a budget when the study has several.
+    """
+    done = trials[trials["status"] == "done"]
+    if not baseline or metric not in done or baseline not in set(done["variant"].astype(str)):
+        return
+    keys = group_keys(trials)
+    strata = done.groupby(keys[1:], sort=True) if len(keys) > 1 else [((), done)]
+    for stratum, g in strata:
+        stratum = dict(zip(keys[1:], stratum if isinstance(stratum, tuple) else (stratum,)))
+        base = g.loc[g["variant"].astype(str) == baseline, metric]
+        for variant in sorted_variants(g["variant"], baseline):
+            if variant != baseline:
+                yield stratum, variant, base, g.loc[g["variant"].astype(str) == variant, metric]
+
+
 def compare_to_baseline(trials, baseline, metric="val_bpb", mode="min"):
     """Each variant's difference from the baseline (Welch), Holm-adjusted across variants.
 
     Compared within a budget when the study has several budgets.
     """
     cols = ["variant", "baseline", "n", "n_baseline", "diff", "ci_low", "ci_high", "p_value", "p_holm", "verdict"]
-    done = trials[trials["status"] == "done"]
-    if not baseline or metric not in done or baseline not in set(done["variant"].astype(str)):
-        return pd.DataFrame(columns=cols)
-    keys = group_keys(trials)
-    strata = done.groupby(keys[1:], sort=True) if len(keys) > 1 else [((), done)]
     rows = []
-    for stratum, g in strata:
-        base = g.loc[g["variant"].astype(str) == baseline, metric]
-        for variant in sorted_variants(g["variant"], baseline):
-            if variant == baseline:
-                continue
-            w = welch_test(base, g.loc[g["variant"].astype(str) == variant, metric])
-            row = dict(
+    for stratum, variant, base, arm in arms_vs_baseline(trials, baseline, metric):
+        w = welch_test(base, arm)
+        rows.append(
+            dict(
                 variant=variant,
                 baseline=baseline,
                 n=w["n_b"],
@@ -182,16 +192,62 @@ def compare_to_baseline(trials, baseline, metric="val_bpb", mode="min"):
                 ci_low=w["ci_low"],
                 ci_high=w["ci_high"],
                 p_value=w["p_value"],
+                **stratum,
             )
-            if len(keys) > 1:
-                row.update(dict(zip(keys[1:], stratum if isinstance(stratum, tuple) else (stratum,))))
-            rows.append(row)
+        )
     if not rows:
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame(rows)
     out["p_holm"] = holm(out["p_value"])
     out["verdict"] = [verdict(d, p, ph, mode) for d, p, ph in zip(out["diff"], out["p_value"], out["p_holm"])]
     return out
+
+
+# -----------------------------------------------------------------------------
+# Ratios and the threshold rule: "an arm must beat the baseline by X%"
+#
+# A ratio of two arms is exp of the Welch difference of their logs: the ratio of geometric means, with an
+# interval that is exp of the Welch interval. On perplexity (e^loss) that is the loss difference itself, so
+# softmax1's pre-registered 5% on perplexity is the same rule as any study's threshold on its metric.
+
+
+def log_ratio(log_a, log_b):
+    """exp(mean(log_b) - mean(log_a)) with its 95% interval and Welch's p, from values already on a log scale."""
+    w = welch_test(log_a, log_b)
+    ratio, lo, hi = (math.exp(w[k]) if math.isfinite(w[k]) else math.nan for k in ("diff", "ci_low", "ci_high"))
+    return dict(ratio=ratio, ci_low=lo, ci_high=hi, p_value=w["p_value"], n=w["n_b"], n_baseline=w["n_a"])
+
+
+def percent(fraction):
+    return f"{100 * fraction:g}%"
+
+
+def threshold_verdict(ratio, ci_low, ci_high, threshold, mode="min", what="threshold"):
+    """(met, words): met when the whole interval of the ratio is past 1 - threshold (min) or 1 + threshold (max);
+    None when a point estimate past the line has no interval to confirm it."""
+    line, side, other = (1 - threshold, "below", "above") if mode == "min" else (1 + threshold, "above", "below")
+    past = (lambda v: v < line) if mode == "min" else (lambda v: v > line)
+    if not math.isfinite(ratio):
+        return None, f"no ratio: the {what} needs finished trials with a positive value in both arms"
+    if not past(ratio):
+        return False, f"does not meet the {percent(threshold)} {what}"
+    if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
+        return None, f"point estimate {side} {line:g} from single runs: not shown (no interval)"
+    if past(ci_high if mode == "min" else ci_low):
+        return True, f"meets the {percent(threshold)} {what}: the whole interval is {side} {line:g}"
+    return False, f"point estimate {side} {line:g}, but the interval reaches {other} it: not shown"
+
+
+def threshold_table(trials, baseline, metric, mode, threshold):
+    """Each arm's metric / the baseline's (geometric means, 95% interval) and whether it meets the threshold."""
+    rows = []
+    for stratum, variant, base, arm in arms_vs_baseline(trials, baseline, metric):
+        base, arm = base.astype(float), arm.astype(float)
+        positive = (base.dropna() > 0).all() and (arm.dropna() > 0).all()
+        r = log_ratio(np.log(base), np.log(arm)) if positive else log_ratio([], [])
+        met, words = threshold_verdict(r["ratio"], r["ci_low"], r["ci_high"], threshold, mode)
+        rows.append(dict(variant=variant, baseline=baseline, **stratum, **r, met=met, verdict=words))
+    return rows
 
 
 # -----------------------------------------------------------------------------
@@ -315,11 +371,11 @@ def power_law(N, fit):
 # -----------------------------------------------------------------------------
 # softmax1: the pre-registered criterion
 
-PPL_THRESHOLD = 0.95  # "if it has improved by 5%, I will call that interesting"
+PPL_THRESHOLD = 0.05  # "if it has improved by 5%, I will call that interesting"
 
 
-def perplexity_ratio(trials, baseline, treatment, loss="val_loss"):
-    """Perplexity of treatment / baseline, perplexity = e^loss (loss in nats).
+def perplexity_ratio(trials, baseline, treatment, loss="val_loss", threshold=PPL_THRESHOLD):
+    """Perplexity of treatment / baseline, perplexity = e^loss (loss in nats), against the threshold rule.
 
     With seeds the ratio is exp(mean loss difference), the ratio of geometric-mean
     perplexities, and its interval is exp of the Welch interval of the loss difference.
@@ -331,30 +387,12 @@ def perplexity_ratio(trials, baseline, treatment, loss="val_loss"):
     b = done.loc[done["variant"].astype(str) == treatment, loss]
     if a.notna().sum() == 0 or b.notna().sum() == 0:
         return None
-    w = welch_test(a, b)
-    ratio, lo, hi = (math.exp(w[k]) if math.isfinite(w[k]) else math.nan for k in ("diff", "ci_low", "ci_high"))
-    if math.isfinite(hi) and hi < PPL_THRESHOLD:
-        v = "meets the 5% criterion: the whole interval is below 0.95"
-    elif ratio < PPL_THRESHOLD and math.isfinite(hi):
-        v = "point estimate below 0.95, but the interval reaches above it: not shown"
-    elif ratio < PPL_THRESHOLD:
-        v = "point estimate below 0.95 from single runs: not shown (no interval)"
-    else:
-        v = "does not meet the 5% criterion"
-    if math.isfinite(w["p_value"]):
-        v += f"; difference from {baseline}: p = {w['p_value']:.3g} (Welch)"
+    r = log_ratio(a, b)  # a loss in nats is already the log of the perplexity
+    _, v = threshold_verdict(r["ratio"], r["ci_low"], r["ci_high"], threshold, "min", what="criterion")
+    if math.isfinite(r["p_value"]):
+        v += f"; difference from {baseline}: p = {r['p_value']:.3g} (Welch)"
     return dict(
-        baseline=baseline,
-        treatment=treatment,
-        ratio=ratio,
-        ci_low=lo,
-        ci_high=hi,
-        threshold=PPL_THRESHOLD,
-        p_value=w["p_value"],
-        n=w["n_b"],
-        n_baseline=w["n_a"],
-        base="e (loss in nats)",
-        verdict=v,
+        baseline=baseline, treatment=treatment, **r, threshold=1 - threshold, base="e (loss in nats)", verdict=v
     )
 
 
@@ -378,16 +416,16 @@ def _achieved_share(group) -> dict:
     return {"nanohead_share_achieved": float(share.mean())} if len(share) else {}
 
 
-def _fits(trials, metric, family):
-    """Power laws per variant when the study ran 4+ budgets (the scaling study).
+def _fits(trials, metric, by_size=False):
+    """Power laws per variant when the study ran 4+ budgets, or 4+ sizes with by_size (the scaling view).
 
-    Not for other studies: a search's sizes vary with its architecture, not as a budget.
+    Not by size for other studies: a search's sizes vary with its architecture, not as a budget.
     """
     done = trials[(trials["status"] == "done") & trials[metric].notna()] if metric in trials else trials.iloc[:0]
     if "budget" in done:
         levels = done["budget"].nunique()
     else:
-        levels = done["params_total"].nunique() if family == "scaling" and "params_total" in done else 0
+        levels = done["params_total"].nunique() if by_size and "params_total" in done else 0
     if levels < 4:
         return {}
     fits = {}
@@ -500,13 +538,68 @@ def probe_table(trials):
     return rows
 
 
+# -----------------------------------------------------------------------------
+# What each report view adds to the analysis (reports/sections.py registers them): study -> dict for res
+
+
+def nanohead_analysis(study):
+    """The seed's plot: the metric against the nano-head proportion, when the study varied it."""
+    t, metric = study.trials, study.metric
+    if not _has_values(t, "nanohead_proportion", 2) or metric not in t:
+        return {}
+    done = t[(t["status"] == "done") & t[metric].notna()]
+    return {
+        "nanohead": [
+            {"nanohead_proportion": float(p), **_achieved_share(g), **mean_ci(g[metric])}
+            for p, g in done.groupby("nanohead_proportion")
+        ]
+    }
+
+
+def softmax1_analysis(study):
+    arms = softmax1_arms(study)
+    ratio = perplexity_ratio(study.trials, *arms, threshold=study.threshold or PPL_THRESHOLD) if arms else None
+    return {"softmax1": ratio} if ratio else {}
+
+
+def toeplitz_analysis(study):
+    return {"toeplitz": toeplitz_table(study.trials, study.baseline)}
+
+
+def vocab_depth_analysis(study):
+    return {"vocab_depth": vocab_depth_table(study.trials, study.metric)}
+
+
+def scaling_analysis(study):
+    """The candidates' parameter shares, and power laws over model size even without a budget column."""
+    return {**vocab_depth_analysis(study), "fits": _fits(study.trials, study.metric, by_size=True)}
+
+
+def optuna_analysis(study):
+    o = study.optuna
+    if not o:
+        return {}
+    keys = ("name", "directions", "importances", "importance_note")
+    return {"optuna": {**{k: o[k] for k in keys}, "n_trials": len(o["trials"])}}
+
+
+# -----------------------------------------------------------------------------
+# One study, all of the above. The dict is what results.json holds and what the
+# figures and the page are drawn from.
+
+
 def analyse_study(study):
+    """The common analysis every study gets, then what each of its report views adds."""
+    from reports.sections import study_sections  # here: sections.py imports this module
+
     t, metric, mode = study.trials, study.metric, study.mode
     counts = t["status"].value_counts().to_dict()
     done = t[(t["status"] == "done") & t[metric].notna()] if metric in t else t.iloc[:0]
     out = dict(
         study=study.name,
+        title=study.title,
         family=study.family,
+        views=study.views,
         profile=study.meta.get("profile"),
         metric=metric,
         mode=mode,
@@ -524,6 +617,17 @@ def analyse_study(study):
         groups=_records(summarise_groups(t, metric, study.baseline)),
         comparisons=_records(compare_to_baseline(t, study.baseline, metric, mode)),
     )
+    if study.threshold is not None and study.baseline:
+        out["threshold"] = dict(
+            threshold=study.threshold,
+            metric=metric,
+            mode=mode,
+            rule=f"an arm meets the threshold when its {metric} is {percent(study.threshold)} "
+            f"{'lower' if mode == 'min' else 'higher'} than {study.baseline}'s with the whole {CONFIDENCE:.0%} "
+            f"interval past that line (ratio of geometric means over seeds: exp of the Welch interval of the "
+            f"log difference)",
+            arms=threshold_table(t, study.baseline, metric, mode, study.threshold),
+        )
     # best trial and the Pareto fronts (metric against size and compute)
     if len(done):
         best = done.loc[done[metric].idxmin() if mode == "min" else done[metric].idxmax()]
@@ -534,31 +638,11 @@ def analyse_study(study):
         if x in done and done[x].notna().any():
             mask = pareto_front(done[x], sign * done[metric])
             out["pareto"][x] = done.loc[mask].sort_values(x)["trial"].tolist()
-    out["fits"] = _fits(t, metric, study.family)
-    family = study.family
-    if _has_values(t, "nanohead_proportion", 2):  # the seed's plot: metric against the nano-head proportion
-        out["nanohead"] = [
-            {"nanohead_proportion": float(p), **_achieved_share(g), **mean_ci(g[metric])}
-            for p, g in done.groupby("nanohead_proportion")
-        ]
-    if family == "softmax1" or (family is None and "softmax1" in t and t["softmax1"].nunique() == 2):
-        arms = softmax1_arms(study)
-        if arms:
-            out["softmax1"] = perplexity_ratio(t, *arms)
-    if family == "toeplitz" or (family is None and {"toep_mean", "toep_proj"} <= set(t.columns)):
-        out["toeplitz"] = toeplitz_table(t, study.baseline)
-    if family in ("vocab_depth", "scaling"):
-        out["vocab_depth"] = vocab_depth_table(t, metric)
+    out["fits"] = _fits(t, metric)
     out["probes"] = probe_table(t)
-    if study.optuna:
-        o = study.optuna
-        out["optuna"] = dict(
-            name=o["name"],
-            directions=o["directions"],
-            n_trials=len(o["trials"]),
-            importances=o["importances"],
-            importance_note=o["importance_note"],
-        )
+    sections, view_warnings = study_sections(study)
+    for section in sections.values():
+        out.update(section.analyse(study) if section.analyse else {})
     out["failures"] = [
         {
             "trial": r["trial"],
@@ -568,5 +652,5 @@ def analyse_study(study):
         }
         for r in t[t["status"] != "done"][["trial", "variant", "status", "error"]].to_dict(orient="records")
     ]
-    out["warnings"] = list(study.warnings)
+    out["warnings"] = list(study.warnings) + view_warnings
     return out

@@ -5,7 +5,8 @@ Build one study's report:
 
 writes results/STUDY/report.html (self-contained, works offline from file://),
 results.json (the machine-readable summary) and NAME.png for the main figures.
-study.run calls build_report() at the end of a study.
+build_report() is the one report builder: study.run calls it at the end of a study (study.service.build_report
+only logs and keeps a failure from losing the results), study.api's StudyResult.report() in a notebook.
 """
 
 import argparse
@@ -57,9 +58,6 @@ def build_report(study_dir, png=True):
         "pngs": pngs,
         "seconds": time.perf_counter() - t0,
     }
-
-
-build = build_report  # the name study.service imports
 
 
 def main(argv=None):

@@ -21,7 +21,15 @@ import pandas as pd
 
 from trainables import storage
 
-FAMILIES = ("nanohead", "softmax1", "toeplitz", "vocab_depth", "scaling", "nanohead_search")
+# the report views of a study.json written before it listed its own ("views"), by the family it names
+FAMILY_VIEWS = {
+    "nanohead": ("nanohead",),
+    "nanohead_search": ("optuna",),
+    "softmax1": ("softmax1",),
+    "toeplitz": ("toeplitz",),
+    "vocab_depth": ("vocab_depth",),
+    "scaling": ("scaling",),
+}
 METRIC_NAME = re.compile(r"[A-Za-z0-9_.]+")
 CURVE_KEYS = ("step", "tokens", "train_loss", "val_loss", "val_bpb", "lr", "tokens_per_s", "mfu", "flops", "wall_s")
 
@@ -62,17 +70,37 @@ class Study:
 
     @property
     def baseline(self):
-        """The variant the others are compared against: study.json's, else a guess from the family."""
+        """The variant the others are compared against: study.json's, when it has trials (never a guess)."""
         b = self.meta.get("baseline")
         b = b.get("variant") if isinstance(b, dict) else b  # {"variant": "p0"}, or just "p0"
-        variants = set(self.trials["variant"].dropna().astype(str))
-        if b in variants:
-            return b
-        guesses = {"softmax1": ["softmax"], "nanohead": ["p0", "p00", "p0.0"], "toeplitz": ["mean_proj"]}
-        for g in guesses.get(self.family, []):
-            if g in variants:
-                return g
-        return None
+        return b if b is not None and str(b) in set(self.trials["variant"].astype(str)) else None
+
+    @property
+    def views(self):
+        """The report sections beyond the common ones: study.json's list, else its family's (older files),
+        with "optuna" added when the study has an Optuna database."""
+        views = self.meta.get("views")
+        views = [str(v) for v in views] if isinstance(views, list) else list(FAMILY_VIEWS.get(self.family, ()))
+        return views + (["optuna"] if self.optuna and "optuna" not in views else [])
+
+    @property
+    def threshold(self):
+        """The decision rule's fraction (0.05: an arm must beat the baseline by 5%), or None."""
+        t = self.meta.get("threshold")
+        return float(t) if _is_fraction(t) else None
+
+    @property
+    def note(self):
+        """The research note the study comes from ("seed_note" in older study.json files)."""
+        return self.meta.get("note") or self.meta.get("seed_note")
+
+    @property
+    def title(self):
+        return str(self.meta.get("title") or self.name)
+
+
+def _is_fraction(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1
 
 
 def read_json(path, warnings):
@@ -95,7 +123,7 @@ def read_jsonl(path, warnings):
 
 
 def read_trials_table(d, warnings):
-    """trials.parquet, else trials.csv, else rows rebuilt from trials/*/ (a study cut short)."""
+    """trials.parquet, else trials.csv, else rows rebuilt from trials/*/ (a running study, or one cut short)."""
     for name, reader in (("trials.parquet", pd.read_parquet), ("trials.csv", pd.read_csv)):
         path = d / name
         if path.exists():
@@ -103,30 +131,46 @@ def read_trials_table(d, warnings):
                 return reader(path)
             except Exception as e:  # a half-written table: say so and try the next source
                 warnings.append(f"{name}: unreadable ({e.__class__.__name__}: {e})")
-    rows = []
-    for tdir in sorted(p for p in (d / "trials").glob("*") if p.is_dir()):
-        config = read_json(tdir / "config.json", warnings) or {}
-        row = {"trial": tdir.name, **{k: v for k, v in config.items() if not isinstance(v, (dict, list))}}
-        metrics = read_jsonl(tdir / "metrics.jsonl", warnings) if (tdir / "metrics.jsonl").exists() else []
-        last = {}
-        for m in metrics:
-            last.update({k: v for k, v in m.items() if v is not None})
-        row.update(
-            {k: last[k] for k in ("train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "wall_s") if k in last}
-        )
-        if "tokens" in last:
-            row["tokens_trained"] = last["tokens"]
-        bpbs = [m["val_bpb"] for m in metrics if isinstance(m.get("val_bpb"), (int, float))]
-        row["best_val_bpb"] = min(bpbs) if bpbs else math.nan
-        row["status"] = "stopped"
-        row["error"] = "no trials table: row rebuilt from this trial's files"
-        rows.append(row)
+    rows = [trial_row(tdir, warnings) for tdir in sorted(p for p in (d / "trials").glob("*") if p.is_dir())]
     if rows:
         warnings.append(
-            "no trials.parquet or trials.csv: rows rebuilt from trials/*/ (status unknown, shown as stopped)"
+            "no trials.parquet or trials.csv: rows rebuilt from trials/*/ (done: the last eval reached the planned "
+            "steps; unfinished: not yet; stopped: no planned steps recorded)"
         )
         return pd.DataFrame(rows)
     return None
+
+
+def _object(v):
+    return v if isinstance(v, dict) else {}
+
+
+def trial_row(tdir, warnings):
+    """One trial's row from its files: trial_config.json (the searched config), config.json (the trainer's
+    record: the trial's config, the model as built, parameter counts, planned steps) and metrics.jsonl."""
+    searched = _object(read_json(tdir / "trial_config.json", warnings))
+    built = _object(read_json(tdir / "config.json", warnings))
+    config = {**searched, **_object(built.get("trial")), **_object(built.get("model")), **built}
+    row = {"trial": tdir.name, **{k: v for k, v in config.items() if not isinstance(v, (dict, list))}}
+    row.update({f"params_{k}": v for k, v in _object(built.get("params")).items() if isinstance(v, (int, float))})
+    metrics = read_jsonl(tdir / "metrics.jsonl", warnings) if (tdir / "metrics.jsonl").exists() else []
+    last = {}
+    for m in metrics:
+        last.update({k: v for k, v in m.items() if v is not None})
+    row.update(
+        {k: last[k] for k in ("train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "wall_s") if k in last}
+    )
+    if "tokens" in last:
+        row["tokens_trained"] = last["tokens"]
+    bpbs = [m["val_bpb"] for m in metrics if isinstance(m.get("val_bpb"), (int, float))]
+    row["best_val_bpb"] = min(bpbs) if bpbs else math.nan
+    planned = row.get("planned_steps")
+    if not isinstance(planned, (int, float)):
+        row["status"], row["error"] = "stopped", "no trials table: row rebuilt from this trial's files"
+    else:
+        row["status"] = "done" if last.get("step", 0) >= planned else "unfinished"
+        row["error"] = None
+    return row
 
 
 def normalise_trials(df, study_name):
@@ -275,8 +319,14 @@ def load_study(path):
         meta["family"] = str(trials["family"].dropna().iloc[0])
     if not METRIC_NAME.fullmatch(str(meta.get("metric") or "val_bpb")):
         warnings.append(f"metric {meta['metric']!r} is not a column name: ranking by val_bpb")
-    if meta.get("family") not in (None, *FAMILIES):
-        warnings.append(f"unknown family {meta.get('family')!r}: showing the generic views only")
+    if "views" not in meta and meta.get("family") not in (None, "custom", *FAMILY_VIEWS):
+        warnings.append(f"unknown family {meta.get('family')!r} and no views: showing the common report only")
+    if meta.get("threshold") is not None and not _is_fraction(meta["threshold"]):
+        warnings.append(f"threshold {meta['threshold']!r} is not a fraction in [0, 1): no threshold verdict")
+    b = meta.get("baseline")
+    b = b.get("variant") if isinstance(b, dict) else b
+    if b is not None and str(b) not in set(trials["variant"]):
+        warnings.append(f"baseline {b!r} has no trials: no differences computed")
     return Study(
         dir=d,
         meta=meta,

@@ -322,7 +322,7 @@ def probes(study, res):
 
 
 # -----------------------------------------------------------------------------
-# Per study family
+# Per report view (reports/sections.py registers them)
 
 
 def nanohead(study, res):
@@ -604,23 +604,6 @@ def optuna_pareto(study, res):
     return fig
 
 
-# name -> builder; the order is the page's order. PNGs are written for every figure built.
-FIGURES = {
-    "frontier": frontier,
-    "configs": configs,
-    "differences": differences,
-    "nanohead": nanohead,
-    "softmax1": softmax1,
-    "toeplitz": toeplitz,
-    "vocab_depth": vocab_depth,
-    "optuna_history": optuna_history,
-    "optuna_importances": optuna_importances,
-    "optuna_pareto": optuna_pareto,
-    "probes": probes,
-    "curves": curves,
-}
-
-
 def toeplitz_filters(study, res):
     """Each head's learned filter over lags, after the mean's normalisation, one panel per variant (its first
     trial with probes), with the receptive field (lag holding 90% of the mass) in the legend."""
@@ -655,12 +638,24 @@ def toeplitz_filters(study, res):
     return fig
 
 
-FIGURES["toeplitz_filters"] = toeplitz_filters
+# name -> builder, the figures every study gets; a report view adds its own (reports/sections.py).
+# PNGs are written for every figure built.
+FIGURES = {
+    "frontier": frontier,
+    "configs": configs,
+    "differences": differences,
+    "probes": probes,
+    "curves": curves,
+}
 
 
 def build_figures(study, res):
+    from reports.sections import study_sections  # here: sections.py imports this module
+
+    views, _ = study_sections(study)
+    builders = {**FIGURES, **{name: b for view in views.values() for name, b in view.figures.items()}}
     out = {}
-    for name, builder in FIGURES.items():
+    for name, builder in builders.items():
         fig = builder(study, res)
         if fig is not None:
             out[name] = fig

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.offline
 
-from reports.analyse import sorted_variants
+from reports.analyse import percent, sorted_variants
 from reports.collect import scrub
 
 # the trials table: these first, then the config keys, then the rest, probe_* last
@@ -132,14 +132,14 @@ def ci_text(lo, hi, digits=4):
 
 
 def section(sid, title, body):
-    return f"<section id='{sid}'><h2>{esc(title)}</h2>{body}</section>"
+    return f"<section id='{esc(sid)}'><h2>{esc(title)}</h2>{body}</section>"
 
 
 # -----------------------------------------------------------------------------
 # The sections
 
 
-def summary(study, res):
+def summary(study, res, sections):
     c = res["counts"]
     items = [
         f"{c['total']} trials: {c['done']} done, {c['failed']} failed, {c['stopped']} stopped"
@@ -173,12 +173,18 @@ def summary(study, res):
             "some arms have fewer than 2 finished seeds: their differences cannot be told from noise; "
             "repeat them with seeds"
         )
-    if res.get("softmax1"):
-        s = res["softmax1"]
+    th = res.get("threshold")
+    for r in th["arms"] if th and len(th["arms"]) <= 12 else []:
+        where = f" at budget {fmt(r['budget'])}" if "budget" in r else ""
         items.append(
-            f"softmax1: perplexity ratio {s['treatment']} / {s['baseline']} = {s['ratio']:.4f}, "
-            f"95% CI {ci_text(s['ci_low'], s['ci_high'])}: {s['verdict']}"
+            f"{r['variant']}{where}: {res['metric']} / {r['baseline']}'s = {fmt(r['ratio'])}, "
+            f"95% CI {ci_text(r['ci_low'], r['ci_high'])}: {r['verdict']}"
         )
+    if th and len(th["arms"]) > 12:
+        met = sum(r["met"] is True for r in th["arms"])
+        items.append(f"{met} of {len(th['arms'])} arms meet the {percent(th['threshold'])} threshold")
+    for section in sections.values():
+        items += section.summary(res) if section.summary else []
     for variant, fits in res.get("fits", {}).items():
         f = fits.get("params_total")
         if f:
@@ -240,6 +246,11 @@ def stats_section(study, res, figs):
         body.append(table(res["comparisons"], cols))
     else:
         body.append("<p class='muted'>No baseline variant named (study.json 'baseline'): no differences computed.</p>")
+    th = res.get("threshold")
+    if th:
+        body.append(f"<h3>The {esc(percent(th['threshold']))} threshold</h3><p class='note'>{esc(th['rule'])}.</p>")
+        cols = ["variant"] + keys[1:] + ["n", "n_baseline", "ratio", "ci_low", "ci_high", "verdict"]
+        body.append(table(th["arms"], cols))
     return "".join(body)
 
 
@@ -302,97 +313,113 @@ def samples_html(study, variants):
     return f"<div class='samples'>{''.join(cols)}</div>" if cols else ""
 
 
-def family_section(study, res, figs):
-    """The per-study views the seeds asked for. Returns (title, html) or None."""
-    body = []
-    if "nanohead" in figs:
-        body.append("<h3>Nano-head proportion</h3>" + figure_div(figs["nanohead"]))
-        body.append(
-            table(res["nanohead"], ["nanohead_proportion", "nanohead_share_achieved", "n", "mean", "ci_low", "ci_high"])
-        )
-    if res.get("softmax1"):
-        s = res["softmax1"]
-        body.append("<h3>softmax1 vs softmax: the pre-registered 5% criterion</h3>")
-        body.append(
-            f"<p class='verdict'>perplexity ratio {esc(s['treatment'])} / {esc(s['baseline'])} = "
-            f"{esc(fmt(s['ratio']))}, 95% CI {esc(ci_text(s['ci_low'], s['ci_high']))} "
-            f"(n = {s['n']} vs {s['n_baseline']}): <b>{esc(s['verdict'])}</b></p>"
-        )
-        body.append(
-            "<p class='note'>Perplexity = e<sup>val_loss</sup> with the loss in nats, so the ratio is "
-            "e<sup>loss difference</sup>. The note's 2<sup>loss</sup> gives the same ratio only for a loss in "
-            "bits: applied to nats it moves the ratio towards 1 (a difference of -0.06 nats: 2<sup>-0.06</sup> "
-            "= 0.959, where the perplexities' ratio is e<sup>-0.06</sup> = 0.942). With seeds the ratio is "
-            "exp(mean loss difference), its interval exp of the Welch interval.</p>"
-        )
-        if "softmax1" in figs:
-            body.append(figure_div(figs["softmax1"]))
-        body.append(
-            "<h3>Samples</h3>"
-            + (samples_html(study, [s["baseline"], s["treatment"]]) or "<p class='muted'>no samples.json</p>")
-        )
-    if res.get("toeplitz"):
-        rows = res["toeplitz"]
-        body.append("<h3>Toeplitz mixer: mean x projection</h3>" + toeplitz_grid(rows))
-        cols = ["variant", "toep_mean", "toep_proj", "n"] + [
-            c
-            for c in (
-                "val_loss",
-                "val_bpb",
-                "wall_s",
-                "samples_per_s",
-                "gen_tokens_per_s_parallel",
-                "gen_tokens_per_s_sequential",
-                "gen_speedup",
-            )
-            if any(c in r for r in rows)
-        ]
-        body.append(table(rows, [c for c in cols if c == "variant" or any(c in r for r in rows)]))
-        if "toeplitz" in figs:
-            body.append(figure_div(figs["toeplitz"]))
-        if "toeplitz_filters" in figs:
-            body.append(
-                "<h3>Learned filters</h3><p class='muted'>Each head's weights over lags (after the mean's "
-                "normalisation where toep_mean); rf = the lag holding 90% of the mass (trainables/probes.py).</p>"
-            )
-            body.append(figure_div(figs["toeplitz_filters"]))
-    if res.get("vocab_depth"):
-        rows = res["vocab_depth"]
-        body.append("<h3>Vocabulary vs depth candidates</h3>")
-        if "vocab_depth" in figs:
-            body.append(figure_div(figs["vocab_depth"]))
-        cols = [
-            c
-            for c in (
-                "variant",
-                "vocab_size",
-                "n_layer",
-                "n_embd",
-                "tie_embeddings",
-                "budget",
-                "params_total",
-                "share_embedding",
-                "share_lm_head",
-                "share_blocks",
-                "n",
-                "mean",
-                "ci_low",
-                "ci_high",
-            )
-            if c in rows[0]
-        ]
-        body.append(table(rows, cols))
-    if not body:
+# -----------------------------------------------------------------------------
+# What each report view adds to the page (reports/sections.py registers them): HTML, or None for nothing
+
+
+def nanohead_html(study, res, figs):
+    if "nanohead" not in figs:
         return None
-    titles = {
-        "nanohead": "Nano heads",
-        "nanohead_search": "Nano heads",
-        "softmax1": "softmax1",
-        "toeplitz": "Toeplitz mixer",
-        "vocab_depth": "Vocabulary vs depth",
-        "scaling": "Scaling",
-    }
-    return titles.get(study.family, "Study views"), "".join(body)
+    return (
+        "<h3>Nano-head proportion</h3>"
+        + figure_div(figs["nanohead"])
+        + table(res["nanohead"], ["nanohead_proportion", "nanohead_share_achieved", "n", "mean", "ci_low", "ci_high"])
+    )
+
+
+def softmax1_summary(res):
+    s = res.get("softmax1")
+    if not s:
+        return []
+    return [
+        f"softmax1: perplexity ratio {s['treatment']} / {s['baseline']} = {s['ratio']:.4f}, "
+        f"95% CI {ci_text(s['ci_low'], s['ci_high'])}: {s['verdict']}"
+    ]
+
+
+def softmax1_html(study, res, figs):
+    s = res.get("softmax1")
+    if not s:
+        return None
+    body = [
+        f"<h3>softmax1 vs softmax: the pre-registered {esc(percent(1 - s['threshold']))} criterion</h3>",
+        f"<p class='verdict'>perplexity ratio {esc(s['treatment'])} / {esc(s['baseline'])} = "
+        f"{esc(fmt(s['ratio']))}, 95% CI {esc(ci_text(s['ci_low'], s['ci_high']))} "
+        f"(n = {s['n']} vs {s['n_baseline']}): <b>{esc(s['verdict'])}</b></p>",
+        "<p class='note'>Perplexity = e<sup>val_loss</sup> with the loss in nats, so the ratio is "
+        "e<sup>loss difference</sup>. The note's 2<sup>loss</sup> gives the same ratio only for a loss in "
+        "bits: applied to nats it moves the ratio towards 1 (a difference of -0.06 nats: 2<sup>-0.06</sup> "
+        "= 0.959, where the perplexities' ratio is e<sup>-0.06</sup> = 0.942). With seeds the ratio is "
+        "exp(mean loss difference), its interval exp of the Welch interval.</p>",
+    ]
+    if "softmax1" in figs:
+        body.append(figure_div(figs["softmax1"]))
+    body.append(
+        "<h3>Samples</h3>"
+        + (samples_html(study, [s["baseline"], s["treatment"]]) or "<p class='muted'>no samples.json</p>")
+    )
+    return "".join(body)
+
+
+def toeplitz_html(study, res, figs):
+    rows = res.get("toeplitz")
+    if not rows:
+        return None
+    body = ["<h3>Toeplitz mixer: mean x projection</h3>" + toeplitz_grid(rows)]
+    cols = ["variant", "toep_mean", "toep_proj", "n"] + [
+        c
+        for c in (
+            "val_loss",
+            "val_bpb",
+            "wall_s",
+            "samples_per_s",
+            "gen_tokens_per_s_parallel",
+            "gen_tokens_per_s_sequential",
+            "gen_speedup",
+        )
+        if any(c in r for r in rows)
+    ]
+    body.append(table(rows, [c for c in cols if c == "variant" or any(c in r for r in rows)]))
+    if "toeplitz" in figs:
+        body.append(figure_div(figs["toeplitz"]))
+    if "toeplitz_filters" in figs:
+        body.append(
+            "<h3>Learned filters</h3><p class='muted'>Each head's weights over lags (after the mean's "
+            "normalisation where toep_mean); rf = the lag holding 90% of the mass (trainables/probes.py).</p>"
+        )
+        body.append(figure_div(figs["toeplitz_filters"]))
+    return "".join(body)
+
+
+def vocab_depth_html(study, res, figs):
+    rows = res.get("vocab_depth")
+    if not rows:
+        return None
+    body = ["<h3>Vocabulary vs depth candidates</h3>"]
+    if "vocab_depth" in figs:
+        body.append(figure_div(figs["vocab_depth"]))
+    cols = [
+        c
+        for c in (
+            "variant",
+            "vocab_size",
+            "n_layer",
+            "n_embd",
+            "tie_embeddings",
+            "budget",
+            "params_total",
+            "share_embedding",
+            "share_lm_head",
+            "share_blocks",
+            "n",
+            "mean",
+            "ci_low",
+            "ci_high",
+        )
+        if c in rows[0]
+    ]
+    body.append(table(rows, cols))
+    return "".join(body)
 
 
 def toeplitz_grid(rows):
@@ -416,7 +443,7 @@ def toeplitz_grid(rows):
     return "".join(out) + "</table>"
 
 
-def optuna_section(study, res, figs):
+def optuna_html(study, res, figs):
     o = res.get("optuna")
     if not o:
         return None
@@ -477,8 +504,13 @@ def environment_section(study):
                     "study",
                     "family",
                     "profile",
+                    "title",
                     "hypothesis",
+                    "note",
                     "seed_note",
+                    "views",
+                    "baseline",
+                    "threshold",
                     "metric",
                     "mode",
                     "git_commit",
@@ -551,25 +583,28 @@ JS = """
 
 
 def render(study, res, figs, pngs=()):
+    from reports.sections import study_sections  # here: sections.py imports this module
+
     meta = study.meta
+    views, _ = study_sections(study)
     sections = [
-        ("summary", "Summary", summary(study, res)),
+        ("summary", "Summary", summary(study, res, views)),
         ("frontier", "Loss vs parameters and compute", frontier_section(study, res, figs)),
         ("stats", "Seeds, intervals and differences", stats_section(study, res, figs)),
     ]
     fidelity = fidelity_section(study)
     if fidelity:  # right after the summary: what the numbers below are numbers of
         sections.insert(1, ("fidelity", "Note vs this run", fidelity))
-    fam = family_section(study, res, figs)
-    if fam:
-        sections.append(("views", fam[0], fam[1]))
-    for sid, title, fn in (("optuna", "Optuna search", optuna_section), ("probes", "Probes", probes_section)):
-        body = fn(study, res, figs)
+    for name, view in views.items():
+        body = view.html(study, res, figs) if view.html else None
         if body:
-            sections.append((sid, title, body))
+            sections.append((f"view-{name}", view.title, body))
+    body = probes_section(study, res, figs)
+    if body:
+        sections.append(("probes", "Probes", body))
     if "curves" in figs:
         sections.append(("curves", "Training curves", figure_div(figs["curves"])))
-    if study.samples and not res.get("softmax1"):
+    if study.samples and not any(view.shows_samples for view in views.values()):
         variants = sorted_variants(study.trials["variant"], study.baseline)[:6]
         sections.append(("samples", "Samples", samples_html(study, variants)))
     sections += [
@@ -590,7 +625,7 @@ def render(study, res, figs, pngs=()):
         if ended
         else "no end time: the study is running or was cut short; this report shows what it has"
     )
-    nav = "".join(f"<a href='#{sid}'>{esc(title)}</a>" for sid, title, _ in sections)
+    nav = "".join(f"<a href='#{esc(sid)}'>{esc(title)}</a>" for sid, title, _ in sections)
     generated = datetime.now(UTC).isoformat(timespec="seconds")
     return "".join(
         [
@@ -599,10 +634,13 @@ def render(study, res, figs, pngs=()):
             # plotly.js once, inline: the page needs no network, so it works from file:// offline
             f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>",
             f"<header><h1>Study {esc(study.name)}</h1>",
-            f"<p>family {esc(study.family or 'unknown')} &middot; profile {esc(meta.get('profile') or 'unknown')} &middot; "
+            f"<p>{esc(study.title)}</p>" if study.title != study.name else "",
+            f"<p>family {esc(study.family or 'unknown')} &middot; views {esc(', '.join(study.views) or 'none')} "
+            f"&middot; profile {esc(meta.get('profile') or 'unknown')} &middot; "
             f"metric {esc(study.metric)} ({esc(study.mode)}) &middot; started {esc(meta.get('started') or 'unknown')} &middot; "
             f"{esc(status)}</p>",
             f"<p>hypothesis: {esc(meta['hypothesis'])}</p>" if meta.get("hypothesis") else "",
+            f"<p>note: {esc(study.note)}</p>" if study.note else "",
             f"<p>report generated {esc(generated)}</p><nav>{nav}</nav></header><main>",
             "".join(section(sid, title, body) for sid, title, body in sections),
             f"</main><script>{JS}</script></body></html>",

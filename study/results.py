@@ -231,46 +231,9 @@ def write_trials(df: pd.DataFrame, study_dir: Path):
     write_atomic(study_dir / "trials.csv", writer=lambda p: df.to_csv(p, index=False))
 
 
-def write_family_outputs(df: pd.DataFrame, family: str, study_dir: Path):
-    """Files a study's seed note promised, beside the generic ones. Toeplitz (Experiment 010):
-    all_results.json, per variant: training metrics (the final eval and the best one, which the note reports) and
-    the generation benchmark, heads parallel vs sequential, cached vs uncached (the note's four settings)."""
-    if family != "toeplitz" or df.empty:
-        return
-    out = {}
-    for _, row in df.iterrows():
-        get = lambda k: None if pd.isna(row.get(k)) else float(row[k])
-        setting = lambda k: (
-            None if k not in row or pd.isna(row[k]) else row[k] if isinstance(row[k], str) else bool(row[k])
-        )
-        bench = lambda k: dict(tokens_per_s=get(f"gen_tokens_per_s_{k}"), mean_time_s=get(f"gen_mean_time_{k}"))
-        out[row["trial"]] = dict(
-            variant=row["variant"],
-            toep_mean=bool(row["toep_mean"]),
-            toep_proj=bool(row["toep_proj"]),
-            toep_filter=setting("toep_filter"),
-            toep_init=setting("toep_init"),
-            toep_proj_bias=setting("toep_proj_bias"),
-            seed=int(row["seed"]),
-            status=row["status"],
-            error=row["error"] if isinstance(row["error"], str) else None,
-            training=dict(
-                train_loss=get("train_loss"),
-                eval_loss=get("val_loss"),
-                eval_bpb=get("val_bpb"),
-                eval_loss_best=get("best_val_loss"),
-                eval_bpb_best=get("best_val_bpb"),
-                runtime_s=get("wall_s"),
-                samples_per_s=get("samples_per_s"),
-                params=get("params_total"),
-            ),
-            benchmark_parallel=bench("parallel"),
-            benchmark_sequential=bench("sequential"),
-            benchmark_uncached_parallel=bench("uncached_parallel"),
-            benchmark_uncached_sequential=bench("uncached_sequential"),
-            speedup=get("gen_speedup"),
-            speedup_uncached=get("gen_speedup_uncached"),
-            cache_speedup_parallel=get("gen_cache_speedup_parallel"),
-            cache_speedup_sequential=get("gen_cache_speedup_sequential"),
-        )
-    write_atomic(study_dir / "all_results.json", json.dumps(out, indent=2))
+def write_view_outputs(df: pd.DataFrame, views, study_dir: Path):
+    """Files the study's report views promise beside the generic ones (reports/sections.py), e.g. Toeplitz's
+    all_results.json."""
+    from reports.sections import write_outputs  # on use: it brings plotly and scipy with it
+
+    write_outputs(df, views, study_dir)

@@ -18,7 +18,7 @@ from ray import tune
 from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.search import ConcurrencyLimiter
 
-from study.results import StudyStorage, collect, experiment_dirs, write_family_outputs, write_trials
+from study.results import StudyStorage, collect, experiment_dirs, write_trials, write_view_outputs
 from study.run import redacted_argv
 from trainables.storage import join, write_atomic
 from trainables.timeline import TIMELINE_ENV, mark, span
@@ -497,7 +497,7 @@ def _run(plan, study: StudyStorage, resuming: bool) -> int:
     )
     df = collect(study_dir, spec)
     write_trials(df, study_dir)
-    write_family_outputs(df, spec.family, study_dir)
+    write_view_outputs(df, spec.views, study_dir)
     write_study_json(plan, study_dir, started, datetime.now(UTC).isoformat(), interrupted)
     done = int((df["status"] == "done").sum()) if len(df) else 0
     failed = int((df["status"] == "failed").sum()) if len(df) else 0

@@ -101,7 +101,17 @@ def test_page_sections(nanohead_report):
     assert page.count("<script type='text/javascript'>") == 1  # plotly.js inlined once
     # nothing fetched from anywhere: works from file:// offline
     assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", page)
-    for sid in ("summary", "frontier", "stats", "views", "curves", "failures", "trials", "environment", "samples"):
+    for sid in (
+        "summary",
+        "frontier",
+        "stats",
+        "view-nanohead",
+        "curves",
+        "failures",
+        "trials",
+        "environment",
+        "samples",
+    ):
         assert f"<section id='{sid}'>" in page, sid
     assert "filter rows" in page and 'class="sortable"' in page
     assert "val_bpb vs nano-head proportion" in page

@@ -114,7 +114,7 @@ def test_bad_values_exit_2_in_one_line(value, words, capsys, tmp_path):
 def test_all_results_carry_the_best_eval_and_the_cached_and_uncached_benchmark(tmp_path):
     """Three evals whose middle one is the best: the row and all_results.json hold the final eval and that best
     one, by hand; the four benchmark settings are carried as the trial logged them."""
-    from study.results import collect, write_family_outputs
+    from study.results import collect, write_view_outputs
 
     spec = get_study("toeplitz_flags")
     trial = tmp_path / "trials" / "toeplitz_mean_proj"
@@ -150,7 +150,7 @@ def test_all_results_carry_the_best_eval_and_the_cached_and_uncached_benchmark(t
     df = collect(tmp_path, spec, outcomes={})
     row = df.iloc[0]
     assert (row["val_loss"], row["best_val_loss"], row["val_bpb"], row["best_val_bpb"]) == (2.85, 2.7, 1.9, 1.8)
-    write_family_outputs(df, "toeplitz", tmp_path)
+    write_view_outputs(df, spec.views, tmp_path)
     got = json.loads((tmp_path / "all_results.json").read_text())["toeplitz_mean_proj"]
     assert got["training"]["eval_loss"] == 2.85 and got["training"]["eval_loss_best"] == 2.7
     assert got["training"]["eval_bpb"] == 1.9 and got["training"]["eval_bpb_best"] == 1.8
