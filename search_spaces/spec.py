@@ -145,7 +145,7 @@ class StudySpec:
         if self.trial_name:
             return self.trial_name(config)
         keys = self._arm_keys()
-        parts = [re.sub(r"[^A-Za-z0-9.+-]", "-", f"{k}-{_text(config.get(k))}") for k in keys]
+        parts = [re.sub(r"[^A-Za-z0-9_.+-]", "-", f"{k}-{_text(config.get(k))}") for k in keys]
         return "_".join([self.name, *parts]) + seed_suffix(config)
 
     @property

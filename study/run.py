@@ -430,6 +430,13 @@ def note_vs_run(spec: StudySpec, profile, overrides: dict, seeds: int, workers: 
     """study.json's "fidelity": the study's note beside this plan (spec.fidelity), each difference with its reason.
     A row that this run changes from the paper profile's plan (another profile, a --set, --seeds, more workers)
     names the change and the paper profile's value; of its own reason it keeps only one the paper profile gives too."""
+    if spec.fidelity is None and spec.source:
+        return dict(
+            note=spec.note or None,
+            rows=[],
+            text=f"{spec.name} is a study of your own ({spec.source_name}): "
+            f"no research note's settings to compare against",
+        )
     if spec.fidelity is None:
         return dict(
             note=None,

@@ -284,6 +284,7 @@ def trial_trainable(plan, study: StudyStorage, resources):
     """The Tune trainable of this plan's trials: the study's one resolve (spec.trial_config) runs in each trial,
     and the mixers a study file registered travel with it (by value: the workers never saw the file)."""
     from ray import cloudpickle
+
     from trainables.model.mixers import registered_mixers
 
     mixers = registered_mixers()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from study.catalog import STUDIES
+from study.catalog import BUILTIN
 from study.profiles import PROFILES
 from study.run import plan_trials, validate_search
 
@@ -20,7 +20,7 @@ def _plain(v):
 
 
 def _plan(name: str, profile: str) -> list[dict]:
-    spec = STUDIES[name]
+    spec = next(s for s in BUILTIN if s.name == name)
     if spec.searcher == "grid":
         rows = plan_trials(spec, PROFILES[profile], {}, 2, 1)
     else:
@@ -36,7 +36,7 @@ def _plan(name: str, profile: str) -> list[dict]:
 
 
 def test_every_builtin_study_and_profile_is_pinned():
-    assert sorted(PINNED) == sorted(f"{s}/{p}" for s in STUDIES for p in PROFILES)
+    assert sorted(PINNED) == sorted(f"{s.name}/{p}" for s in BUILTIN for p in PROFILES)
 
 
 @pytest.mark.parametrize("key", sorted(PINNED))

@@ -68,7 +68,7 @@ def _toml(tmp_path: Path, text: str, name: str = "mine.toml") -> Path:
 GOOD = QKNORM.read_text()
 
 BAD = {
-    "unknown_top_key": (GOOD + '\ncolour = "red"\n', ["mine.toml", "colour", "allowed"]),
+    "unknown_top_key": ('colour = "red"\n' + GOOD, ["mine.toml", "colour", "allowed"]),
     "unknown_base_key": (GOOD.replace("n_layer = 2", "n_layers = 2"), ["mine.toml", "[base] n_layers", "allowed"]),
     "wrong_type": (GOOD.replace("n_layer = 2", 'n_layer = "two"'), ["mine.toml", "[base] n_layer='two'", "integer"]),
     "empty_axis": (GOOD.replace("qk_norm = [true, false]", "qk_norm = []"), ["mine.toml", "axes.qk_norm", "non-empty"]),

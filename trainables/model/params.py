@@ -209,7 +209,13 @@ def nanochat_depth(
 
 
 def size_model(
-    budget: float, vocab_size: int, head_dim: int = 64, *, aspect_ratio: float = 64.0, shape_rule: str = "solver", **model_keys
+    budget: float,
+    vocab_size: int,
+    head_dim: int = 64,
+    *,
+    aspect_ratio: float = 64.0,
+    shape_rule: str = "solver",
+    **model_keys,
 ) -> Candidate:
     """The dims a budget gives: the one rule both a study's resolve and a trial config with a budget go through.
     shape_rule "solver": solve_architecture's pick nearest aspect_ratio; "nanochat": nanochat's depth rule.
