@@ -456,7 +456,7 @@ def softmax1_arms(study):
 
 
 def toeplitz_table(trials, baseline=None):
-    """Per variant: the seed's metrics (eval loss, runtime, throughput, generation speed), means over seeds."""
+    """Per variant: the note's metrics (eval loss, runtime, throughput, generation speed), means over seeds."""
     cols = [
         "val_loss",
         "val_bpb",
@@ -543,7 +543,7 @@ def probe_table(trials):
 
 
 def nanohead_analysis(study):
-    """The seed's plot: the metric against the nano-head proportion, when the study varied it."""
+    """The note's plot: the metric against the nano-head proportion, when the study varied it."""
     t, metric = study.trials, study.metric
     if not _has_values(t, "nanohead_proportion", 2) or metric not in t:
         return {}

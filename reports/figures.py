@@ -326,7 +326,7 @@ def probes(study, res):
 
 
 def nanohead(study, res):
-    """The seed's plot: metric vs nano-head proportion, values written at the points. The x axis is the share the
+    """The note's plot: metric vs nano-head proportion, values written at the points. The x axis is the share the
     split achieved (p=0.2 builds 0.1875 at 512 wide) where the trials recorded it, else the requested one."""
     rows = res.get("nanohead")
     if not rows:
@@ -438,7 +438,7 @@ TOEPLITZ_METRICS = [
 
 
 def toeplitz(study, res):
-    """The seed's comparison plots: one bar chart per metric, the four variants side by side."""
+    """The note's comparison plots: one bar chart per metric, the four variants side by side."""
     rows = res.get("toeplitz")
     metrics = [(k, label) for k, label in TOEPLITZ_METRICS if rows and any(_finite(r.get(k)) for r in rows)]
     if not metrics:

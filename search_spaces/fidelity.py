@@ -51,13 +51,16 @@ def model(g) -> str:
             f"embeddings, bias={g.bias})"
         )
     else:
-        mixer = "multi-head Toeplitz mixer" if g.mixer == "toeplitz" else "RoPE" + (", QK norm" if g.qk_norm else "")
+        attention = "RoPE" + (", QK norm" if g.qk_norm else "")
+        mixer = {"attention": attention, "toeplitz": "multi-head Toeplitz mixer"}.get(g.mixer, f"mixer {g.mixer!r}")
         cap = f"logit softcap {g.logit_softcap:g}" if g.logit_softcap else "no logit softcap"
         kind = (
             f"nanochat-style GPT ({mixer}, RMSNorm, relu^2 MLP, {'tied' if g.tie_embeddings else 'untied'} "
             f"embeddings, {cap})"
         )
-    heads = f"{g.n_head} heads of {g.n_embd // g.n_head}" if g.mixer == "attention" else f"{g.n_head} Toeplitz heads"
+    heads = {"attention": f"{g.n_head} heads of {g.n_embd // g.n_head}", "toeplitz": f"{g.n_head} Toeplitz heads"}.get(
+        g.mixer, f"mixer {g.mixer}"
+    )
     return (
         f"{kind}: {g.n_layer} layers x {g.n_embd} wide, {heads}, MLP {g.mlp_hidden}, vocab {g.vocab_size:,}, "
         f"context {g.seq_len}, dropout {g.dropout:g}"

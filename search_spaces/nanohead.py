@@ -1,4 +1,4 @@
-"""Nano heads (seed 000/001): mix 2-5 dim heads without RoPE into a nanochat GPT.
+"""Nano heads (notes 000/001): mix 2-5 dim heads without RoPE into a nanochat GPT.
 
 Hypothesis: tiny heads learn simple patterns (copy the previous token, attend to a related word) for far
 fewer parameters, so some share of nano heads (0.2-0.4) beats the baseline; 0.8 degrades.
@@ -75,7 +75,7 @@ def variant(config: dict) -> str:
 
 
 def trial_name(config: dict) -> str:
-    """nanohead_p20_d4 as in the seed: proportion in percent, then the depth."""
+    """nanohead_p20_d4 as in the note: proportion in percent, then the depth."""
     return (
         f"nanohead_{variant(config)}_d{config['n_layer']}"
         + (f"_nd{config['nanohead_dim']}" if config.get("nanohead_dim", 3) != 3 else "")

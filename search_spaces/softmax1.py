@@ -1,4 +1,4 @@
-"""softmax1 / quiet attention (seed 004): exp(x_i) / (1 + sum_j exp(x_j)) in every head, on nanoGPT's baby GPT.
+"""softmax1 / quiet attention (note 004): exp(x_i) / (1 + sum_j exp(x_j)) in every head, on nanoGPT's baby GPT.
 
 Every profile trains nanoGPT's own model (arch="nanogpt"), as the note did: no QK norm to bound the attention
 logits, so "attend to nothing" is what is tested. Pre-registered verdict: "interesting" when perplexity improves

@@ -1,4 +1,4 @@
-"""Multi-head Toeplitz mixer (seed 003, Experiment 010): 4 variants, weighted mean x projections.
+"""Multi-head Toeplitz mixer (note 003, Experiment 010): 4 variants, weighted mean x projections.
 
 Per variant: train and eval loss (final and best eval), runtime, samples/s, and generation speed with heads
 processed in parallel vs one at a time, cached vs uncached (tokens/s, mean time, speedups).

@@ -1,7 +1,7 @@
-"""Vocabulary size vs depth (seed 002): at a fixed budget split about evenly between the input embedding,
+"""Vocabulary size vs depth (note 002): at a fixed budget split about evenly between the input embedding,
 the lm_head and the blocks, which vocabulary (and so which depth/width) gives the best bits per byte?
 One rustbpe tokenizer per vocab size; tied vs untied embeddings as an axis (tied keeps the dims, so it
-has one table fewer: the seed's plan of tying later). 20 tokens per parameter at paper.
+has one table fewer: the note's plan of tying later). 20 tokens per parameter at paper.
 
 The design is the note's: 38M split 1:1:1, 64-dim heads, and its three candidates d29 x 192 at vocab 65,536,
 d4 x 512 at 24,576 and d7 x 384 at 32,768. `cpu` and `smoke` run the same three at 1/4 and 1/16 of the width,

@@ -1,7 +1,7 @@
 """Tune results + each trial's own files -> results/STUDY/trials.parquet and trials.csv (one row per trial).
 
 The row format is the contract with reports/ (see shared/DESIGN.md). Metrics are read under one name
-from the trial's metrics.jsonl, the same names train.py writes: the seed's collector read `val_bpb`
+from the trial's metrics.jsonl, the same names train.py writes: the note's collector read `val_bpb`
 where the runs logged `val/bpb` and its table came out empty; tests/study checks this end to end.
 """
 

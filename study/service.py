@@ -504,7 +504,7 @@ def _run(plan, study: StudyStorage, resuming: bool) -> int:
     failed = int((df["status"] == "failed").sum()) if len(df) else 0
     say(f"{len(df)} trials: {done} done, {failed} failed; {join(study.shown, 'trials.parquet')}")
     if not interrupted and not options.no_report:
-        build_report(study_dir, study.shown)
+        report_at_end(study_dir, study.shown)
     mark("results_end")
     if interrupted:
         # the same plan (profile, --set, ...) plus --resume: a study file's copy in study.json gives it by name
@@ -530,11 +530,12 @@ def _finished(exp_dir: Path) -> bool:
     return bool(statuses) and all(s in ("TERMINATED", "ERROR") for s in statuses)
 
 
-def build_report(study_dir: Path, shown: str):
-    from reports.build import build_report as build
+def report_at_end(study_dir: Path, shown: str):
+    """reports.build.build_report, where a failure warns instead of losing the study's results."""
+    from reports.build import build_report
 
     try:
-        out = build(study_dir)
+        out = build_report(study_dir)
         say(f"report: {join(shown, 'report.html')}")
         return out
     except Exception as e:  # a report failure must not lose the study's results

@@ -28,6 +28,10 @@ COVERED = {
     "python -m study.run vocab_depth --profile gpu --workers-per-trial 2": "needs 2 GPUs per trial (this machine has none); its plan is checked by "
     "tests/test_readme.py::test_cheap_commands_run_as_written with --dry-run",
     "python -m study.run STUDY": "the form of the commands above, not a command",
+    "python -m study.run qknorm_ab.toml --profile smoke": "tests/study/test_study_files.py::test_the_toml_study_runs_resumes_by_name_and_reports",
+    "python -m study.run qknorm_ab --profile smoke --resume": "tests/study/test_study_files.py::test_the_toml_study_runs_resumes_by_name_and_reports",
+    "python -m study.run examples/conv_mixer.py --profile smoke": "tests/study/test_study_files.py::test_the_python_study_registers_its_mixer_and_trains_it",
+    "python -m study.run examples/lr_search.toml --profile smoke": "tests/study/test_study_files.py::test_the_search_study_runs_its_space",
     "python -m reports.serve results": "tests/reports/test_reports_serve.py::test_index_lists_studies_escaped_with_links",
     "python -m study.run nanohead_search --resume --num-samples 20": "tests/study/test_study_ray.py::test_optuna_search_extended_with_more_trials",
     "wandb sync results/STUDY/wandb/offline-run-*": "uploads to wandb.ai: needs an account and the network",

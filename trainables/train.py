@@ -765,7 +765,7 @@ def probe(model: GPT, data, cfg: GPTConfig, tc: TrainConfig, device, out_dir: st
 
 @torch.no_grad()
 def generation_benchmark(model: GPT, data, tc: TrainConfig, device) -> dict:
-    """Greedy generation speed, as the Toeplitz seed's benchmark: the mixer's heads at once vs one at a time
+    """Greedy generation speed, as the Toeplitz note's benchmark: the mixer's heads at once vs one at a time
     (attention ignores the path), with the cache (each new token one position) and without (the whole context
     rerun every step). A one-token prompt per row, two warm-up runs, then the mean over gen_benchmark_runs, in
     the training's autocast dtype; on a GPU the timer waits for the queued kernels (torch.cuda.synchronize).

@@ -104,7 +104,7 @@ def test_greedy_generate_equals_repeated_forward(variant):
 
 
 def _gen_kwargs(model, variant) -> dict:
-    """generate() gets the variant's mixer_path where it takes one (the seed benchmarks both paths in generation)."""
+    """generate() gets the variant's mixer_path where it takes one (the note benchmarks both paths in generation)."""
     return variant.fwd if "mixer_path" in inspect.signature(model.generate).parameters else {}
 
 

@@ -142,7 +142,7 @@ def _total(c):
 def test_seed_formula_reproduces_the_table(vocab, depth, width, n_head, printed, shares):
     """Seed 002 counts 2 V d (untied wte + lm_head) + 12 d^2 per layer: nanochat's architecture exactly."""
     total = seed_params(vocab, depth, width)
-    assert abs(total - printed) <= 0.0005e8  # the seed prints 3 significant figures
+    assert abs(total - printed) <= 0.0005e8  # the note prints 3 significant figures
     emb = vocab * width
     got = (100 * emb / total, 100 * emb / total, 100 * (total - 2 * emb) / total)
     assert all(abs(a - b) < 0.006 for a, b in zip(got, shares)), got

@@ -227,3 +227,16 @@ def test_the_python_study_registers_its_mixer_and_trains_it(tmp_path, token_cach
     cfg = GPTConfig(**{k: v for k, v in keys.items() if not (isinstance(v, float) and pd.isna(v))})
     assert row["params_total"] == sum(p.numel() for p in build_model(cfg).parameters()) == count_params(cfg)["total"]
     assert abs(row["params_total"] - 1.6e5) / 1.6e5 <= 0.05
+
+
+@pytest.mark.ray
+def test_the_search_study_runs_its_space(tmp_path, token_cache):
+    """examples/lr_search.toml: an Optuna search of a user's own space, ASHA on, the smoke profile's 3 samples, each
+    trial sized to the smoke budget; every drawn lr and warmup lies in the file's space."""
+    proc = _run(tmp_path, token_cache, EXAMPLES / "lr_search.toml", "--profile", "smoke")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    study = tmp_path / "results" / "lr_search"
+    df = pd.read_parquet(study / "trials.parquet")
+    assert len(df) == 3 and (study / "optuna.db").exists()
+    assert df["lr"].between(1e-4, 3e-2).all() and set(df["warmup_steps"]) <= {0, 10, 30}
+    assert (abs(df["params_total"] - 1.6e5) / 1.6e5 <= 0.05).all()

@@ -108,7 +108,7 @@ def test_grid_rows_one_per_trial_all_done(grid):
 
 
 def test_grid_metrics_are_the_runs_own(grid):
-    """val_bpb is there and finite (the seed's collector read another name and came out empty), and equals
+    """val_bpb is there and finite (the note's collector read another name and came out empty), and equals
     what the trial itself logged; best <= final; every trial trained the smoke budget's tokens."""
     proc, study_dir = grid
     df = pd.read_parquet(study_dir / "trials.parquet").set_index("trial")

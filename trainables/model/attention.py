@@ -190,7 +190,7 @@ class CausalSelfAttention(nn.Module):
         q_normal, q_nano = self._heads(q, s.n_normal, s.n_nano)
         k_normal, k_nano = self._heads(k, s.n_kv_normal, s.n_kv_nano)
         v_normal, v_nano = self._heads(v, s.n_kv_normal, s.n_kv_nano)
-        # RoPE on normal heads only: nano heads are position-free by design (the seed's hypothesis).
+        # RoPE on normal heads only: nano heads are position-free by design (the note's hypothesis).
         if (
             self.cfg.qk_norm and compiled_cpu
         ):  # norm first, which inductor fuses better: RoPE, a rotation, keeps the norm

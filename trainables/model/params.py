@@ -101,7 +101,7 @@ class Candidate:
 
     @property
     def shares(self) -> dict:
-        """Fractions of the total held by the input embedding, the lm_head and the blocks (the seed's table)."""
+        """Fractions of the total held by the input embedding, the lm_head and the blocks (the note's table)."""
         t = self.params["total"]
         return {k: self.params[k] / t for k in ("embedding", "lm_head", "blocks")}
 

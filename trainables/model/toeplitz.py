@@ -15,7 +15,7 @@ zero (as in the note); toep_filter="exp" makes every weight > 0, so the sum is >
 Two paths with identical outputs, chosen per call:
   parallel:   all heads at once; a dense lower-triangular Toeplitz matmul for short sequences, an
               FFT convolution (O(S log S)) from FFT_MIN_LEN on;
-  sequential: the same computation one head at a time (the seed benchmarks both in generation).
+  sequential: the same computation one head at a time (the note benchmarks both in generation).
 """
 
 import math
