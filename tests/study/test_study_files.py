@@ -219,12 +219,9 @@ def test_the_python_study_registers_its_mixer_and_trains_it(tmp_path, token_cach
     from trainables.model import GPTConfig
 
     row = df.loc["causal_conv"]
-    keys = {
-        k: (int(row[k]) if k in ("n_layer", "n_embd", "n_head", "vocab_size") else row[k])
-        for k in GPTConfig.__dataclass_fields__
-        if k in row
-    }
-    cfg = GPTConfig(**{k: v for k, v in keys.items() if not (isinstance(v, float) and pd.isna(v))})
+    built = json.loads((tmp_path / "results" / "conv_mixer" / "trials" / row["trial"] / "config.json").read_text())
+    cfg = GPTConfig.from_dict(built["model"])
+    assert cfg.mixer == "causal_conv"
     assert row["params_total"] == sum(p.numel() for p in build_model(cfg).parameters()) == count_params(cfg)["total"]
     assert abs(row["params_total"] - 1.6e5) / 1.6e5 <= 0.05
 
