@@ -455,19 +455,23 @@ def softmax1_arms(study):
     return base, treatment
 
 
+# The Toeplitz note's metrics: eval loss, runtime, throughput, generation speed (the report shows all but the times)
+TOEPLITZ_METRICS = (
+    "val_loss",
+    "val_bpb",
+    "wall_s",
+    "samples_per_s",
+    "gen_tokens_per_s_parallel",
+    "gen_tokens_per_s_sequential",
+    "gen_speedup",
+    "gen_mean_time_parallel",
+    "gen_mean_time_sequential",
+)
+
+
 def toeplitz_table(trials, baseline=None):
-    """Per variant: the note's metrics (eval loss, runtime, throughput, generation speed), means over seeds."""
-    cols = [
-        "val_loss",
-        "val_bpb",
-        "wall_s",
-        "samples_per_s",
-        "gen_tokens_per_s_parallel",
-        "gen_tokens_per_s_sequential",
-        "gen_speedup",
-        "gen_mean_time_parallel",
-        "gen_mean_time_sequential",
-    ]
+    """Per variant: the note's metrics (TOEPLITZ_METRICS), means over seeds."""
+    cols = TOEPLITZ_METRICS
     done = trials[trials["status"] == "done"]
     rows = []
     for variant in sorted_variants(done["variant"], baseline):

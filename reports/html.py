@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.offline
 
-from reports.analyse import percent, sorted_variants
+from reports.analyse import TOEPLITZ_METRICS, percent, sorted_variants
 from reports.collect import scrub
 
 # the trials table: these first, then the config keys, then the rest, probe_* last
@@ -366,19 +366,8 @@ def toeplitz_html(study, res, figs):
     if not rows:
         return None
     body = ["<h3>Toeplitz mixer: mean x projection</h3>" + toeplitz_grid(rows)]
-    cols = ["variant", "toep_mean", "toep_proj", "n"] + [
-        c
-        for c in (
-            "val_loss",
-            "val_bpb",
-            "wall_s",
-            "samples_per_s",
-            "gen_tokens_per_s_parallel",
-            "gen_tokens_per_s_sequential",
-            "gen_speedup",
-        )
-        if any(c in r for r in rows)
-    ]
+    shown = [c for c in TOEPLITZ_METRICS if not c.startswith("gen_mean_time")]
+    cols = ["variant", "toep_mean", "toep_proj", "n"] + [c for c in shown if any(c in r for r in rows)]
     body.append(table(rows, [c for c in cols if c == "variant" or any(c in r for r in rows)]))
     if "toeplitz" in figs:
         body.append(figure_div(figs["toeplitz"]))
