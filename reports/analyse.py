@@ -621,7 +621,8 @@ def analyse_study(study):
         groups=_records(summarise_groups(t, metric, study.baseline)),
         comparisons=_records(compare_to_baseline(t, study.baseline, metric, mode)),
     )
-    if study.threshold is not None and study.baseline:
+    judged_by_a_view = any(s.judges_threshold for s in study_sections(study)[0].values())
+    if study.threshold is not None and study.baseline and not judged_by_a_view:
         out["threshold"] = dict(
             threshold=study.threshold,
             metric=metric,

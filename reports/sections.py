@@ -27,6 +27,7 @@ class Section:
     summary: Callable | None = None  # res -> lines for the summary at the top of the page
     outputs: Callable | None = None  # (trials DataFrame, study_dir) -> writes files beside trials.parquet
     shows_samples: bool = False  # the section shows the samples itself: no common Samples section
+    judges_threshold: bool = False  # the section judges the study's threshold itself (on its own ratio)
 
 
 def toeplitz_all_results(df: pd.DataFrame, study_dir):
@@ -98,6 +99,7 @@ SECTIONS = {
         figures={"softmax1": figures.softmax1},
         summary=html.softmax1_summary,
         shows_samples=True,
+        judges_threshold=True,  # the note's 5% is on perplexity, e^(loss difference), not on the bpb ratio
     ),
     "toeplitz": Section(
         title="Toeplitz mixer",

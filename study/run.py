@@ -1137,6 +1137,7 @@ def run_plan(spec: StudySpec, options: RunOptions) -> tuple[Plan, int]:
     """Plans the study, takes its folder's lock, prepares its data and runs it: (plan, exit status)."""
     plan = make_plan(spec, options)
     options = plan.options
+    print_mixer_flops(plan)
     check_address(options.address)
     check_storage_reachable(options.storage)
     if options.address in (None, "local"):

@@ -187,3 +187,24 @@ def test_view_outputs(tmp_path):
     write_outputs(df, ["toeplitz", "nope"], tmp_path)
     got = json.loads((tmp_path / "all_results.json").read_text())
     assert set(got) == set(df["trial"]) and got["mean_proj_s0"]["training"]["eval_bpb"] == pytest.approx(1.4)
+
+
+def test_softmax1_judges_its_threshold_on_perplexity_once(tmp_path):
+    """softmax1_ab's 5% is on perplexity, e^(loss difference): its view judges it, and the common threshold table
+    (a ratio of the study's metric, val_bpb) is left out rather than judging a second ratio."""
+    rows = softmax1_rows()
+    d = write_study(
+        tmp_path,
+        "softmax1_ab",
+        rows,
+        family="softmax1",
+        baseline="softmax",
+        meta_extra={"views": ["softmax1"], "threshold": 0.05},
+    )
+    page, res = _build(d)
+    assert "threshold" not in res
+    df = pd.DataFrame(rows)
+    a = df.loc[df["variant"] == "softmax", "val_loss"]
+    b = df.loc[df["variant"] == "softmax1", "val_loss"]
+    assert res["softmax1"]["ratio"] == pytest.approx(math.exp(b.mean() - a.mean()), rel=1e-9)
+    assert res["softmax1"]["threshold"] == pytest.approx(0.95)
