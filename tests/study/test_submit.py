@@ -196,6 +196,26 @@ def test_submit_follow_status_fetch(head, tmp_path):
 
 
 @pytest.mark.ray
+def test_a_study_file_outside_the_project_travels_with_its_job(head, tmp_path):
+    """The cluster never saw the file: the job carries its text and runs it by name; the study runs there."""
+    study_file = tmp_path / "elsewhere" / "qknorm_ab.toml"
+    study_file.parent.mkdir()
+    study_file.write_text((PROJECT / "examples" / "qknorm_ab.toml").read_text())
+    shared = tmp_path / "shared"
+    proc = head.submit(
+        str(study_file), "--profile", "smoke", "--output", str(shared), "--address", head.url, "--follow", timeout=240
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job = head.jobs()[re.search(r"submitted job (\S+)", proc.stdout).group(1)]
+    assert job["entrypoint"].startswith("python -m study.run qknorm_ab.toml --profile smoke")
+    assert job["metadata"]["nanostudies.study"] == "qknorm_ab"
+    trials = pd.read_parquet(shared / "qknorm_ab" / "trials.parquet")
+    assert sorted(trials["qk_norm"]) == [False, True] and set(trials["status"]) == {"done"}
+    meta = json.loads((shared / "qknorm_ab" / "study.json").read_text())
+    assert meta["study_file"]["text"] == study_file.read_text()
+
+
+@pytest.mark.ray
 def test_bad_input_and_auth_fail_here_without_submitting(head, tmp_path):
     before = set(head.jobs())
     bad_set = head.submit(
