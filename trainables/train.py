@@ -273,6 +273,31 @@ def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
     return None
 
 
+@dataclass(frozen=True)
+class Worker:
+    """This process's place in the run: its rank among `world` DDP ranks, its device and its autocast dtype."""
+
+    ddp: bool
+    rank: int
+    world: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    @classmethod
+    def current(cls, tc: TrainConfig) -> "Worker":
+        # One Ray Train worker has a process group of one: DDP would only add its hooks and a no-op all-reduce.
+        ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+        device = pick_device(tc.device)
+        return cls(ddp=ddp, rank=rank, world=world, device=device, amp_dtype=autocast_dtype(tc, device))
+
+    def autocast(self):
+        """The training's autocast: to amp_dtype, or explicitly off (fp32)."""
+        if self.amp_dtype:
+            return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, enabled=False)
+
+
 # ----------------------------------------------------------------------------- optimizer and schedule
 
 
@@ -494,6 +519,28 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the trial fails with this reason (and is not retried)."""
 
 
+@dataclass(frozen=True)
+class RunSizes:
+    """How a run's tokens divide: per micro-step (one batch on every worker), per optimizer step, and its steps."""
+
+    tokens_per_micro: int
+    tokens_per_step: int
+    grad_accum: int  # micro-steps per optimizer step
+    max_steps: int
+
+    @classmethod
+    def plan(cls, tc: TrainConfig, cfg: GPTConfig, world: int) -> "RunSizes":
+        tokens_per_micro = tc.batch_size * cfg.seq_len * world
+        tokens_per_step = tc.total_batch_tokens or tokens_per_micro
+        if tokens_per_step % tokens_per_micro:
+            raise ValueError(
+                f"TrainConfig.total_batch_tokens={tokens_per_step}: must be a multiple of batch_size x seq_len x "
+                f"workers = {tokens_per_micro}"
+            )
+        max_steps = math.ceil(tc.max_tokens / tokens_per_step) if tc.max_tokens else tc.max_steps
+        return cls(tokens_per_micro, tokens_per_step, tokens_per_step // tokens_per_micro, max_steps)
+
+
 def train(
     config: dict,
     *,
@@ -512,24 +559,13 @@ def train(
     """
     t_start = time.time()
     mark("train_start")
-    # One Ray Train worker has a process group of one: DDP would only add its hooks and a no-op all-reduce.
-    ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     tc = TrainConfig.from_dict(config)
     data = prepare_tokens(tc.corpus, tc.tokenizer)
     cfg, tc = resolve_configs(config, data.vocab_size)
-    device = pick_device(tc.device)
-    amp_dtype = autocast_dtype(tc, device)
-
-    tokens_per_micro = tc.batch_size * cfg.seq_len * world
-    total_batch = tc.total_batch_tokens or tokens_per_micro
-    if total_batch % tokens_per_micro:
-        raise ValueError(
-            f"TrainConfig.total_batch_tokens={total_batch}: must be a multiple of batch_size x seq_len x "
-            f"workers = {tokens_per_micro}"
-        )
-    grad_accum = total_batch // tokens_per_micro
-    max_steps = math.ceil(tc.max_tokens / total_batch) if tc.max_tokens else tc.max_steps
+    worker = Worker.current(tc)
+    ddp, rank, world, device, amp_dtype = worker.ddp, worker.rank, worker.world, worker.device, worker.amp_dtype
+    sizes = RunSizes.plan(tc, cfg, world)
+    total_batch, grad_accum, max_steps = sizes.tokens_per_step, sizes.grad_accum, sizes.max_steps
 
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
