@@ -23,6 +23,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -608,30 +609,7 @@ def train(
         )
     metrics_file = None
     if out_dir and rank == 0:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        built = {**cfg.to_dict(), "nanohead_share_achieved": nanohead_share(cfg)}  # what was built, as rounded
-        write_atomic(
-            Path(out_dir) / "config.json",
-            json.dumps(
-                dict(
-                    trial=config,
-                    model=built,
-                    train=asdict(tc),
-                    params=params,
-                    flops_per_token=fpt,
-                    lrs=lrs_by_role(model, optimizers),
-                    planned_steps=max_steps,
-                ),
-                indent=2,
-            ),
-        )
-        metrics_path = Path(out_dir) / "metrics.jsonl"
-        if metrics_path.exists():  # after a restore, drop evals past the checkpoint: they are about to be redone
-            evals, torn = read_jsonl(metrics_path)
-            if torn:  # a process killed while appending leaves a partial last line
-                print(f"warning: {metrics_path}: dropped {torn} torn or unreadable line(s)", file=sys.stderr)
-            write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in evals if m.get("step", 0) <= step))
-        metrics_file = open(metrics_path, "a")
+        metrics_file = open_run_files(Path(out_dir), config, cfg, tc, model, optimizers, params, fpt, max_steps, step)
 
     log(
         f"model: {params['total']:,} params ({params['non_embedding']:,} non-embedding), {cfg.n_layer} layers x {cfg.n_embd} wide, "
@@ -770,6 +748,46 @@ def train(
         metrics_file.close()
     mark("train_end")
     return last
+
+
+def open_run_files(
+    out_dir: Path,
+    config: dict,
+    cfg: GPTConfig,
+    tc: TrainConfig,
+    model: GPT,
+    optimizers: list[torch.optim.Optimizer],
+    params: dict,
+    fpt: float,
+    max_steps: int,
+    step: int,
+) -> TextIO:
+    """Writes config.json (the trial, what was built, its lrs and planned steps) and opens metrics.jsonl to append
+    the evals from `step` on."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    built = {**cfg.to_dict(), "nanohead_share_achieved": nanohead_share(cfg)}  # what was built, as rounded
+    write_atomic(
+        out_dir / "config.json",
+        json.dumps(
+            dict(
+                trial=config,
+                model=built,
+                train=asdict(tc),
+                params=params,
+                flops_per_token=fpt,
+                lrs=lrs_by_role(model, optimizers),
+                planned_steps=max_steps,
+            ),
+            indent=2,
+        ),
+    )
+    metrics_path = out_dir / "metrics.jsonl"
+    if metrics_path.exists():  # after a restore, drop evals past the checkpoint: they are about to be redone
+        evals, torn = read_jsonl(metrics_path)
+        if torn:  # a process killed while appending leaves a partial last line
+            print(f"warning: {metrics_path}: dropped {torn} torn or unreadable line(s)", file=sys.stderr)
+        write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in evals if m.get("step", 0) <= step))
+    return open(metrics_path, "a")
 
 
 def nanohead_share(cfg: GPTConfig) -> float:
