@@ -388,6 +388,17 @@ def weight_decay_multiplier(step: int, tc: TrainConfig, max_steps: int) -> float
     return 1.0 - step / max_steps if tc.wd_schedule == "linear" else 1.0
 
 
+def apply_schedule(optimizers: list[torch.optim.Optimizer], step: int, tc: TrainConfig, max_steps: int):
+    """Sets every group's lr and weight decay to its initial one x the schedule at `step`, and Muon's momentum."""
+    lrm, wdm = lr_multiplier(step, tc, max_steps), weight_decay_multiplier(step, tc, max_steps)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+            group["weight_decay"] = group["initial_weight_decay"] * wdm
+            if "momentum" in group:  # Muon
+                group["momentum"] = muon_momentum(step, tc)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -566,7 +577,7 @@ def train(
     worker = Worker.current(tc)
     ddp, rank, world, device, amp_dtype = worker.ddp, worker.rank, worker.world, worker.device, worker.amp_dtype
     sizes = RunSizes.plan(tc, cfg, world)
-    total_batch, grad_accum, max_steps = sizes.tokens_per_step, sizes.grad_accum, sizes.max_steps
+    total_batch, max_steps = sizes.tokens_per_step, sizes.max_steps
 
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
@@ -666,37 +677,9 @@ def train(
     train_losses, grad_norms, t_window, tokens_window = [], [], time.time(), 0
     last = {}
     while step < max_steps:
-        lrm, wdm = lr_multiplier(step, tc, max_steps), weight_decay_multiplier(step, tc, max_steps)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * lrm
-                group["weight_decay"] = group["initial_weight_decay"] * wdm
-                if "momentum" in group:  # Muon
-                    group["momentum"] = muon_momentum(step, tc)
-        loss_sum = 0.0
-        for micro in range(grad_accum):
-            x, y = next(loader)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            sync = not ddp or micro == grad_accum - 1  # all-reduce once per optimizer step
-            ctx = train_model.no_sync() if ddp and not sync else nullcontext()
-            with ctx, autocast():
-                loss = train_model(x, y)
-            (loss / grad_accum).backward()
-            loss_sum += loss.detach()
-        if ddp:  # one scalar: every rank logs the same loss and stops at the same step if it diverges
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        loss_value = float(loss_sum) / grad_accum
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(f"loss became {loss_value} at step {step}")
-        # Pre-clip norm (clip at inf only measures), for the stability probes.
-        grad_norm = float(
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-        )
+        loss_value, grad_norm = optimizer_step(model, train_model, optimizers, loader, step, tc, sizes, worker)
         stability.update(loss_value, grad_norm)
         grad_norms.append(grad_norm)
-        for opt in optimizers:
-            opt.step()
-        model.zero_grad(set_to_none=True)
         step += 1
         if step == 1:
             mark("first_step")
@@ -748,6 +731,44 @@ def train(
         metrics_file.close()
     mark("train_end")
     return last
+
+
+def optimizer_step(
+    model: GPT,
+    train_model: torch.nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    loader: TokenLoader,
+    step: int,
+    tc: TrainConfig,
+    sizes: RunSizes,
+    worker: Worker,
+) -> tuple[float, float]:
+    """One optimizer step at `step`'s lr, weight decay and momentum over grad_accum micro-batches (train_model: the
+    model as compiled and DDP-wrapped); returns the mean loss over every rank and the pre-clip gradient norm."""
+    apply_schedule(optimizers, step, tc, sizes.max_steps)
+    loss_sum = 0.0
+    for micro in range(sizes.grad_accum):
+        x, y = next(loader)
+        x, y = x.to(worker.device, non_blocking=True), y.to(worker.device, non_blocking=True)
+        sync = not worker.ddp or micro == sizes.grad_accum - 1  # all-reduce once per optimizer step
+        ctx = train_model.no_sync() if worker.ddp and not sync else nullcontext()
+        with ctx, worker.autocast():
+            loss = train_model(x, y)
+        (loss / sizes.grad_accum).backward()
+        loss_sum += loss.detach()
+    if worker.ddp:  # one scalar: every rank logs the same loss and stops at the same step if it diverges
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+    loss_value = float(loss_sum) / sizes.grad_accum
+    if not math.isfinite(loss_value):
+        raise TrainingDiverged(f"loss became {loss_value} at step {step}")
+    # Pre-clip norm (clip at inf only measures), for the stability probes.
+    grad_norm = float(
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+    )
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return loss_value, grad_norm
 
 
 def open_run_files(
