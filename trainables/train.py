@@ -634,7 +634,7 @@ def train(
     train_model = training_model(model, tc, worker)
     metrics_file = None
     if out_dir and worker.rank == 0:
-        metrics_file = open_run_files(Path(out_dir), config, cfg, tc, model, optimizers, params, fpt, sizes, progress)
+        metrics_file = open_run_files(out_dir, config, cfg, tc, model, optimizers, params, fpt, sizes, progress.step)
     log(describe_run(cfg, params, sizes, worker))
 
     model.train()
@@ -700,6 +700,47 @@ def training_model(model: GPT, tc: TrainConfig, worker: Worker) -> torch.nn.Modu
     return train_model
 
 
+def open_run_files(
+    out_dir: str,
+    config: dict,
+    cfg: GPTConfig,
+    tc: TrainConfig,
+    model: GPT,
+    optimizers: list[torch.optim.Optimizer],
+    params: dict,
+    fpt: float,
+    sizes: RunSizes,
+    step: int,
+) -> TextIO:
+    """Writes config.json (the trial, what was built, its lrs and planned steps) and opens metrics.jsonl to append
+    to, with only its evals up to `step` kept."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    built = {**cfg.to_dict(), "nanohead_share_achieved": nanohead_share(cfg)}  # what was built, as rounded
+    write_atomic(
+        out / "config.json",
+        json.dumps(
+            dict(
+                trial=config,
+                model=built,
+                train=asdict(tc),
+                params=params,
+                flops_per_token=fpt,
+                lrs=lrs_by_role(model, optimizers),
+                planned_steps=sizes.max_steps,
+            ),
+            indent=2,
+        ),
+    )
+    metrics_path = out / "metrics.jsonl"
+    if metrics_path.exists():  # after a restore, drop evals past the checkpoint: they are about to be redone
+        evals, torn = read_jsonl(metrics_path)
+        if torn:  # a process killed while appending leaves a partial last line
+            print(f"warning: {metrics_path}: dropped {torn} torn or unreadable line(s)", file=sys.stderr)
+        write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in evals if m.get("step", 0) <= step))
+    return open(metrics_path, "a")
+
+
 def describe_run(cfg: GPTConfig, params: dict, sizes: RunSizes, worker: Worker) -> str:
     """The log's one line about the run before its first step."""
     return (
@@ -745,46 +786,6 @@ def optimizer_step(
         opt.step()
     model.zero_grad(set_to_none=True)
     return loss_value, grad_norm
-
-
-def open_run_files(
-    out_dir: Path,
-    config: dict,
-    cfg: GPTConfig,
-    tc: TrainConfig,
-    model: GPT,
-    optimizers: list[torch.optim.Optimizer],
-    params: dict,
-    fpt: float,
-    sizes: RunSizes,
-    progress: Progress,
-) -> TextIO:
-    """Writes config.json (the trial, what was built, its lrs and planned steps) and opens metrics.jsonl to append
-    the evals from the progress' step on."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    built = {**cfg.to_dict(), "nanohead_share_achieved": nanohead_share(cfg)}  # what was built, as rounded
-    write_atomic(
-        out_dir / "config.json",
-        json.dumps(
-            dict(
-                trial=config,
-                model=built,
-                train=asdict(tc),
-                params=params,
-                flops_per_token=fpt,
-                lrs=lrs_by_role(model, optimizers),
-                planned_steps=sizes.max_steps,
-            ),
-            indent=2,
-        ),
-    )
-    metrics_path = out_dir / "metrics.jsonl"
-    if metrics_path.exists():  # after a restore, drop evals past the checkpoint: they are about to be redone
-        evals, torn = read_jsonl(metrics_path)
-        if torn:  # a process killed while appending leaves a partial last line
-            print(f"warning: {metrics_path}: dropped {torn} torn or unreadable line(s)", file=sys.stderr)
-        write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in evals if m.get("step", 0) <= progress.step))
-    return open(metrics_path, "a")
 
 
 def evaluate(model: GPT, data, tc: TrainConfig, cfg: GPTConfig, worker: Worker) -> dict:
