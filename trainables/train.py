@@ -23,6 +23,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -273,6 +274,31 @@ def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
     return None
 
 
+@dataclass(frozen=True)
+class Worker:
+    """This process's place in the run: its rank among `world` DDP ranks, its device and its autocast dtype."""
+
+    ddp: bool
+    rank: int
+    world: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    @classmethod
+    def current(cls, tc: TrainConfig) -> "Worker":
+        # One Ray Train worker has a process group of one: DDP would only add its hooks and a no-op all-reduce.
+        ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+        device = pick_device(tc.device)
+        return cls(ddp=ddp, rank=rank, world=world, device=device, amp_dtype=autocast_dtype(tc, device))
+
+    def autocast(self):
+        """The training's autocast: to amp_dtype, or explicitly off (fp32)."""
+        if self.amp_dtype:
+            return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, enabled=False)
+
+
 # ----------------------------------------------------------------------------- optimizer and schedule
 
 
@@ -360,6 +386,17 @@ def muon_momentum(step: int, tc: TrainConfig) -> float:
 def weight_decay_multiplier(step: int, tc: TrainConfig, max_steps: int) -> float:
     """1, or (linear) 1 - step / max_steps: nanochat's Muon decay, which reaches 0 at the end of training."""
     return 1.0 - step / max_steps if tc.wd_schedule == "linear" else 1.0
+
+
+def apply_schedule(optimizers: list[torch.optim.Optimizer], step: int, tc: TrainConfig, max_steps: int):
+    """Sets every group's lr and weight decay to its initial one x the schedule at `step`, and Muon's momentum."""
+    lrm, wdm = lr_multiplier(step, tc, max_steps), weight_decay_multiplier(step, tc, max_steps)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+            group["weight_decay"] = group["initial_weight_decay"] * wdm
+            if "momentum" in group:  # Muon
+                group["momentum"] = muon_momentum(step, tc)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -494,6 +531,66 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the trial fails with this reason (and is not retried)."""
 
 
+@dataclass(frozen=True)
+class RunSizes:
+    """How a run's tokens divide: per micro-step (one batch on every worker), per optimizer step, and its steps."""
+
+    tokens_per_micro: int
+    tokens_per_step: int
+    grad_accum: int  # micro-steps per optimizer step
+    max_steps: int
+
+    @classmethod
+    def plan(cls, tc: TrainConfig, cfg: GPTConfig, world: int) -> "RunSizes":
+        tokens_per_micro = tc.batch_size * cfg.seq_len * world
+        tokens_per_step = tc.total_batch_tokens or tokens_per_micro
+        if tokens_per_step % tokens_per_micro:
+            raise ValueError(
+                f"TrainConfig.total_batch_tokens={tokens_per_step}: must be a multiple of batch_size x seq_len x "
+                f"workers = {tokens_per_micro}"
+            )
+        max_steps = math.ceil(tc.max_tokens / tokens_per_step) if tc.max_tokens else tc.max_steps
+        return cls(tokens_per_micro, tokens_per_step, tokens_per_step // tokens_per_micro, max_steps)
+
+
+@dataclass
+class Progress:
+    """How far the run has come: what a checkpoint records beside the weights, optimizers, data position and RNG."""
+
+    started: float  # time.time() when this process called train()
+    step: int = 0
+    tokens: int = 0
+    wall_before: float = 0.0  # the run's wall seconds before this process (a restored run's earlier ones)
+    best_val_bpb: float = math.inf
+    best_val_loss: float = math.inf  # the best eval's loss (the Toeplitz note reports its best checkpoint's eval loss)
+
+    def wall_s(self) -> float:
+        return time.time() - self.started + self.wall_before
+
+    def add_eval(self, val: dict):
+        self.best_val_bpb = min(self.best_val_bpb, val["val_bpb"])
+        # The same eval as best_val_bpb: one val set, bpb a fixed multiple of loss.
+        self.best_val_loss = min(self.best_val_loss, val["val_loss"])
+
+
+@dataclass
+class Window:
+    """The steps since the last eval: an eval reports their mean loss and gradient norm and their speed."""
+
+    started: float = field(default_factory=time.time)
+    tokens: int = 0
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+
+    def add(self, loss: float, grad_norm: float, tokens: int):
+        self.losses.append(loss)
+        self.grad_norms.append(grad_norm)
+        self.tokens += tokens
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / (time.time() - self.started)
+
+
 def train(
     config: dict,
     *,
@@ -512,228 +609,288 @@ def train(
     """
     t_start = time.time()
     mark("train_start")
-    # One Ray Train worker has a process group of one: DDP would only add its hooks and a no-op all-reduce.
-    ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     tc = TrainConfig.from_dict(config)
     data = prepare_tokens(tc.corpus, tc.tokenizer)
     cfg, tc = resolve_configs(config, data.vocab_size)
-    device = pick_device(tc.device)
-    amp_dtype = autocast_dtype(tc, device)
+    worker = Worker.current(tc)
+    sizes = RunSizes.plan(tc, cfg, worker.world)
+    model, optimizers, loader = build_run(cfg, tc, data, worker)
+    params, fpt = count_params(cfg), flops_per_token(cfg)
+    peak = peak_flops(worker.device) * worker.world
 
-    tokens_per_micro = tc.batch_size * cfg.seq_len * world
-    total_batch = tc.total_batch_tokens or tokens_per_micro
-    if total_batch % tokens_per_micro:
-        raise ValueError(
-            f"TrainConfig.total_batch_tokens={total_batch}: must be a multiple of batch_size x seq_len x "
-            f"workers = {tokens_per_micro}"
-        )
-    grad_accum = total_batch // tokens_per_micro
-    max_steps = math.ceil(tc.max_tokens / total_batch) if tc.max_tokens else tc.max_steps
-
-    torch.manual_seed(tc.seed)
-    random.seed(tc.seed)
-    np.random.seed(tc.seed)
-    model = build_model(cfg).to(device)
-    optimizers = build_optimizers(model, tc)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["initial_lr"], group["initial_weight_decay"] = group["lr"], group["weight_decay"]
-    loader = TokenLoader(data, tc.batch_size, cfg.seq_len, rank=rank, world_size=world, seed=tc.seed)
-    params = count_params(cfg)
-    fpt = flops_per_token(cfg)
-    peak = peak_flops(device) * world
-
-    step, tokens, wall_before, best_bpb = 0, 0, 0.0, math.inf
-    best_loss = math.inf  # the best eval's loss (the Toeplitz note reports its best checkpoint's eval loss)
-    stability = Stability()
+    progress, stability = Progress(started=t_start), Stability()
     if restore:
-        state = TrainState.load(restore, device)
-        state.restore(model, optimizers, loader, stability, rank)
-        step, tokens, wall_before, best_bpb, best_loss = (
-            state.step,
-            state.tokens,
-            state.wall_s,
-            state.best_val_bpb,
-            state.best_val_loss,
-        )
-        log(f"resumed from step {step} ({tokens:,} tokens)")
-        if step >= max_steps and report is not None:
+        state = TrainState.load(restore, worker.device)
+        state.restore(model, optimizers, loader, stability, worker.rank)
+        progress = Progress(t_start, state.step, state.tokens, state.wall_s, state.best_val_bpb, state.best_val_loss)
+        log(f"resumed from step {progress.step} ({progress.tokens:,} tokens)")
+        if progress.step >= sizes.max_steps and report is not None:
             # A run restored from its last checkpoint has nothing left to train, but its caller still needs the
             # final result: Tune can start a finished trial again after a crash (its searcher's saved state
             # older than its trials'), and fails a trial whose run reports nothing.
             report(state.metrics, None)
             return state.metrics
 
-    train_model = torch.compile(model) if tc.compile else model
-    if ddp:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    train_model = training_model(model, tc, worker)
     metrics_file = None
-    if out_dir and rank == 0:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        built = {**cfg.to_dict(), "nanohead_share_achieved": nanohead_share(cfg)}  # what was built, as rounded
-        write_atomic(
-            Path(out_dir) / "config.json",
-            json.dumps(
-                dict(
-                    trial=config,
-                    model=built,
-                    train=asdict(tc),
-                    params=params,
-                    flops_per_token=fpt,
-                    lrs=lrs_by_role(model, optimizers),
-                    planned_steps=max_steps,
-                ),
-                indent=2,
-            ),
-        )
-        metrics_path = Path(out_dir) / "metrics.jsonl"
-        if metrics_path.exists():  # after a restore, drop evals past the checkpoint: they are about to be redone
-            evals, torn = read_jsonl(metrics_path)
-            if torn:  # a process killed while appending leaves a partial last line
-                print(f"warning: {metrics_path}: dropped {torn} torn or unreadable line(s)", file=sys.stderr)
-            write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in evals if m.get("step", 0) <= step))
-        metrics_file = open(metrics_path, "a")
-
-    log(
-        f"model: {params['total']:,} params ({params['non_embedding']:,} non-embedding), {cfg.n_layer} layers x {cfg.n_embd} wide, "
-        f"{cfg.arch} mixer={cfg.mixer}{' softmax1' if cfg.softmax1 else ''}{f' nano p={cfg.nanohead_proportion}' if cfg.nanohead_proportion else ''}; "
-        f"{max_steps} steps x {total_batch:,} tokens on {world} x {device.type}{' bf16' if amp_dtype else ''}"
-    )
-
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else torch.autocast(device.type, enabled=False)
-
-    def evaluate() -> dict:
-        model.eval()
-        with autocast():
-            result = evaluate_bpb(
-                model,
-                data,
-                tc.batch_size,
-                cfg.seq_len,
-                max_batches=tc.eval_batches,
-                device=device,
-                rank=rank,
-                world_size=world,
-            )  # ranks split the val windows, sums all-reduced
-        model.train()
-        return {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"]}
-
-    def emit(metrics: dict):
-        line = json.dumps(metrics)
-        checkpoint_dir = None
-        if tc.checkpoint and report is not None:
-            with span("checkpoint"):
-                state = TrainState.capture(
-                    model,
-                    optimizers,
-                    loader,
-                    stability,
-                    ddp=ddp,
-                    step=step,
-                    tokens=tokens,
-                    wall_s=time.time() - t_start + wall_before,
-                    best_val_bpb=best_bpb,
-                    best_val_loss=best_loss,
-                    metrics=json.loads(line),
-                )  # plain types: weights_only loads them
-                checkpoint_dir = state.save(tempfile.mkdtemp(prefix="ckpt_")) if state else None
-        if metrics_file:
-            metrics_file.write(line + "\n")
-            metrics_file.flush()
-        if report is not None:
-            with span("report", checkpoint=checkpoint_dir is not None):
-                report(metrics, checkpoint_dir)
+    if out_dir and worker.rank == 0:
+        metrics_file = open_run_files(out_dir, config, cfg, tc, model, optimizers, params, fpt, sizes, progress.step)
+    log(describe_run(cfg, params, sizes, worker))
 
     model.train()
-    train_losses, grad_norms, t_window, tokens_window = [], [], time.time(), 0
-    last = {}
-    while step < max_steps:
-        lrm, wdm = lr_multiplier(step, tc, max_steps), weight_decay_multiplier(step, tc, max_steps)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * lrm
-                group["weight_decay"] = group["initial_weight_decay"] * wdm
-                if "momentum" in group:  # Muon
-                    group["momentum"] = muon_momentum(step, tc)
-        loss_sum = 0.0
-        for micro in range(grad_accum):
-            x, y = next(loader)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            sync = not ddp or micro == grad_accum - 1  # all-reduce once per optimizer step
-            ctx = train_model.no_sync() if ddp and not sync else nullcontext()
-            with ctx, autocast():
-                loss = train_model(x, y)
-            (loss / grad_accum).backward()
-            loss_sum += loss.detach()
-        if ddp:  # one scalar: every rank logs the same loss and stops at the same step if it diverges
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        loss_value = float(loss_sum) / grad_accum
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(f"loss became {loss_value} at step {step}")
-        # Pre-clip norm (clip at inf only measures), for the stability probes.
-        grad_norm = float(
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-        )
-        stability.update(loss_value, grad_norm)
-        grad_norms.append(grad_norm)
-        for opt in optimizers:
-            opt.step()
-        model.zero_grad(set_to_none=True)
-        step += 1
-        if step == 1:
+    window, last = Window(), {}
+    while progress.step < sizes.max_steps:
+        loss, grad_norm = optimizer_step(model, train_model, optimizers, loader, progress.step, tc, sizes, worker)
+        stability.update(loss, grad_norm)
+        progress.step += 1
+        if progress.step == 1:
             mark("first_step")
-        tokens += total_batch
-        tokens_window += total_batch
-        train_losses.append(loss_value)
-        if step % tc.eval_every == 0 or step == max_steps:
-            dt = time.time() - t_window
-            tok_s = tokens_window / dt
-            val = evaluate()
-            best_bpb = min(best_bpb, val["val_bpb"])
-            best_loss = min(
-                best_loss, val["val_loss"]
-            )  # the same eval as best_bpb: one val set, bpb a fixed multiple of loss
-            last = dict(
-                step=step,
-                tokens=tokens,
-                train_loss=float(np.mean(train_losses)),
-                **val,
-                best_val_bpb=best_bpb,
-                best_val_loss=best_loss,
-                lr=optimizers[-1].param_groups[-1]["lr"],
-                tokens_per_s=tok_s,
-                mfu=tok_s * fpt / peak,
-                params_total=params["total"],
-                params_non_embedding=params["non_embedding"],
-                flops_per_token=fpt,
-                flops=fpt * tokens,
-                wall_s=time.time() - t_start + wall_before,
-            )
-            last["samples_per_s"] = tok_s / cfg.seq_len
-            last.update(grad_norm=float(np.mean(grad_norms)), **stability.metrics())
-            if ddp:
+        progress.tokens += sizes.tokens_per_step
+        window.add(loss, grad_norm, sizes.tokens_per_step)
+        if progress.step % tc.eval_every == 0 or progress.step == sizes.max_steps:
+            tok_s = window.tokens_per_s()  # taken before the eval: the speed of training alone
+            val = evaluate(model, data, tc, cfg, worker)
+            progress.add_eval(val)
+            last = eval_record(progress, window, tok_s, val, optimizers, stability, params, fpt, peak, cfg.seq_len)
+            if worker.ddp:
                 last["param_sync_err"] = param_sync_error(model)
-            if step == max_steps and tc.gen_benchmark_tokens and rank == 0:
-                last.update(generation_benchmark(model, data, tc, device))
-            if step == max_steps and tc.probes and rank == 0:
-                last.update(probe(model, data, cfg, tc, device, out_dir))
+            if progress.step == sizes.max_steps and worker.rank == 0:
+                last.update(final_measurements(model, data, cfg, tc, worker.device, out_dir))
             log(
-                f"step {step}/{max_steps} | train {last['train_loss']:.4f} | val bpb {val['val_bpb']:.4f} | "
-                f"{tok_s:,.0f} tok/s | mfu {last['mfu']:.1%}"
+                f"step {progress.step}/{sizes.max_steps} | train {last['train_loss']:.4f} | "
+                f"val bpb {val['val_bpb']:.4f} | {tok_s:,.0f} tok/s | mfu {last['mfu']:.1%}"
             )
-            emit(last)
-            train_losses, grad_norms, t_window, tokens_window = [], [], time.time(), 0
+            checkpoint_dir = None
+            if tc.checkpoint and report is not None:
+                checkpoint_dir = save_checkpoint(model, optimizers, loader, stability, worker, progress, last)
+            emit(last, checkpoint_dir, metrics_file, report)
+            window = Window()
 
-    if tc.sample_tokens and rank == 0 and out_dir:
-        write_samples(model, data, tc, cfg, device, Path(out_dir) / "samples.json")
+    if tc.sample_tokens and worker.rank == 0 and out_dir:
+        write_samples(model, data, tc, cfg, worker.device, Path(out_dir) / "samples.json")
     if metrics_file:
         metrics_file.close()
     mark("train_end")
     return last
+
+
+def build_run(
+    cfg: GPTConfig, tc: TrainConfig, data, worker: Worker
+) -> tuple[GPT, list[torch.optim.Optimizer], TokenLoader]:
+    """The model, its optimizers and this rank's loader, built after seeding every RNG with the run's seed."""
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+    np.random.seed(tc.seed)
+    model = build_model(cfg).to(worker.device)
+    optimizers = build_optimizers(model, tc)
+    for opt in optimizers:  # what apply_schedule scales
+        for group in opt.param_groups:
+            group["initial_lr"], group["initial_weight_decay"] = group["lr"], group["weight_decay"]
+    loader = TokenLoader(data, tc.batch_size, cfg.seq_len, rank=worker.rank, world_size=worker.world, seed=tc.seed)
+    return model, optimizers, loader
+
+
+def training_model(model: GPT, tc: TrainConfig, worker: Worker) -> torch.nn.Module:
+    """The model as the steps run it: compiled if asked, wrapped in DDP across ranks (evals use `model` itself)."""
+    train_model = torch.compile(model) if tc.compile else model
+    if worker.ddp:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[worker.device.index] if worker.device.type == "cuda" else None
+        )
+    return train_model
+
+
+def open_run_files(
+    out_dir: str,
+    config: dict,
+    cfg: GPTConfig,
+    tc: TrainConfig,
+    model: GPT,
+    optimizers: list[torch.optim.Optimizer],
+    params: dict,
+    fpt: float,
+    sizes: RunSizes,
+    step: int,
+) -> TextIO:
+    """Writes config.json (the trial, what was built, its lrs and planned steps) and opens metrics.jsonl to append
+    to, with only its evals up to `step` kept."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    built = {**cfg.to_dict(), "nanohead_share_achieved": nanohead_share(cfg)}  # what was built, as rounded
+    write_atomic(
+        out / "config.json",
+        json.dumps(
+            dict(
+                trial=config,
+                model=built,
+                train=asdict(tc),
+                params=params,
+                flops_per_token=fpt,
+                lrs=lrs_by_role(model, optimizers),
+                planned_steps=sizes.max_steps,
+            ),
+            indent=2,
+        ),
+    )
+    metrics_path = out / "metrics.jsonl"
+    if metrics_path.exists():  # after a restore, drop evals past the checkpoint: they are about to be redone
+        evals, torn = read_jsonl(metrics_path)
+        if torn:  # a process killed while appending leaves a partial last line
+            print(f"warning: {metrics_path}: dropped {torn} torn or unreadable line(s)", file=sys.stderr)
+        write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in evals if m.get("step", 0) <= step))
+    return open(metrics_path, "a")
+
+
+def describe_run(cfg: GPTConfig, params: dict, sizes: RunSizes, worker: Worker) -> str:
+    """The log's one line about the run before its first step."""
+    return (
+        f"model: {params['total']:,} params ({params['non_embedding']:,} non-embedding), {cfg.n_layer} layers x {cfg.n_embd} wide, "
+        f"{cfg.arch} mixer={cfg.mixer}{' softmax1' if cfg.softmax1 else ''}{f' nano p={cfg.nanohead_proportion}' if cfg.nanohead_proportion else ''}; "
+        f"{sizes.max_steps} steps x {sizes.tokens_per_step:,} tokens on {worker.world} x {worker.device.type}{' bf16' if worker.amp_dtype else ''}"
+    )
+
+
+def optimizer_step(
+    model: GPT,
+    train_model: torch.nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    loader: TokenLoader,
+    step: int,
+    tc: TrainConfig,
+    sizes: RunSizes,
+    worker: Worker,
+) -> tuple[float, float]:
+    """One optimizer step at `step`'s lr, weight decay and momentum over grad_accum micro-batches (train_model: the
+    model as compiled and DDP-wrapped); returns the mean loss over every rank and the pre-clip gradient norm."""
+    apply_schedule(optimizers, step, tc, sizes.max_steps)
+    loss_sum = 0.0
+    for micro in range(sizes.grad_accum):
+        x, y = next(loader)
+        x, y = x.to(worker.device, non_blocking=True), y.to(worker.device, non_blocking=True)
+        sync = not worker.ddp or micro == sizes.grad_accum - 1  # all-reduce once per optimizer step
+        ctx = train_model.no_sync() if worker.ddp and not sync else nullcontext()
+        with ctx, worker.autocast():
+            loss = train_model(x, y)
+        (loss / sizes.grad_accum).backward()
+        loss_sum += loss.detach()
+    if worker.ddp:  # one scalar: every rank logs the same loss and stops at the same step if it diverges
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+    loss_value = float(loss_sum) / sizes.grad_accum
+    if not math.isfinite(loss_value):
+        raise TrainingDiverged(f"loss became {loss_value} at step {step}")
+    # Pre-clip norm (clip at inf only measures), for the stability probes.
+    grad_norm = float(
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+    )
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return loss_value, grad_norm
+
+
+def evaluate(model: GPT, data, tc: TrainConfig, cfg: GPTConfig, worker: Worker) -> dict:
+    """val_loss and val_bpb over eval_batches; the ranks split the val windows and all-reduce the sums."""
+    model.eval()
+    with worker.autocast():
+        result = evaluate_bpb(
+            model,
+            data,
+            tc.batch_size,
+            cfg.seq_len,
+            max_batches=tc.eval_batches,
+            device=worker.device,
+            rank=worker.rank,
+            world_size=worker.world,
+        )
+    model.train()
+    return {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"]}
+
+
+def eval_record(
+    progress: Progress,
+    window: Window,
+    tok_s: float,
+    val: dict,
+    optimizers: list[torch.optim.Optimizer],
+    stability: Stability,
+    params: dict,
+    fpt: float,
+    peak: float,
+    seq_len: int,
+) -> dict:
+    """One eval's metrics as metrics.jsonl and the report carry them: where the run is, its losses since the last
+    eval and now, its speed, the model's size and cost, and the stability counts so far."""
+    return dict(
+        step=progress.step,
+        tokens=progress.tokens,
+        train_loss=float(np.mean(window.losses)),
+        **val,
+        best_val_bpb=progress.best_val_bpb,
+        best_val_loss=progress.best_val_loss,
+        lr=optimizers[-1].param_groups[-1]["lr"],  # the matrices' (their group is built last)
+        tokens_per_s=tok_s,
+        mfu=tok_s * fpt / peak,
+        params_total=params["total"],
+        params_non_embedding=params["non_embedding"],
+        flops_per_token=fpt,
+        flops=fpt * progress.tokens,
+        wall_s=progress.wall_s(),
+        samples_per_s=tok_s / seq_len,
+        grad_norm=float(np.mean(window.grad_norms)),
+        **stability.metrics(),
+    )
+
+
+def final_measurements(model: GPT, data, cfg: GPTConfig, tc: TrainConfig, device, out_dir: str | None) -> dict:
+    """What the last eval adds on rank 0, as the config asks: generation speed, then the probes."""
+    out = {}
+    if tc.gen_benchmark_tokens:
+        out.update(generation_benchmark(model, data, tc, device))
+    if tc.probes:
+        out.update(probe(model, data, cfg, tc, device, out_dir))
+    return out
+
+
+def save_checkpoint(
+    model: GPT,
+    optimizers: list[torch.optim.Optimizer],
+    loader: TokenLoader,
+    stability: Stability,
+    worker: Worker,
+    progress: Progress,
+    metrics: dict,
+) -> str | None:
+    """Every rank calls it; rank 0 saves the TrainState to a fresh directory and returns it, the others None."""
+    with span("checkpoint"):
+        state = TrainState.capture(
+            model,
+            optimizers,
+            loader,
+            stability,
+            ddp=worker.ddp,
+            step=progress.step,
+            tokens=progress.tokens,
+            wall_s=progress.wall_s(),
+            best_val_bpb=progress.best_val_bpb,
+            best_val_loss=progress.best_val_loss,
+            metrics=json.loads(json.dumps(metrics)),  # plain types, as reported: weights_only loads them
+        )
+        return state.save(tempfile.mkdtemp(prefix="ckpt_")) if state else None
+
+
+def emit(
+    metrics: dict,
+    checkpoint_dir: str | None,
+    metrics_file: TextIO | None,
+    report: Callable[[dict, str | None], None] | None,
+):
+    """One eval out: a line of metrics.jsonl (rank 0's), then the report with its checkpoint (every rank)."""
+    if metrics_file:
+        metrics_file.write(json.dumps(metrics) + "\n")
+        metrics_file.flush()
+    if report is not None:
+        with span("report", checkpoint=checkpoint_dir is not None):
+            report(metrics, checkpoint_dir)
 
 
 def nanohead_share(cfg: GPTConfig) -> float:
