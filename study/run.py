@@ -333,13 +333,16 @@ def _describe_domain(domain) -> str:
 
 
 def _tokens_per_step(tc, gpt, workers: int) -> int:
-    return tc.total_batch_tokens or tc.batch_size * gpt.seq_len * workers
+    from trainables.train import RunSizes
+
+    return RunSizes.plan(tc, gpt, workers).tokens_per_step
 
 
 def _planned_tokens(tc, gpt, workers: int) -> int:
-    per_step = _tokens_per_step(tc, gpt, workers)
-    steps = math.ceil(tc.max_tokens / per_step) if tc.max_tokens else tc.max_steps
-    return steps * per_step
+    from trainables.train import RunSizes
+
+    sizes = RunSizes.plan(tc, gpt, workers)  # as the run divides its tokens
+    return sizes.max_steps * sizes.tokens_per_step
 
 
 @functools.cache
