@@ -94,6 +94,24 @@ def build_parser(spec: StudySpec | None = None) -> argparse.ArgumentParser:
         help="tracking: offline runs in the study dir (default), online needs WANDB_API_KEY",
     )
     ap.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the study dir)")
+    ap.add_argument(
+        "--mde",
+        type=float,
+        default=None,
+        metavar="D",
+        help="the seed planner: seeds per arm to detect a difference D in the metric's units (e.g. 0.01 bpb), from "
+        "a pilot's noise; printed after the --dry-run table, or before a run",
+    )
+    ap.add_argument(
+        "--pilot",
+        default=None,
+        metavar="DIR",
+        help="an earlier run of the study to measure the noise in (default: OUTPUT/STUDY, with 2+ seeds an arm)",
+    )
+    ap.add_argument("--power", type=float, default=0.8, help="the planner's target power (default 0.8)")
+    ap.add_argument(
+        "--alpha", type=float, default=0.05, help="the planner's significance level, before Holm (default 0.05)"
+    )
     ap.add_argument("--no-report", action="store_true", help="skip building the report at the end")
     ap.add_argument(
         "--verbose", action="store_true", help="show Ray's own output too (it always goes to the study's driver.log)"
@@ -855,6 +873,10 @@ class RunOptions:
     storage: str | None = None
     no_report: bool = False
     verbose: bool = False
+    mde: float | None = None  # the seed planner's difference to detect (study.seeds), in the metric's units
+    pilot: str | None = None  # the planner's earlier run (default: the study's own results folder)
+    power: float = 0.8
+    alpha: float = 0.05
 
 
 @dataclass(kw_only=True)
@@ -871,6 +893,7 @@ class Plan:
     axes: dict  # grid: the axes (seed included); Optuna: the space
     trials: list[dict]  # grid: every trial, named and resolved; Optuna: the draws that checked the space
     fidelity: dict  # the note beside this run (study.json's "fidelity")
+    seed_plan: object = None  # --mde: the seed planner's line and record
 
     @property
     def num_samples(self) -> int:
@@ -882,7 +905,18 @@ class Plan:
         argv = [self.spec.name, "--profile", self.profile.name]
         for key, value in sorted(self.overrides.items()):
             argv += ["--set", f"{key}={','.join(map(_text, value)) if isinstance(value, list) else _text(value)}"]
-        for name in ("seeds", "num_samples", "workers_per_trial", "gpus_per_trial", "cpus_per_worker", "address"):
+        for name in (
+            "seeds",
+            "num_samples",
+            "workers_per_trial",
+            "gpus_per_trial",
+            "cpus_per_worker",
+            "address",
+            "mde",
+            "pilot",
+            "power",
+            "alpha",
+        ):
             if getattr(o, name) != getattr(default, name):
                 argv += [f"--{name.replace('_', '-')}", str(getattr(o, name))]
         argv += ["--output", str(o.output)] + ["--ray-train"] * o.ray_train + ["--resume"] * resume
@@ -911,6 +945,9 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
         )
     if options.wandb not in ("offline", "online", "disabled"):
         raise UsageError(f"--wandb {options.wandb!r}: must be offline, online or disabled")
+    from study.seeds import check_planner_options, seed_plan
+
+    check_planner_options(options, spec.metric)
     workers = profile.workers_per_trial if options.workers_per_trial is None else options.workers_per_trial
     gpus = profile.gpus_per_trial if options.gpus_per_trial is None else options.gpus_per_trial
     if workers < 1:
@@ -943,7 +980,7 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
         )
     check_corpora([t["config"] for t in trials])  # an Optuna space varies no corpus or tokenizer: the draws name them
     fidelity = note_vs_run(spec, profile, overrides, options.seeds, workers, trials)
-    return Plan(
+    plan = Plan(
         spec=spec,
         profile=profile,
         options=options,
@@ -955,6 +992,9 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
         trials=trials,
         fidelity=fidelity,
     )
+    if options.mde is not None:
+        plan.seed_plan = seed_plan(plan)
+    return plan
 
 
 def check_mixers(spec: StudySpec, profile, overrides: dict):
@@ -976,6 +1016,8 @@ def print_plan(plan: Plan):
     spec, workers = plan.spec, plan.workers
     if spec.searcher == "grid":
         print_dry_run(spec, plan.trials)
+        if plan.seed_plan:
+            print(f"\n{plan.seed_plan.line}")
     else:
         objective = plan.overrides.get("objective", plan.base.get("objective"))
         print(
@@ -1171,6 +1213,8 @@ def run_plan(spec: StudySpec, options: RunOptions) -> tuple[Plan, int]:
             raise UsageError(f"--resume: {study.shown} holds no run of {spec.name} to resume")
         if existing:
             check_resume_matches(study, plan)
+        if plan.seed_plan:  # --mde on a run: the planner's answer before the trials (it changes nothing in them)
+            print(plan.seed_plan.line, flush=True)
         with span("prepare_data"):
             prepare_data([t["config"] for t in plan.trials])
         with span("import_service"):
