@@ -894,6 +894,7 @@ class Plan:
     trials: list[dict]  # grid: every trial, named and resolved; Optuna: the draws that checked the space
     fidelity: dict  # the note beside this run (study.json's "fidelity")
     seed_plan: object = None  # --mde: the seed planner's line and record
+    deviations: list = field(default_factory=list)  # departures from the registered plan that this run makes
 
     @property
     def num_samples(self) -> int:
@@ -1055,19 +1056,22 @@ def print_mixer_flops(plan: Plan):
 
 
 # What a study's trials are made of: resuming with other values would silently train the old plan (Tune restores
-# its pickled trials) or mix two plans in one Optuna study. --num-samples may differ (it extends a search).
+# its pickled trials) or mix two plans in one Optuna study. --num-samples may differ (it extends a search), and a
+# grid study's --seeds may grow (the new seeds run as a Tune experiment of their own).
 # The resources too: other workers per trial rerun trials from step 0 (a direct trial's checkpoint is Tune's,
 # a DDP trial's is Train's) or fail on a world-size mismatch.
 RESUME_FIXED = ("profile", "seeds", "workers_per_trial", "ray_train", "cpus_per_worker")
 
 
-def check_resume_matches(study, plan: Plan):
-    """--resume must name the same profile, --set values, --seeds and resources as the run it continues
-    (study.json)."""
+def check_resume_matches(study, plan: Plan) -> list[dict]:
+    """--resume must name the same profile, --set values, resources and registered plan as the run it continues
+    (study.json). Only a grid study's --seeds may grow (its new seeds run as trials of their own): the deviation
+    from the plan that this returns, for study.json to record."""
     try:
-        started = json.loads((study.local / "study.json").read_text())["args"]
-    except (OSError, ValueError, KeyError):
-        return  # a run from before study.json kept its args: nothing to compare against
+        meta = json.loads((study.local / "study.json").read_text())
+        started = meta["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # a run from before study.json kept its args: nothing to compare against
     profile = get_profile(started.get("profile"))
 
     def effective(d: dict) -> dict:  # an option left out means its default
@@ -1083,7 +1087,8 @@ def check_resume_matches(study, plan: Plan):
     recorded = started.get("set") or {}
     then["set"] = check_overrides(plan.spec, profile, parse_set(recorded) if isinstance(recorded, list) else recorded)
     now = {**effective(asdict(plan.options)), "set": plan.overrides}
-    diff = [k for k in then if then[k] != now[k]]
+    more_seeds = plan.spec.searcher == "grid" and now["seeds"] > then["seeds"]
+    diff = [k for k in then if then[k] != now[k] and not (k == "seeds" and more_seeds)]
     if diff:
 
         def option(k, d):
@@ -1100,6 +1105,24 @@ def check_resume_matches(study, plan: Plan):
             f"--resume: {study.shown} was started with {show(then)}, not {show(now)}; resume with the "
             f"options it was started with, or start a new study with another --output"
         )
+    registered = meta.get("plan")
+    if isinstance(registered, dict):  # a study started before plans were registered has none to keep
+        from study.registration import describe, plan_changes, plan_fields
+
+        changes = plan_changes(registered, plan_fields(plan))
+        if changes:
+            raise UsageError(
+                f"--resume: {study.shown} registered its plan before its first trial (sha256 "
+                f"{str(registered.get('sha256'))[:12]}) with {', '.join(describe(k, a) for k, a, _ in changes)}, "
+                f"not {', '.join(describe(k, b) for k, _, b in changes)}; resume with that plan, or start a new "
+                f"study with another --output"
+            )
+    if not more_seeds:
+        return []
+    from study.registration import seeds_deviation
+
+    added = sum(t["searched"].get("seed", 0) >= then["seeds"] for t in plan.trials)
+    return [seeds_deviation(then["seeds"], now["seeds"], added)]
 
 
 def main(argv=None):
@@ -1212,7 +1235,7 @@ def run_plan(spec: StudySpec, options: RunOptions) -> tuple[Plan, int]:
         if options.resume and not existing:
             raise UsageError(f"--resume: {study.shown} holds no run of {spec.name} to resume")
         if existing:
-            check_resume_matches(study, plan)
+            plan.deviations = check_resume_matches(study, plan)
         if plan.seed_plan:  # --mde on a run: the planner's answer before the trials (it changes nothing in them)
             print(plan.seed_plan.line, flush=True)
         with span("prepare_data"):
