@@ -1,6 +1,6 @@
 """The registered plan on a real local Ray run, through the CLI: softmax1_ab at the smoke profile with --mde, then
 refused resumes that would change the plan, then --seeds 2 on --resume, which runs the new seeds and records the
-deviation. One small study, shared by the tests in order (module fixtures)."""
+deviation, and the report that shows both. One small study, shared by the tests in order (module fixtures)."""
 
 import hashlib
 import json
@@ -90,3 +90,15 @@ def test_more_seeds_on_a_resume_run_and_are_recorded_as_a_deviation(extended, fi
     (deviation,) = meta["deviations"]
     assert deviation["what"].startswith("seeds extended from 1 to 2 per config by --seeds 2 on --resume")
     assert datetime.fromisoformat(deviation["when"]) > datetime.fromisoformat(meta["plan"]["recorded"])
+
+
+def test_the_report_shows_the_plan_and_the_deviation(extended, first):
+    from reports.build import build_report
+
+    _, folder = first
+    page = build_report(folder, png=False)["html"].read_text()
+    plan = page[page.index("<section id='plan'>") :]
+    plan = plan[: plan.index("</section>")]
+    assert "it matches the fields below" in plan and "<li class='deviation'>" in plan and "from 1 to 2" in plan
+    methods = page[page.index("<section id='methods'>") :]
+    assert "2 seeds each" in methods and "Deviations from the plan: seeds extended from 1 to 2" in methods
