@@ -126,4 +126,7 @@ def read_pilot(folder: Path) -> tuple[pd.DataFrame, dict] | None:
         return None
     meta = read_json(Path(folder) / "study.json", warnings)
     meta = meta if isinstance(meta, dict) else {}
-    return normalise_trials(table, str(meta.get("study") or Path(folder).name)), meta
+    trials = normalise_trials(table, str(meta.get("study") or Path(folder).name))
+    if "target_params" in trials and ("budget" not in trials or trials["budget"].isna().all()):
+        trials["budget"] = trials["target_params"]  # a solved budget's trials keep it there: arms pair within it
+    return trials, meta

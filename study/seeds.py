@@ -33,7 +33,7 @@ def planned_arms(plan) -> pd.DataFrame:
         [
             dict(
                 variant=spec.arm({**t["config"], **t["gpt"].to_dict()}),
-                budget=t["config"].get("budget"),
+                budget=t["config"].get("budget") or t["config"].get("target_params"),  # as reports.collect reads it
                 tokens=t["tokens"],
                 flops_per_token=flops_per_token(t["gpt"]),
             )

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from reports.power import pilot_noise, seeds_needed, t_power
+from reports.power import pilot_noise, read_pilot, seeds_needed, t_power
 
 
 def textbook_n(effect: float, alpha: float, power: float, paired: bool) -> int:
@@ -135,3 +135,20 @@ def test_a_pilot_with_one_seed_an_arm_is_not_usable():
     noise, why = pilot_noise(trials, "softmax", "val_bpb")
     assert noise is None and "softmax1" in why and "1 finished seed" in why
     assert pilot_noise(trials, "softmax", "val_loss") == (None, "its trials have no val_loss column")
+
+
+def test_a_pilot_at_several_budgets_pairs_within_each(tmp_path):
+    """scaling's trials keep their budget in target_params (budget is None once solved): the arms pair by seed within
+    a budget, and the budgets' own differences stay out of the noise."""
+    parts = []
+    for i, size in enumerate((1e5, 4e5)):
+        part = pilot(5, sd_seed=0.05, sd_noise=0.01, arms=("baseline", "variant"), rng=i)
+        parts.append(part.assign(val_bpb=part["val_bpb"] - 0.5 * i, budget=None, target_params=size))
+    trials = pd.concat(parts, ignore_index=True)
+    trials.to_parquet(tmp_path / "trials.parquet")
+    noise, _ = pilot_noise(read_pilot(tmp_path)[0], "baseline", "val_bpb")
+    by_hand = []
+    for _, g in trials.groupby("target_params"):
+        wide = g.pivot(index="seed", columns="variant", values="val_bpb")
+        by_hand.append(np.std((wide["variant"] - wide["baseline"]).to_numpy(), ddof=1))
+    assert noise.paired and noise.n == 5 and noise.sd == pytest.approx(max(by_hand), rel=1e-12)
