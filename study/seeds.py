@@ -85,8 +85,7 @@ def seed_plan(plan) -> SeedPlan:
         line = (
             f"seeds needed: unknown, no pilot to measure the seed-to-seed noise ({where}); run one with "
             f"`python -m study.run {spec.name} --profile {plan.profile.name} --seeds 2{_output_option(o)}`, then "
-            f"this again"
-            f"{'' if o.pilot else ' (or give --pilot DIR)'}"
+            f"this again{'' if o.pilot else ' (or give --pilot DIR)'}"
         )
         return SeedPlan(line=line, record=dict(record, seeds_needed=None, pilot=str(folder) if folder else None))
     n = seeds_needed(o.mde, noise.sd, each, o.power, noise.paired)
