@@ -544,6 +544,7 @@ input.filter{width:420px;padding:5px;margin:6px 0}
 .samples{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:14px}
 .sample-col pre,section pre{white-space:pre-wrap;background:#f6f8fa;padding:8px;border-radius:4px;font-size:12px}
 table.grid td,table.grid th{padding:8px 14px;text-align:center}
+.deviation{color:#b71c1c}p.methods{max-width:900px;line-height:1.6}
 """
 
 # Sorting (click a header; numbers by data-v) and filtering (every word must appear in the row).
@@ -572,6 +573,7 @@ JS = """
 
 
 def render(study, res, figs, pngs=()):
+    from reports.plan import methods_html, plan_html  # here: plan.py imports this module
     from reports.sections import study_sections  # here: sections.py imports this module
 
     meta = study.meta
@@ -584,6 +586,7 @@ def render(study, res, figs, pngs=()):
     fidelity = fidelity_section(study)
     if fidelity:  # right after the summary: what the numbers below are numbers of
         sections.insert(1, ("fidelity", "Note vs this run", fidelity))
+    sections.insert(0, ("plan", "The plan, registered before the first trial", plan_html(study)))
     for name, view in views.items():
         body = view.html(study, res, figs) if view.html else None
         if body:
@@ -608,6 +611,7 @@ def render(study, res, figs, pngs=()):
     if pngs:
         links = " ".join(f"<a href='{esc(p.name)}'>{esc(p.name)}</a>" for p in pngs)
         sections.append(("static", "Static figures", f"<p>{links}</p>"))
+    sections.append(("methods", "Methods", methods_html(study)))  # last: the paragraph to paste into a paper
     ended = meta.get("ended")
     status = (
         f"ended {ended}"

@@ -94,6 +94,24 @@ def build_parser(spec: StudySpec | None = None) -> argparse.ArgumentParser:
         help="tracking: offline runs in the study dir (default), online needs WANDB_API_KEY",
     )
     ap.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the study dir)")
+    ap.add_argument(
+        "--mde",
+        type=float,
+        default=None,
+        metavar="D",
+        help="the seed planner: seeds per arm to detect a difference D in the metric's units (e.g. 0.01 bpb), from "
+        "a pilot's noise; printed after the --dry-run table, or before a run",
+    )
+    ap.add_argument(
+        "--pilot",
+        default=None,
+        metavar="DIR",
+        help="an earlier run of the study to measure the noise in (default: OUTPUT/STUDY, with 2+ seeds an arm)",
+    )
+    ap.add_argument("--power", type=float, default=0.8, help="the planner's target power (default 0.8)")
+    ap.add_argument(
+        "--alpha", type=float, default=0.05, help="the planner's significance level, before Holm (default 0.05)"
+    )
     ap.add_argument("--no-report", action="store_true", help="skip building the report at the end")
     ap.add_argument(
         "--verbose", action="store_true", help="show Ray's own output too (it always goes to the study's driver.log)"
@@ -858,6 +876,10 @@ class RunOptions:
     storage: str | None = None
     no_report: bool = False
     verbose: bool = False
+    mde: float | None = None  # the seed planner's difference to detect (study.seeds), in the metric's units
+    pilot: str | None = None  # the planner's earlier run (default: the study's own results folder)
+    power: float = 0.8
+    alpha: float = 0.05
 
 
 @dataclass(kw_only=True)
@@ -874,6 +896,8 @@ class Plan:
     axes: dict  # grid: the axes (seed included); Optuna: the space
     trials: list[dict]  # grid: every trial, named and resolved; Optuna: the draws that checked the space
     fidelity: dict  # the note beside this run (study.json's "fidelity")
+    seed_plan: object = None  # --mde: the seed planner's line and record
+    deviations: list = field(default_factory=list)  # departures from the registered plan that this run makes
 
     @property
     def num_samples(self) -> int:
@@ -885,7 +909,18 @@ class Plan:
         argv = [self.spec.name, "--profile", self.profile.name]
         for key, value in sorted(self.overrides.items()):
             argv += ["--set", f"{key}={','.join(map(_text, value)) if isinstance(value, list) else _text(value)}"]
-        for name in ("seeds", "num_samples", "workers_per_trial", "gpus_per_trial", "cpus_per_worker", "address"):
+        for name in (
+            "seeds",
+            "num_samples",
+            "workers_per_trial",
+            "gpus_per_trial",
+            "cpus_per_worker",
+            "address",
+            "mde",
+            "pilot",
+            "power",
+            "alpha",
+        ):
             if getattr(o, name) != getattr(default, name):
                 argv += [f"--{name.replace('_', '-')}", str(getattr(o, name))]
         argv += ["--output", str(o.output)] + ["--ray-train"] * o.ray_train + ["--resume"] * resume
@@ -914,6 +949,9 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
         )
     if options.wandb not in ("offline", "online", "disabled"):
         raise UsageError(f"--wandb {options.wandb!r}: must be offline, online or disabled")
+    from study.seeds import check_planner_options, seed_plan
+
+    check_planner_options(options, spec.metric)
     workers = profile.workers_per_trial if options.workers_per_trial is None else options.workers_per_trial
     gpus = profile.gpus_per_trial if options.gpus_per_trial is None else options.gpus_per_trial
     if workers < 1:
@@ -946,7 +984,7 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
         )
     check_corpora([t["config"] for t in trials])  # an Optuna space varies no corpus or tokenizer: the draws name them
     fidelity = note_vs_run(spec, profile, overrides, options.seeds, workers, trials)
-    return Plan(
+    plan = Plan(
         spec=spec,
         profile=profile,
         options=options,
@@ -958,6 +996,9 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
         trials=trials,
         fidelity=fidelity,
     )
+    if options.mde is not None:
+        plan.seed_plan = seed_plan(plan)
+    return plan
 
 
 def check_mixers(spec: StudySpec, profile, overrides: dict):
@@ -979,6 +1020,8 @@ def print_plan(plan: Plan):
     spec, workers = plan.spec, plan.workers
     if spec.searcher == "grid":
         print_dry_run(spec, plan.trials)
+        if plan.seed_plan:
+            print(f"\n{plan.seed_plan.line}")
     else:
         objective = plan.overrides.get("objective", plan.base.get("objective"))
         print(
@@ -1016,19 +1059,22 @@ def print_mixer_flops(plan: Plan):
 
 
 # What a study's trials are made of: resuming with other values would silently train the old plan (Tune restores
-# its pickled trials) or mix two plans in one Optuna study. --num-samples may differ (it extends a search).
+# its pickled trials) or mix two plans in one Optuna study. --num-samples may differ (it extends a search), and a
+# grid study's --seeds may grow (the new seeds run as a Tune experiment of their own).
 # The resources too: other workers per trial rerun trials from step 0 (a direct trial's checkpoint is Tune's,
 # a DDP trial's is Train's) or fail on a world-size mismatch.
 RESUME_FIXED = ("profile", "seeds", "workers_per_trial", "ray_train", "cpus_per_worker")
 
 
-def check_resume_matches(study, plan: Plan):
-    """--resume must name the same profile, --set values, --seeds and resources as the run it continues
-    (study.json)."""
+def check_resume_matches(study, plan: Plan) -> list[dict]:
+    """--resume must name the same profile, --set values, resources and registered plan as the run it continues
+    (study.json). Only a grid study's --seeds may grow (its new seeds run as trials of their own): the deviation
+    from the plan that this returns, for study.json to record."""
     try:
-        started = json.loads((study.local / "study.json").read_text())["args"]
-    except (OSError, ValueError, KeyError):
-        return  # a run from before study.json kept its args: nothing to compare against
+        meta = json.loads((study.local / "study.json").read_text())
+        started = meta["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # a run from before study.json kept its args: nothing to compare against
     profile = get_profile(started.get("profile"))
 
     def effective(d: dict) -> dict:  # an option left out means its default
@@ -1044,7 +1090,8 @@ def check_resume_matches(study, plan: Plan):
     recorded = started.get("set") or {}
     then["set"] = check_overrides(plan.spec, profile, parse_set(recorded) if isinstance(recorded, list) else recorded)
     now = {**effective(asdict(plan.options)), "set": plan.overrides}
-    diff = [k for k in then if then[k] != now[k]]
+    more_seeds = plan.spec.searcher == "grid" and now["seeds"] > then["seeds"]
+    diff = [k for k in then if then[k] != now[k] and not (k == "seeds" and more_seeds)]
     if diff:
 
         def option(k, d):
@@ -1061,6 +1108,24 @@ def check_resume_matches(study, plan: Plan):
             f"--resume: {study.shown} was started with {show(then)}, not {show(now)}; resume with the "
             f"options it was started with, or start a new study with another --output"
         )
+    registered = meta.get("plan")
+    if isinstance(registered, dict):  # a study started before plans were registered has none to keep
+        from study.registration import describe, plan_changes, plan_fields
+
+        changes = plan_changes(registered, plan_fields(plan))
+        if changes:
+            raise UsageError(
+                f"--resume: {study.shown} registered its plan before its first trial (sha256 "
+                f"{str(registered.get('sha256'))[:12]}) with {', '.join(describe(k, a) for k, a, _ in changes)}, "
+                f"not {', '.join(describe(k, b) for k, _, b in changes)}; resume with that plan, or start a new "
+                f"study with another --output"
+            )
+    if not more_seeds:
+        return []
+    from study.registration import seeds_deviation
+
+    added = sum(t["searched"].get("seed", 0) >= then["seeds"] for t in plan.trials)
+    return [seeds_deviation(then["seeds"], now["seeds"], added)]
 
 
 def main(argv=None):
@@ -1173,7 +1238,9 @@ def run_plan(spec: StudySpec, options: RunOptions) -> tuple[Plan, int]:
         if options.resume and not existing:
             raise UsageError(f"--resume: {study.shown} holds no run of {spec.name} to resume")
         if existing:
-            check_resume_matches(study, plan)
+            plan.deviations = check_resume_matches(study, plan)
+        if plan.seed_plan:  # --mde on a run: the planner's answer before the trials (it changes nothing in them)
+            print(plan.seed_plan.line, flush=True)
         with span("prepare_data"):
             prepare_data([t["config"] for t in plan.trials])
         with span("import_service"):

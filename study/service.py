@@ -315,7 +315,10 @@ def wandb_callback(spec, mode: str) -> StudyWandb:
 
 def write_study_json(plan, study_dir: Path, started: str, ended: str | None, interrupted: bool):
     """What the report and a --resume read: the study, its plan's options, the note beside this run (fidelity),
-    the environment, and a study file's own text (study_file)."""
+    the environment, a study file's own text (study_file), and the plan registered before the first trial with
+    the deviations from it (study.registration)."""
+    from study.registration import registered_plan
+
     spec, options = plan.spec, plan.options
     env = environment()
     meta = dict(
@@ -349,6 +352,16 @@ def write_study_json(plan, study_dir: Path, started: str, ended: str | None, int
             first = {}
         meta["started"] = first.get("started", started)
         meta["git_commit"] = first.get("git_commit", meta["git_commit"])
+        # the plan stays as registered before the first trial (none for a study started before plans were)
+        registered = first.get("plan")
+        recorded = [d for d in first.get("deviations") or [] if isinstance(d, dict)]
+    else:
+        registered, recorded = registered_plan(plan, started), []
+    if registered:
+        meta["plan"] = registered
+    deviations = recorded + [d for d in plan.deviations if d not in recorded]
+    if deviations:
+        meta["deviations"] = deviations
     write_atomic(path, json.dumps(meta, indent=2, default=str))
 
 
@@ -468,6 +481,8 @@ def _run(plan, study: StudyStorage, resuming: bool) -> int:
     study.files.push()
     exps = experiment_dirs(study_dir)
     num_samples = plan.num_samples
+    # seeds added on a --resume, by this run or by one a crash cut short (study.json records them)
+    grown = resuming and spec.searcher == "grid" and _seeds_added(study_dir)
     say(
         f"{spec.name} ({profile.name} profile): up to {concurrent} trials at once, {workers} worker(s) each; "
         f"results in {study.shown}"
@@ -476,7 +491,7 @@ def _run(plan, study: StudyStorage, resuming: bool) -> int:
         exp_name = f"tune_{len(exps) + 1}"  # Tune cannot extend a finished experiment (ray#42221): a new one, same Optuna study
         say(f"extending the finished search with {num_samples} trials ({exp_name})")
         tuner, _, _ = build_tuner(plan, study, resources, concurrent, exp_name)
-    elif resuming:
+    elif resuming and not (grown and _finished(exps[-1]) and _not_run_yet(plan, study_dir)):
         exp = join(study.root, exps[-1].name)
         say(f"resuming {exp}: finished trials are kept, unfinished ones continue from their checkpoints")
         # The pickled Tuner brings back its callbacks, searcher state and trial names.
@@ -487,15 +502,17 @@ def _run(plan, study: StudyStorage, resuming: bool) -> int:
             resume_errored=False,
             restart_errored=False,
         )
-    else:
+    elif not resuming:
         tuner, _, _ = build_tuner(plan, study, resources, concurrent, "tune")
-    mark("fit_start")
-    results = tuner.fit()
-    mark("fit_end")
-    study.refresh()
-    interrupted = any(r.metrics is None and r.error is None for r in results) or not _finished(
-        experiment_dirs(study_dir)[-1]
-    )
+    else:
+        tuner = None  # every planned trial has ended, and more seeds are asked for: they run below
+    interrupted = _fit(tuner, study, study_dir) if tuner else False
+    new = _not_run_yet(plan, study_dir) if grown and not interrupted else []
+    if new:  # --seeds grew on --resume: a finished Tune experiment takes no new trials (ray#42221), so a new one
+        exp_name = f"tune_{len(experiment_dirs(study_dir)) + 1}"
+        say(f"adding the {len(new)} trials of the new seeds ({exp_name})")
+        tuner, _, _ = build_tuner(_only(plan, new), study, resources, concurrent, exp_name)
+        interrupted = _fit(tuner, study, study_dir)
     df = collect(study_dir, spec)
     write_trials(df, study_dir)
     write_view_outputs(df, spec.views, study_dir)
@@ -517,6 +534,42 @@ def _run(plan, study: StudyStorage, resuming: bool) -> int:
     if study.uri:
         say(f"to look at it here: python -m study.submit {spec.name} --fetch --output {options.output}")
     return 0
+
+
+def _fit(tuner, study: StudyStorage, study_dir: Path) -> bool:
+    """Runs a Tuner; True when it was interrupted (a trial left unfinished)."""
+    mark("fit_start")
+    results = tuner.fit()
+    mark("fit_end")
+    study.refresh()
+    return any(r.metrics is None and r.error is None for r in results) or not _finished(experiment_dirs(study_dir)[-1])
+
+
+def _seeds_added(study_dir: Path) -> bool:
+    meta = json.loads((study_dir / "study.json").read_text())
+    return any(d.get("kind") == "seeds" for d in meta.get("deviations") or [])
+
+
+def _not_run_yet(plan, study_dir: Path) -> list[dict]:
+    """The planned trials no Tune experiment of the study holds: the seeds a --resume added."""
+    held = set()
+    for exp in experiment_dirs(study_dir):
+        states = sorted(exp.glob("experiment_state-*.json"))
+        if states:
+            held |= {
+                json.loads(meta).get("custom_trial_name")
+                for meta, _ in json.loads(states[-1].read_text())["trial_data"]
+            }
+    return [t for t in plan.trials if t["name"] not in held]
+
+
+def _only(plan, trials: list[dict]):
+    """The plan narrowed to some of its trials: the same axes, with only these trials' seeds (they are the new
+    seeds of every config, so their product is exactly these trials)."""
+    axes = {**plan.axes, "seed": sorted({t["searched"]["seed"] for t in trials})}
+    if math.prod(len(v) for v in axes.values()) != len(trials):
+        raise RuntimeError(f"the new trials are not the new seeds of every config: {[t['name'] for t in trials]}")
+    return replace(plan, axes=axes, trials=trials)
 
 
 def _finished(exp_dir: Path) -> bool:

@@ -23,6 +23,7 @@ COVERED = {
     "python -m study.run --list": "tests/test_readme.py::test_cheap_commands_run_as_written",
     "python -m study.run softmax1_ab --help": "tests/test_readme.py::test_cheap_commands_run_as_written",
     "python -m study.run nanohead_grid --dry-run": "tests/test_readme.py::test_cheap_commands_run_as_written",
+    "python -m study.run softmax1_ab --dry-run --mde 0.01": "tests/test_readme.py::test_cheap_commands_run_as_written",
     "python -m study.run softmax1_ab --seeds 3": "tests/test_readme.py::test_study_commands_run_at_the_smoke_profile",
     "python -m study.run nanohead_grid --set nanohead_dim=2 --set nanohead_proportion=0,0.3,0.6": "tests/test_readme.py::test_study_commands_run_at_the_smoke_profile",
     "python -m study.run vocab_depth --profile gpu --workers-per-trial 2": "needs 2 GPUs per trial (this machine has none); its plan is checked by "
@@ -91,6 +92,7 @@ def test_every_readme_command_is_run_by_a_test_or_says_why():
         "python -m study.run --list",
         "python -m study.run softmax1_ab --help",
         "python -m study.run nanohead_grid --dry-run",
+        "python -m study.run softmax1_ab --dry-run --mde 0.01",
         "python -m study.run vocab_depth --profile gpu --workers-per-trial 2 --dry-run",
     ],
 )

@@ -36,7 +36,8 @@ def test_a_study_without_views_gets_the_common_report(tmp_path):
         meta_extra={"views": [], "hypothesis": "wider is better", "note": "my notebook, page 3"},
     )
     page, res = _build(d)
-    assert _section_ids(page)[:3] == ["summary", "frontier", "stats"] and "curves" in _section_ids(page)
+    # the registered plan opens every report (tests/reports/test_reports_plan.py), then the common sections
+    assert _section_ids(page)[:4] == ["plan", "summary", "frontier", "stats"] and "curves" in _section_ids(page)
     assert not [s for s in _section_ids(page) if s.startswith("view-")]
     assert "nano-head proportion" not in page and "nanohead" not in res  # the family's view is not there
     assert "hypothesis: wider is better" in page and "note: my notebook, page 3" in page

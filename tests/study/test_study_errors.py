@@ -91,6 +91,23 @@ IN_PROCESS = {
         ["--address", "cannot connect"],
     ),
     "address_malformed": (["nanohead_grid", *SMOKE, "--address", "somewhere"], ["--address", "host:port", "auto"]),
+    # the seed planner's options (study/seeds.py)
+    "mde_zero": (["softmax1_ab", *SMOKE, "--dry-run", "--mde", "0"], ["--mde 0", "positive", "val_bpb"]),
+    "mde_nan": (["softmax1_ab", *SMOKE, "--dry-run", "--mde", "nan"], ["--mde nan", "positive"]),
+    "alpha_above_one": (["softmax1_ab", *SMOKE, "--mde", "0.01", "--alpha", "1.5"], ["--alpha 1.5", "(0, 1)"]),
+    "power_of_one": (["softmax1_ab", *SMOKE, "--mde", "0.01", "--power", "1"], ["--power 1", "(0, 1)"]),
+    "power_without_mde": (["softmax1_ab", *SMOKE, "--power", "0.9"], ["--power", "--mde"]),
+    "pilot_without_mde": (["softmax1_ab", *SMOKE, "--pilot", "."], ["--pilot", "--mde"]),
+    "pilot_missing": (
+        ["softmax1_ab", *SMOKE, "--dry-run", "--mde", "0.01", "--pilot", "/nonexistent/pilot"],
+        ["--pilot /nonexistent/pilot", "no such folder"],
+    ),
+    "mde_on_a_search": (["nanohead_search", *SMOKE, "--mde", "0.01"], ["--mde", "nanohead_search", "grid"]),
+    "mde_without_a_baseline": (["vocab_depth", *SMOKE, "--mde", "0.01"], ["--mde", "vocab_depth", "no baseline"]),
+    "mde_with_the_baseline_alone": (
+        ["softmax1_ab", *SMOKE, "--mde", "0.01", "--set", "softmax1=false"],
+        ["--mde", "no arm besides the baseline"],
+    ),
     # the note's plan (100,000 steps x 64 x 256 tokens) over the 5 MB corpus: it would measure memorisation
     "paper_plan_loops_the_corpus": (
         ["softmax1_ab", "--profile", "paper", "--set", "corpus=wiki"],
