@@ -614,7 +614,7 @@ def train(
     cfg, tc = resolve_configs(config, data.vocab_size)
     worker = Worker.current(tc)
     sizes = RunSizes.plan(tc, cfg, worker.world)
-    model, optimizers, loader = build_run(cfg, tc, data, worker)
+    model, optimizers, loader = build_run(cfg, tc, data, worker, sizes)
     params, fpt = count_params(cfg), flops_per_token(cfg)
     peak = peak_flops(worker.device) * worker.world
 
@@ -675,7 +675,7 @@ def train(
 
 
 def build_run(
-    cfg: GPTConfig, tc: TrainConfig, data, worker: Worker
+    cfg: GPTConfig, tc: TrainConfig, data, worker: Worker, sizes: RunSizes
 ) -> tuple[GPT, list[torch.optim.Optimizer], TokenLoader]:
     """The model, its optimizers and this rank's loader, built after seeding every RNG with the run's seed."""
     torch.manual_seed(tc.seed)
@@ -686,7 +686,15 @@ def build_run(
     for opt in optimizers:  # what apply_schedule scales
         for group in opt.param_groups:
             group["initial_lr"], group["initial_weight_decay"] = group["lr"], group["weight_decay"]
-    loader = TokenLoader(data, tc.batch_size, cfg.seq_len, rank=worker.rank, world_size=worker.world, seed=tc.seed)
+    loader = TokenLoader(
+        data,
+        tc.batch_size,
+        cfg.seq_len,
+        rank=worker.rank,
+        world_size=worker.world,
+        seed=tc.seed,
+        accum_steps=sizes.grad_accum,
+    )
     return model, optimizers, loader
 
 
