@@ -1,6 +1,6 @@
 """
 The statistics a report rests on, written out so they can be checked by hand:
-Pareto fronts, t-intervals, Welch's test, Holm's correction and a power-law fit
+Pareto fronts, t-intervals, paired and Welch t-tests, Holm's correction and a power-law fit
 with bootstrap intervals. Plain numpy/pandas in, plain numbers out.
 """
 
@@ -80,6 +80,27 @@ def welch_test(a, b, confidence=CONFIDENCE):
     t = diff / se
     half = stats.t.ppf(0.5 + confidence / 2, df) * se
     out.update(ci_low=diff - half, ci_high=diff + half, p_value=float(2 * stats.t.sf(abs(t), df)), df=float(df))
+    return out
+
+
+def paired_test(a, b, confidence=CONFIDENCE):
+    """Paired t-test of b - a, a[i] and b[i] one pair: the mean difference, its t interval, two-sided p and the
+    differences' sd. A pair with a non-finite value is left out; fewer than two pairs give NaN interval and p."""
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    diff = float(d.mean()) if n else math.nan
+    out = dict(diff=diff, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, df=math.nan, n_pairs=n, sd_diff=math.nan)
+    if n < 2:
+        return out
+    sd = float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    out.update(df=float(n - 1), sd_diff=sd)
+    if se == 0:  # every pair differs by the same amount: no noise to speak of
+        out.update(ci_low=diff, ci_high=diff, p_value=1.0 if diff == 0 else 0.0)
+        return out
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * se
+    out.update(ci_low=diff - half, ci_high=diff + half, p_value=float(2 * stats.t.sf(abs(diff / se), n - 1)))
     return out
 
 
@@ -173,25 +194,66 @@ def arms_vs_baseline(trials, baseline, metric="val_bpb"):
                 yield stratum, variant, base, g.loc[g["variant"].astype(str) == variant, metric]
 
 
-def compare_to_baseline(trials, baseline, metric="val_bpb", mode="min"):
-    """Each variant's difference from the baseline (Welch), Holm-adjusted across variants.
+PAIR_KEYS = ("data_seed", "init_seed")
 
-    Compared within a budget when the study has several budgets.
+
+def seed_keys(trials):
+    """Each trial's data_seed and init_seed; a table from before the two (no such column, or a gap) gives its seed,
+    which set both."""
+    seed = pd.to_numeric(trials["seed"], errors="coerce")
+    out = pd.DataFrame(index=trials.index)
+    for key in PAIR_KEYS:
+        out[key] = pd.to_numeric(trials[key], errors="coerce").fillna(seed) if key in trials else seed
+    return out
+
+
+def pair_up(base, arm, keys):
+    """(baseline values, arm values) of the trials that trained on the same batches: partners share a data_seed, and
+    an init_seed too where a data_seed repeats within an arm. None when even both seeds repeat (no one-to-one
+    match). base, arm: metric Series indexed as keys; a trial with no finite value or no partner is left out."""
+    base, arm = (pd.to_numeric(v, errors="coerce") for v in (base, arm))
+    base, arm = base[np.isfinite(base)], arm[np.isfinite(arm)]
+    for cols in (["data_seed"], ["data_seed", "init_seed"]):
+        kb, ka = keys.loc[base.index, cols].dropna(), keys.loc[arm.index, cols].dropna()
+        if kb.duplicated().any() or ka.duplicated().any():
+            continue
+        both = kb.assign(_b=base).merge(ka.assign(_a=arm), on=cols).sort_values(cols)
+        return both["_b"].to_numpy(), both["_a"].to_numpy()
+    return None
+
+
+def compare_to_baseline(trials, baseline, metric="val_bpb", mode="min"):
+    """Each variant's difference from the baseline, Holm-adjusted across variants.
+
+    Paired where two or more of the arm's trials have a baseline partner trained on the same batches (pair_up): a
+    t-test on the differences of the pairs, trials without a partner left out (n_pairs says how many pairs). Welch's
+    test on all finished trials otherwise. `test` names the one used; sd and sd_baseline are the seed-to-seed sds,
+    sd_diff the paired differences' sd (what pairing leaves of that noise). Within a budget when the study has several.
     """
-    cols = ["variant", "baseline", "n", "n_baseline", "diff", "ci_low", "ci_high", "p_value", "p_holm", "verdict"]
+    cols = ["variant", "baseline", "test", "n", "n_baseline", "n_pairs", "diff", "ci_low", "ci_high", "p_value"]
+    cols += ["p_holm", "verdict", "sd", "sd_baseline", "sd_diff"]
+    keys = seed_keys(trials)
     rows = []
     for stratum, variant, base, arm in arms_vs_baseline(trials, baseline, metric):
-        w = welch_test(base, arm)
+        pairs = pair_up(base, arm, keys)
+        w = welch_test(base, arm)  # its counts are the finished trials of each
+        r = paired_test(*pairs) if pairs is not None and len(pairs[0]) >= 2 else None
+        r = r or dict(w, n_pairs=0, sd_diff=math.nan)
         rows.append(
             dict(
                 variant=variant,
                 baseline=baseline,
+                test="paired t" if r["n_pairs"] else "Welch",
                 n=w["n_b"],
                 n_baseline=w["n_a"],
-                diff=w["diff"],
-                ci_low=w["ci_low"],
-                ci_high=w["ci_high"],
-                p_value=w["p_value"],
+                n_pairs=r["n_pairs"],
+                diff=r["diff"],
+                ci_low=r["ci_low"],
+                ci_high=r["ci_high"],
+                p_value=r["p_value"],
+                sd=mean_ci(arm)["std"],
+                sd_baseline=mean_ci(base)["std"],
+                sd_diff=r["sd_diff"],
                 **stratum,
             )
         )
@@ -615,9 +677,12 @@ def analyse_study(study):
             stopped=int(counts.get("stopped", 0)),
             other=int(len(t) - sum(counts.get(k, 0) for k in ("done", "failed", "stopped"))),
         ),
-        test=f"Welch's unequal-variance t-test of each variant against the baseline, two-sided, "
-        f"Holm-adjusted across variants; {CONFIDENCE:.0%} t-intervals (not adjusted). 'within noise': p >= {ALPHA:.2f}; "
-        f"'within noise after Holm correction': p < {ALPHA:.2f} but Holm-adjusted p >= {ALPHA:.2f}.",
+        test="Each variant against the baseline, two-sided, Holm-adjusted across variants: a paired t-test on the "
+        "differences between trials that share a data_seed (the same batches in the same order, the same val tokens) "
+        "where two or more such pairs form, a trial without a partner left out (n_pairs); Welch's unequal-variance "
+        f"t-test on all finished trials where they do not (the test column says which). {CONFIDENCE:.0%} t-intervals "
+        f"(not adjusted). sd: seed-to-seed sd of the arm; sd_diff: sd of its paired differences. 'within noise': "
+        f"p >= {ALPHA:.2f}; 'within noise after Holm correction': p < {ALPHA:.2f} but Holm-adjusted p >= {ALPHA:.2f}.",
         groups=_records(summarise_groups(t, metric, study.baseline)),
         comparisons=_records(compare_to_baseline(t, study.baseline, metric, mode)),
     )

@@ -152,6 +152,9 @@ def trial_row(tdir, warnings):
     built = _object(read_json(tdir / "config.json", warnings))
     config = {**searched, **_object(built.get("trial")), **_object(built.get("model")), **built}
     row = {"trial": tdir.name, **{k: v for k, v in config.items() if not isinstance(v, (dict, list))}}
+    for key in ("init_seed", "data_seed"):  # as the trainer resolved them, else as it would have (None: the seed)
+        value = _object(built.get("train")).get(key, config.get(key))
+        row[key] = config.get("seed", 0) if value is None else value
     row.update({f"params_{k}": v for k, v in _object(built.get("params")).items() if isinstance(v, (int, float))})
     metrics = read_jsonl(tdir / "metrics.jsonl", warnings) if (tdir / "metrics.jsonl").exists() else []
     last = {}

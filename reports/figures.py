@@ -232,7 +232,8 @@ def differences(study, res):
                 marker=dict(size=10, color=VERDICT_COLOURS.get(verdict, "#bbbbbb")),
                 error_x=_ci_error(sub, mean="diff"),
                 text=[
-                    f"p = {fmt(r['p_value'], 3)}, Holm p = {fmt(r['p_holm'], 3)}, n = {r['n']} vs {r['n_baseline']}"
+                    f"p = {fmt(r['p_value'], 3)}, Holm p = {fmt(r['p_holm'], 3)}, n = {r['n']} vs {r['n_baseline']}, "
+                    f"{'paired t, ' + str(r['n_pairs']) + ' pairs' if r.get('test') == 'paired t' else 'Welch'}"
                     for r in sub
                 ],
                 hovertemplate="%{y}: %{x:+.4f}<br>%{text}<extra></extra>",
@@ -241,7 +242,8 @@ def differences(study, res):
     fig.add_vline(x=0, line=dict(color="black", width=1))
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=labels[::-1])
     fig.update_xaxes(
-        title_text=esc(f"{study.metric} difference from {res['baseline']} (95% Welch interval)"), tickformat=".3~g"
+        title_text=esc(f"{study.metric} difference from {res['baseline']} (95% interval, paired t or Welch)"),
+        tickformat=".3~g",
     )  # plain decimals: "-800μ" bpb reads badly
     fig.update_layout(
         **LAYOUT, height=max(260, 60 + 40 * len(rows)), title=esc(f"Difference from the baseline {res['baseline']}")

@@ -22,6 +22,8 @@ TRIAL_COLUMNS = [
     "trial",
     "variant",
     "seed",
+    "init_seed",
+    "data_seed",
     "status",
     "val_bpb",
     "best_val_bpb",
@@ -164,7 +166,7 @@ def summary(study, res, sections):
         if _finite(r["p_value"]):
             items.append(
                 f"{head}, 95% CI {ci_text(r['ci_low'], r['ci_high'])}, p = {fmt(r['p_value'])}, "
-                f"Holm p = {fmt(r['p_holm'])}: {r['verdict']}"
+                f"Holm p = {fmt(r['p_holm'])} ({test_text(r)}): {r['verdict']}"
             )
         else:
             items.append(f"{head} ({r['verdict']})")
@@ -195,6 +197,39 @@ def summary(study, res, sections):
     if c["failed"] or c["stopped"]:
         items.append("see Failures for the trials that did not finish and why")
     return "<ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
+
+
+def test_text(r):
+    """Which test an arm's comparison used, in words: 'paired t, 3 pairs (1 trial without a partner left out)'."""
+    if r.get("test") != "paired t":
+        return "Welch"
+    left = r["n"] + r["n_baseline"] - 2 * r["n_pairs"]
+    return f"paired t, {r['n_pairs']} pairs" + (
+        f" ({left} trial{'s' * (left > 1)} without a partner left out)" if left else ""
+    )
+
+
+def pairing_note(rows):
+    """What pairing bought, per paired arm: the sd of its paired differences beside the sd of a difference between
+    two unpaired trials, sqrt(sd^2 + sd_baseline^2)."""
+    lines = []
+    for r in rows:
+        unpaired = math.hypot(r.get("sd") or math.nan, r.get("sd_baseline") or math.nan)
+        if r.get("test") == "paired t" and _finite(r.get("sd_diff")) and _finite(unpaired):
+            where = f" at budget {fmt(r['budget'])}" if "budget" in r else ""
+            ratio = f", {unpaired / r['sd_diff']:.3g}x less noise" if r["sd_diff"] > 0 else ""
+            lines.append(
+                f"{r['variant']}{where}: paired differences vary with sd {fmt(r['sd_diff'])}, unpaired trials' "
+                f"differences with sd {fmt(unpaired)} (seed-to-seed sd {fmt(r['sd'])} and {fmt(r['sd_baseline'])})"
+                + ratio
+            )
+    if not lines or len(lines) > 12:
+        return ""
+    return (
+        "<p class='note'>What pairing by data_seed bought:</p><ul>"
+        + "".join(f"<li>{esc(l)}</li>" for l in lines)
+        + "</ul>"
+    )
 
 
 def fidelity_section(study):
@@ -242,8 +277,11 @@ def stats_section(study, res, figs):
         body.append(f"<h3>Difference from the baseline ({esc(res['baseline'])})</h3>")
         if "differences" in figs:
             body.append(figure_div(figs["differences"]))
-        cols = ["variant"] + keys[1:] + ["n", "n_baseline", "diff", "ci_low", "ci_high", "p_value", "p_holm", "verdict"]
-        body.append(table(res["comparisons"], cols))
+        cols = ["variant"] + keys[1:] + ["test", "n", "n_baseline", "n_pairs", "diff", "ci_low", "ci_high"]
+        cols += ["p_value", "p_holm", "verdict", "sd", "sd_baseline", "sd_diff"]
+        headers = cols[:-3] + ["seed-to-seed sd", "baseline's seed-to-seed sd", "sd of paired differences"]
+        body.append(table(res["comparisons"], cols, headers))
+        body.append(pairing_note(res["comparisons"]))
     else:
         body.append("<p class='muted'>No baseline variant named (study.json 'baseline'): no differences computed.</p>")
     th = res.get("threshold")

@@ -79,5 +79,12 @@ def nanochat_sizes(config: dict, *, embedding_lr: float, lm_head_lr: float, weig
     return {**sizes, **config}
 
 
+SEED_KEYS = ("seed", "init_seed", "data_seed")  # replicates of one arm, never an arm of their own
+
+
 def seed_suffix(config: dict) -> str:
-    return f"_s{config['seed']}" if config.get("seed") else ""
+    """_s1 for seed 1 (nothing for seed 0), then _i3 / _d2 for an init_seed / data_seed the config sets itself, so
+    trials that vary one seed apart from the other keep distinct names."""
+    parts = [f"_s{config['seed']}"] if config.get("seed") else []
+    parts += [f"_{key[0]}{config[key]}" for key in ("init_seed", "data_seed") if config.get(key) is not None]
+    return "".join(parts)

@@ -161,7 +161,8 @@ def loader(t: dict, trials: list[dict]) -> str:
     g = t["gpt"]
     return (
         f"windows of {g.seq_len} tokens at multiples of {g.seq_len} of the train stream (each document after "
-        f"a BOS token), in a fresh order each epoch from (seed, epoch); seeds {', '.join(map(str, seeds(trials)))}"
+        f"a BOS token), in a fresh order each epoch from (data_seed, epoch), whatever the model; data seeds "
+        f"{', '.join(map(str, sorted({t['train'].data_seed for t in trials})))}"
     )
 
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .common import architecture, seed_suffix
+from .common import SEED_KEYS, architecture, seed_suffix
 
 SEARCHERS = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
@@ -157,7 +157,7 @@ class StudySpec:
     def _arm_keys(self) -> list[str]:
         axes = self.axes if isinstance(self.axes, dict) else {}
         every = dict.fromkeys([*axes, *(k for p in self.profiles.values() for k in p.get("axes", {}))])
-        return [k for k in every if k != "seed"]
+        return [k for k in every if k not in SEED_KEYS]
 
 
 def grid_axes(spec: StudySpec, profile, overrides: dict, seeds: int) -> tuple[dict, dict]:

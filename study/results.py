@@ -169,11 +169,17 @@ def collect(study_dir: Path, spec, outcomes: dict | None = None) -> pd.DataFrame
         else:
             status = "done"
         model = resolved.get("model", {})
+        seed = int(config.get("seed", 0))
+        train = resolved.get("train", {})
+        # the seeds the trial used: config.json's resolved ones, else as TrainConfig resolves them (None: the seed)
+        init_seed, data_seed = (train.get(k, config.get(k)) for k in ("init_seed", "data_seed"))
         row = dict(
             trial=trial_dir.name,
             study=spec.name,
             variant=spec.arm({**config, **model}) if config else None,
-            seed=int(config.get("seed", 0)),
+            seed=seed,
+            init_seed=seed if init_seed is None else int(init_seed),
+            data_seed=seed if data_seed is None else int(data_seed),
             status=status,
             error=error,
         )

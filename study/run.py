@@ -202,7 +202,10 @@ DERIVED_FROM = {
         ),
     ),
     "vocab_size": ("the tokenizer (bpe:N has N tokens)", "set tokenizer=bpe:N instead"),
-    "seed": ("--seeds (seeds 0..N-1)", "give --set seed with --seeds 1, or --seeds alone"),
+    "seed": (
+        "--seeds (seeds 0..N-1)",
+        "give --set seed with --seeds 1, or --seeds alone (--set init_seed or data_seed holds one of them still)",
+    ),
 }
 SOLVER_INPUTS = ("head_dim", "aspect_ratio")  # they size a model from a budget, and do nothing without one
 

@@ -48,6 +48,11 @@ class TrainConfig:
     corpus: str = "wiki"
     tokenizer: str = "bpe:4096"  # gpt2 | cl100k_base | o200k_base | bpe:VOCAB (trained on the corpus)
     seed: int = 0
+    # The two sources of randomness, apart: init_seed the weights, dropout and every global RNG; data_seed the
+    # loader's batch order and the samples' draws. None: the trial's seed (resolved here, so config.json records
+    # the seed each one used). Arms with one data_seed train on the same batches: their difference pairs.
+    init_seed: int | None = None
+    data_seed: int | None = None
     # Model size from a parameter budget: the solver picks depth/width (head_dim wide heads) nearest
     # `budget` with width/depth closest to `aspect_ratio`. None: take n_layer/n_embd/n_head as given.
     budget: float | None = None
@@ -147,6 +152,15 @@ class TrainConfig:
             self.seed,
             "an integer in [0, 2**32) (numpy's seed range)",
         )
+        for name in ("init_seed", "data_seed"):
+            value = getattr(self, name)
+            _check(
+                value is None or (integer(value, 0) and value < 2**32),
+                name,
+                value,
+                "None (the trial's seed) or an integer in [0, 2**32) (numpy's seed range)",
+            )
+            setattr(self, name, self.seed if value is None else value)
         _check(
             number(self.max_epochs) and self.max_epochs > 0,
             "max_epochs",
@@ -614,7 +628,7 @@ def train(
     cfg, tc = resolve_configs(config, data.vocab_size)
     worker = Worker.current(tc)
     sizes = RunSizes.plan(tc, cfg, worker.world)
-    model, optimizers, loader = build_run(cfg, tc, data, worker)
+    model, optimizers, loader = build_run(cfg, tc, data, worker, sizes)
     params, fpt = count_params(cfg), flops_per_token(cfg)
     peak = peak_flops(worker.device) * worker.world
 
@@ -675,18 +689,27 @@ def train(
 
 
 def build_run(
-    cfg: GPTConfig, tc: TrainConfig, data, worker: Worker
+    cfg: GPTConfig, tc: TrainConfig, data, worker: Worker, sizes: RunSizes
 ) -> tuple[GPT, list[torch.optim.Optimizer], TokenLoader]:
-    """The model, its optimizers and this rank's loader, built after seeding every RNG with the run's seed."""
-    torch.manual_seed(tc.seed)
-    random.seed(tc.seed)
-    np.random.seed(tc.seed)
+    """The model, its optimizers and this rank's loader, built after seeding every RNG with the run's init_seed (the
+    loader draws its order from data_seed)."""
+    torch.manual_seed(tc.init_seed)
+    random.seed(tc.init_seed)
+    np.random.seed(tc.init_seed)
     model = build_model(cfg).to(worker.device)
     optimizers = build_optimizers(model, tc)
     for opt in optimizers:  # what apply_schedule scales
         for group in opt.param_groups:
             group["initial_lr"], group["initial_weight_decay"] = group["lr"], group["weight_decay"]
-    loader = TokenLoader(data, tc.batch_size, cfg.seq_len, rank=worker.rank, world_size=worker.world, seed=tc.seed)
+    loader = TokenLoader(
+        data,
+        tc.batch_size,
+        cfg.seq_len,
+        rank=worker.rank,
+        world_size=worker.world,
+        seed=tc.data_seed,
+        accum_steps=sizes.grad_accum,
+    )
     return model, optimizers, loader
 
 
@@ -976,7 +999,7 @@ def write_samples(model: GPT, data, tc: TrainConfig, cfg: GPTConfig, device, pat
 
     enc = get_tokenizer(tc.tokenizer, corpus=load_corpus(tc.corpus) if tc.tokenizer.startswith("bpe:") else None)
     val = torch.from_numpy(np.asarray(data.val_tokens()[: 16 * n], dtype=np.int64)).view(n, 16).to(device)
-    g = torch.Generator(device=device).manual_seed(tc.seed)
+    g = torch.Generator(device=device).manual_seed(tc.data_seed)  # paired arms draw with the same numbers
     model.eval()
     out = model.generate(val, tc.sample_tokens, temperature=0.8, top_k=50, generator=g)
     write_atomic(

@@ -61,6 +61,32 @@ def test_ranks_are_disjoint_and_cover_the_single_rank_world(small_gpt2):
     assert ranks[0].tokens_served == 5 * B * T
 
 
+def test_one_global_batch_is_the_same_windows_at_every_optimizer_step_whatever_the_split(small_gpt2):
+    """G = world x accum_steps x batch windows per optimizer step: 2 ranks of b, 1 rank accumulating 2 micro-steps
+    of b, and 1 rank of 2b train on the same windows at every step, past epoch ends too. A batch b whose epoch holds
+    an odd number of micro-steps is the case to check: cut per micro-step, one optimizer step would straddle two
+    epochs' orders and the single rank would drift from the two ranks."""
+    n = len(_all_windows(small_gpt2))
+    b = next(b for b in range(2, 64) if (n // b) % 2 == 1 and n % (2 * b) >= b)
+    ranks = [TokenLoader(small_gpt2, b, T, rank=r, world_size=2, seed=4) for r in range(2)]
+    accum = TokenLoader(small_gpt2, b, T, seed=4, accum_steps=2)
+    wide = TokenLoader(small_gpt2, 2 * b, T, seed=4)
+    steps = n // (2 * b)  # optimizer steps per epoch, the same for all three
+    assert ranks[0].steps_per_epoch == wide.steps_per_epoch == steps and accum.steps_per_epoch == 2 * steps
+    for step in range(2 * steps + 3):  # into the third epoch
+        two_ranks = torch.cat([next(ranks[0])[0], next(ranks[1])[0]])
+        assert torch.equal(two_ranks, torch.cat([next(accum)[0], next(accum)[0]])), step
+        assert torch.equal(two_ranks, next(wide)[0]), step
+    assert accum.epoch == ranks[0].epoch == wide.epoch == 2
+
+
+def test_a_state_from_before_accum_steps_restores_a_single_micro_step_loader_only(small_gpt2):
+    state = {k: v for k, v in TokenLoader(small_gpt2, B, T, seed=1).state_dict().items() if k != "accum_steps"}
+    TokenLoader(small_gpt2, B, T, seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="accum_steps"):
+        TokenLoader(small_gpt2, B, T, seed=1, accum_steps=2).load_state_dict(state)
+
+
 @pytest.mark.parametrize("stop", [3, 0, "epoch_end"])
 def test_state_dict_resume_gives_the_same_next_batches(small_gpt2, stop):
     loader = TokenLoader(small_gpt2, B, T, rank=1, world_size=2, seed=5)

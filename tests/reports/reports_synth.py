@@ -196,6 +196,20 @@ def softmax1_rows(seeds=3):
     return rows
 
 
+def paired_rows(seeds=4, seed_sd=0.02, pair_sd=3e-4, effects=None):
+    """Arms that share each data_seed's batches, as softmax1_ab smoke measured them: the data seed moves every arm
+    alike (sd seed_sd, there 0.0205) and each trial adds a little of its own (differences at one seed: sd 0.00027).
+    "small" is truly 0.002 better than "base": too little for the seed-to-seed noise, plain for the pairs."""
+    effects = effects or {"base": 0.0, "small": -0.002, "same": 0.0}
+    rng = np.random.default_rng(17)
+    shared = rng.normal(0, seed_sd, seeds)
+    return [
+        trial_row(f"{v}_s{s}", v, s, 1.5 + d + shared[s] + rng.normal(0, pair_sd), init_seed=s, data_seed=s)
+        for v, d in effects.items()
+        for s in range(seeds)
+    ]
+
+
 def toeplitz_rows(seeds=2):
     rows = []
     for mean in (True, False):

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from reports_synth import paired_rows
 from scipy import stats
 
 from reports.analyse import (
@@ -13,6 +14,7 @@ from reports.analyse import (
     holm,
     mean_ci,
     natural_key,
+    paired_test,
     pareto_front,
     perplexity_ratio,
     power_law,
@@ -71,6 +73,101 @@ def test_welch_matches_published_example():
 def test_welch_needs_two_per_group():
     w = welch_test([1.0], [2.0, 3.0])
     assert w["diff"] == pytest.approx(1.5) and math.isnan(w["p_value"]) and math.isnan(w["ci_low"])
+
+
+def test_paired_test_matches_scipy_and_the_hand_formula():
+    a = [1.50, 1.47, 1.53, 1.52, 1.49]
+    b = [1.497, 1.4665, 1.5278, 1.5181, 1.4872]
+    r = paired_test(a, b)
+    ref = stats.ttest_rel(b, a)
+    ci = ref.confidence_interval(0.95)
+    assert r["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    # by hand: differences -0.003 -0.0035 -0.0022 -0.0019 -0.0028, mean -0.00268, t on n - 1 = 4 degrees of freedom
+    d = np.array([-0.003, -0.0035, -0.0022, -0.0019, -0.0028])
+    assert r["diff"] == pytest.approx(-0.00268) and r["sd_diff"] == pytest.approx(d.std(ddof=1))
+    assert r["df"] == 4 and r["n_pairs"] == 5
+    # one pair, or a pair with a missing value, counts as no pair
+    one = paired_test([1.0, np.nan], [2.0, 3.0])
+    assert one["n_pairs"] == 1 and one["diff"] == 1.0 and math.isnan(one["p_value"]) and math.isnan(one["ci_low"])
+
+
+def _ttest_rel_by(trials, variant, baseline, key="data_seed", metric="val_bpb"):
+    """scipy's paired test of variant - baseline on the trials matched by `key` (inner join)."""
+    done = trials[trials["status"] == "done"]
+    a = done[done["variant"] == variant].set_index(key)[metric]
+    b = done[done["variant"] == baseline].set_index(key)[metric]
+    both = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").sort_index()
+    return stats.ttest_rel(both["a"], both["b"]), len(both)
+
+
+def test_arms_sharing_a_data_seed_are_paired_and_the_pairing_shows_the_effect():
+    t = pd.DataFrame(paired_rows())
+    c = compare_to_baseline(t, "base").set_index("variant")
+    for variant in ("small", "same"):
+        ref, n = _ttest_rel_by(t, variant, "base")
+        ci = ref.confidence_interval(0.95)
+        assert c.loc[variant, "test"] == "paired t" and c.loc[variant, "n_pairs"] == n == 4
+        assert c.loc[variant, "p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+        assert (c.loc[variant, "ci_low"], c.loc[variant, "ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+        arm = t.loc[t["variant"] == variant, "val_bpb"]
+        assert c.loc[variant, "sd"] == pytest.approx(arm.std(ddof=1))
+        # the shared seed noise (sd 0.02) is what pairing removes: the differences keep ~sqrt(2) x 3e-4 of it
+        assert c.loc[variant, "sd_diff"] < c.loc[variant, "sd"] / 20
+    assert c.loc["small", "verdict"] == "better" and c.loc["same", "verdict"].startswith("within noise")
+    # Welch's test on the same trials cannot tell the 0.002 from the seeds' 0.02
+    base, small = (t.loc[t["variant"] == v, "val_bpb"] for v in ("base", "small"))
+    assert stats.ttest_ind(small, base, equal_var=False).pvalue > 0.5
+    # Holm over the two arms, by hand: the smaller p times 2, the larger times 1, never decreasing
+    p = c["p_value"].to_dict()
+    lo, hi = sorted(p, key=p.get)
+    assert c.loc[lo, "p_holm"] == pytest.approx(min(1, 2 * p[lo]))
+    assert c.loc[hi, "p_holm"] == pytest.approx(max(min(1, 2 * p[lo]), p[hi]))
+
+
+def test_a_trial_without_a_partner_is_left_out_and_too_few_pairs_fall_back_to_welch():
+    t = pd.DataFrame(paired_rows(effects={"base": 0.0, "gap": -0.002, "lone": 0.0}))
+    # gap's data seed 3 failed: 3 pairs, its baseline partner left out; lone ran seeds 0 and 7: one pair, Welch on all
+    t.loc[t["trial"] == "gap_s3", ["status", "val_bpb"]] = ["failed", np.nan]
+    t.loc[t["trial"] == "lone_s1", "data_seed"] = 7
+    t = t[~t["trial"].isin(["lone_s2", "lone_s3"])].reset_index(drop=True)
+    c = compare_to_baseline(t, "base").set_index("variant")
+    ref, n = _ttest_rel_by(t, "gap", "base")
+    assert n == 3 and c.loc["gap", "test"] == "paired t" and c.loc["gap", "n_pairs"] == 3
+    assert (c.loc["gap", "n"], c.loc["gap", "n_baseline"]) == (3, 4)
+    assert c.loc["gap", "p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+    base, lone = (t.loc[t["variant"] == v, "val_bpb"] for v in ("base", "lone"))
+    welch = stats.ttest_ind(lone, base, equal_var=False)
+    assert c.loc["lone", "test"] == "Welch" and c.loc["lone", "n_pairs"] == 0 and math.isnan(c.loc["lone", "sd_diff"])
+    assert c.loc["lone", "p_value"] == pytest.approx(welch.pvalue, rel=1e-9)
+    assert c.loc["lone", "diff"] == pytest.approx(lone.mean() - base.mean())
+
+
+def test_pairs_follow_data_seed_then_init_seed_and_older_tables_pair_by_seed():
+    t = pd.DataFrame(paired_rows())
+    # the arm's data seeds permuted against its seeds: pairs follow data_seed (the batches), not seed
+    arm = t["variant"] == "small"
+    t.loc[arm, "data_seed"] = t.loc[arm, "seed"].map({0: 2, 1: 0, 2: 3, 3: 1})
+    c = compare_to_baseline(t, "base").set_index("variant")
+    ref, _ = _ttest_rel_by(t, "small", "base")
+    by_seed, _ = _ttest_rel_by(t, "small", "base", key="seed")
+    assert c.loc["small", "p_value"] == pytest.approx(ref.pvalue, rel=1e-9) and ref.pvalue != by_seed.pvalue
+    # one data seed for all, init seeds 0..3: the init seed tells the trials apart
+    one_order = pd.DataFrame(paired_rows()).assign(data_seed=0)
+    c = compare_to_baseline(one_order, "base").set_index("variant")
+    ref, n = _ttest_rel_by(one_order, "small", "base", key="init_seed")
+    assert n == 4 and c.loc["small", "test"] == "paired t"
+    assert c.loc["small", "p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+    # both seeds repeat: no one-to-one match, so Welch
+    c = compare_to_baseline(one_order.assign(init_seed=0), "base").set_index("variant")
+    assert set(c["test"]) == {"Welch"}
+    # a table from before init_seed and data_seed: its seed set both, so it pairs by seed; a gap in the columns too
+    old = pd.DataFrame(paired_rows()).drop(columns=["init_seed", "data_seed"])
+    ref, _ = _ttest_rel_by(old, "small", "base", key="seed")
+    assert compare_to_baseline(old, "base").set_index("variant").loc["small", "p_value"] == pytest.approx(ref.pvalue)
+    gaps = pd.DataFrame(paired_rows())
+    gaps.loc[gaps["seed"] == 2, "data_seed"] = np.nan
+    assert compare_to_baseline(gaps, "base").set_index("variant").loc["small", "p_value"] == pytest.approx(ref.pvalue)
 
 
 def test_holm_by_hand():
@@ -132,6 +229,7 @@ def test_compare_to_baseline_labels_noise_and_effects():
     )
     c = compare_to_baseline(t, "base").set_index("variant")
     assert c.loc["good", "verdict"] == "better" and c.loc["good", "diff"] == pytest.approx(-0.1)
+    assert c.loc["good", "test"] == "paired t" and c.loc["one", "test"] == "Welch"  # seeds 0..3 pair; one run cannot
     assert c.loc["same", "verdict"] == "within noise"
     assert c.loc["one", "verdict"] == "single run: no interval"
     g = summarise_groups(t, baseline="base")

@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from reports_synth import EVIL, nanohead_rows, softmax1_rows, toeplitz_rows, trial_row, write_study
+from reports_synth import EVIL, nanohead_rows, paired_rows, softmax1_rows, toeplitz_rows, trial_row, write_study
 from scipy import stats
 
 from reports.analyse import perplexity_ratio, threshold_table
 from reports.build import build_report
+from reports.html import fmt
 from reports.sections import SECTIONS, write_outputs
 
 
@@ -42,19 +43,46 @@ def test_a_study_without_views_gets_the_common_report(tmp_path):
     assert "nano-head proportion" not in page and "nanohead" not in res  # the family's view is not there
     assert "hypothesis: wider is better" in page and "note: my notebook, page 3" in page
     assert "<h3>Difference from the baseline (p0)</h3>" in page
-    # every arm against p0: Welch's test as scipy computes it on the same trials
-    df = pd.DataFrame(rows)
-    base = df.loc[df["variant"] == "p0", "val_bpb"]
+    # every arm against p0: a paired t-test as scipy computes it on the trials matched by seed (a table without a
+    # data_seed column predates it: its seed set the batches)
+    df = pd.DataFrame(rows).sort_values("seed")
+    base = df.loc[df["variant"] == "p0", "val_bpb"].to_numpy()
     comps = {c["variant"]: c for c in res["comparisons"]}
     assert set(comps) == {"p20", "p40", "p60", "p80"}
     for variant, c in comps.items():
-        arm = df.loc[df["variant"] == variant, "val_bpb"]
-        ref = stats.ttest_ind(arm, base, equal_var=False)
+        arm = df.loc[df["variant"] == variant, "val_bpb"].to_numpy()
+        ref = stats.ttest_rel(arm, base)
         ci = ref.confidence_interval(0.95)
+        assert c["test"] == "paired t" and c["n_pairs"] == 3
         assert c["diff"] == pytest.approx(arm.mean() - base.mean(), rel=1e-12)
         assert c["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
         assert (c["ci_low"], c["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
     assert comps["p40"]["verdict"] == "better"
+
+
+def test_the_report_says_which_test_each_arm_got_and_what_pairing_bought(tmp_path):
+    rows = paired_rows()
+    rows += [trial_row("lone_s0", "lone", 0, 1.5, init_seed=0, data_seed=9)]  # no partner: Welch (and no interval)
+    page, res = _build(write_study(tmp_path, "paired", rows, family="custom", baseline="base"))
+    comps = {c["variant"]: c for c in res["comparisons"]}
+    assert {v: c["test"] for v, c in comps.items()} == {"small": "paired t", "same": "paired t", "lone": "Welch"}
+    assert "paired t-test on the differences between trials that share a data_seed" in res["test"]
+    small = comps["small"]
+    base = np.array([r["val_bpb"] for r in rows if r["variant"] == "base"])
+    arm = np.array([r["val_bpb"] for r in rows if r["variant"] == "small"])
+    assert small["sd"] == pytest.approx(arm.std(ddof=1)) and small["sd_baseline"] == pytest.approx(base.std(ddof=1))
+    assert small["sd_diff"] == pytest.approx((arm - base).std(ddof=1))
+    for header in ("test", "n_pairs", "seed-to-seed sd", "sd of paired differences"):
+        assert f">{header}</th>" in page
+    unpaired = math.hypot(small["sd"], small["sd_baseline"])
+    assert (
+        html.escape(
+            f"small: paired differences vary with sd {fmt(small['sd_diff'])}, unpaired trials' "
+            f"differences with sd {fmt(unpaired)}"
+        )
+        in page
+    )
+    assert "(paired t, 4 pairs): better" in page
 
 
 def test_views_in_study_json_win_over_the_family(tmp_path):

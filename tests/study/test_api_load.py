@@ -16,6 +16,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reports"))  # the synthetic studies live there
 from reports_synth import nanohead_rows, write_study  # noqa: E402
 
+from reports.analyse import compare_to_baseline  # noqa: E402
 from study.api import SUMMARY_COLUMNS, StudyResult, load_study  # noqa: E402
 from study.run import UsageError  # noqa: E402
 
@@ -55,9 +56,10 @@ def test_summary_by_hand(nanohead):
         if arm == "p0":
             assert r["diff"] == 0 and r["verdict"] == "baseline" and math.isnan(r["p_value"])
             continue
-        ref = stats.ttest_ind(x, base, equal_var=False)
+        # paired by seed (this table has no data_seed column: its seed set the batches), seeds 0..2 in order
+        ref = stats.ttest_rel(x, base)
         ci = ref.confidence_interval(0.95)
-        assert r["diff"] == pytest.approx(x.mean() - base.mean())
+        assert r["test"] == "paired t" and r["diff"] == pytest.approx(x.mean() - base.mean())
         assert (r["diff_ci_low"], r["diff_ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
         assert r["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)  # raw, not Holm-adjusted
         p_raw[arm] = ref.pvalue
@@ -125,6 +127,50 @@ def test_a_running_study_loads_from_its_trial_folders(tmp_path):
     assert summary["n"].to_dict() == {"nomean_noproj": 2, "mean_proj": 2}  # done trials only
     assert summary.loc["mean_proj", "diff"] == pytest.approx(-0.1)
     assert any("rebuilt from trials" in w for w in s.warnings)
+
+
+def test_the_seeds_each_trial_used_are_columns_paired_by_the_summary(tmp_path):
+    """init_seed and data_seed as the trainer resolved them (config.json's train), in trials.parquet (collect) and in
+    the rows of a running study: a config.json from before them, or a torn one, gives what the trainer would have
+    used (the seed, or the trial config's own)."""
+    from study.catalog import STUDIES
+    from study.results import collect, write_trials
+
+    d = tmp_path / "toeplitz_flags"
+    d.mkdir()
+    meta = dict(study="toeplitz_flags", family="toeplitz", views=["toeplitz"], baseline={"variant": "nomean_noproj"})
+    (d / "study.json").write_text(json.dumps(meta))
+    for seed in (0, 1, 2):
+        for mean in (True, False):
+            _runner_trial(d, mean, mean, seed, steps=10)
+    for name, train in (("toeplitz_mean_proj_s1", dict(init_seed=1, data_seed=1)), ("toeplitz_mean_proj_s2", {})):
+        built = json.loads((d / "trials" / name / "config.json").read_text())
+        (d / "trials" / name / "config.json").write_text(json.dumps({**built, "train": dict(seed=1, **train)}))
+    (d / "trials" / "toeplitz_nomean_noproj_s2" / "trial_config.json").write_text(
+        json.dumps(dict(mixer="toeplitz", toep_mean=False, toep_proj=False, seed=2, data_seed=0))
+    )
+    (d / "trials" / "toeplitz_nomean_noproj_s2" / "config.json").write_text('{"model": {"n_la')  # torn
+    expected = {  # trial -> (init_seed, data_seed)
+        "toeplitz_mean_proj_s0": (0, 0),  # no train record (older): the seed
+        "toeplitz_mean_proj_s1": (1, 1),
+        "toeplitz_mean_proj_s2": (2, 2),  # a train record from before the two seeds
+        "toeplitz_nomean_noproj_s0": (0, 0),
+        "toeplitz_nomean_noproj_s1": (1, 1),
+        "toeplitz_nomean_noproj_s2": (2, 0),  # its own data_seed, as TrainConfig resolves it
+    }
+    running = load_study(d).trials.set_index("trial")  # no trials.parquet yet: rows from the trial folders
+    df = collect(d, STUDIES["toeplitz_flags"], outcomes={}).set_index("trial")
+    for t in (df, running):
+        assert {k: (r["init_seed"], r["data_seed"]) for k, r in t.iterrows()} == {
+            k: v for k, v in expected.items() if k in t.index
+        }
+    write_trials(df.reset_index(), d)
+    summary = load_study(d).summary().set_index("arm")
+    # nomean_noproj trained twice on data seed 0 (init seeds 0 and 2), so the pairs match both seeds: (0, 0) and
+    # (1, 1) pair, mean_proj's (2, 2) and nomean_noproj's (2, 0) have no partner; every pair differs by -0.1
+    comps = compare_to_baseline(load_study(d)._study().trials, "nomean_noproj").set_index("variant")
+    assert (comps.loc["mean_proj", "test"], comps.loc["mean_proj", "n_pairs"]) == ("paired t", 2)
+    assert summary.loc["mean_proj", "test"] == "paired t" and summary.loc["mean_proj", "diff"] == pytest.approx(-0.1)
 
 
 def test_a_folder_without_study_json_is_a_usage_error(tmp_path):

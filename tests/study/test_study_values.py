@@ -403,7 +403,41 @@ def test_seed_with_seeds_is_refused(capsys):
 
     code = study.run.main(["nanohead_grid", *SMOKE, "--seeds", "3", "--set", "seed=5", "--dry-run"])
     line = _one_error_line(code, capsys.readouterr().err)
-    assert "seed=5" in line and "--seeds" in line, line
+    assert "seed=5" in line and "--seeds" in line and "--set init_seed or data_seed" in line, line
+
+
+def test_one_seed_held_still_while_seeds_vary_the_other():
+    """--set init_seed=3 --seeds 2: one init, the data seeds 0 and 1 (and the reverse); a list of one of them is an
+    axis of replicates, not of arms. The names say which seed was held."""
+    from study.catalog import STUDIES as SPECS
+    from study.catalog import get_profile
+    from study.run import check_overrides, parse_set, plan_trials
+
+    spec, profile = SPECS["softmax1_ab"], get_profile("smoke")
+
+    def plan(seeds, *sets):
+        trials = plan_trials(spec, profile, check_overrides(spec, profile, parse_set(list(sets))), seeds, 1)
+        return {t["name"]: (spec.arm(t["config"]), t["train"].init_seed, t["train"].data_seed) for t in trials}
+
+    assert plan(2, "init_seed=3") == {
+        "softmax1_ab_softmax_i3": ("softmax", 3, 0),
+        "softmax1_ab_softmax_s1_i3": ("softmax", 3, 1),
+        "softmax1_ab_softmax1_i3": ("softmax1", 3, 0),
+        "softmax1_ab_softmax1_s1_i3": ("softmax1", 3, 1),
+    }
+    assert set(plan(2, "data_seed=0").values()) == {(arm, s, 0) for arm in ("softmax", "softmax1") for s in (0, 1)}
+    assert plan(1, "data_seed=0,5") == {
+        "softmax1_ab_softmax_d0": ("softmax", 0, 0),
+        "softmax1_ab_softmax_d5": ("softmax", 0, 5),
+        "softmax1_ab_softmax1_d0": ("softmax1", 0, 0),
+        "softmax1_ab_softmax1_d5": ("softmax1", 0, 5),
+    }
+    assert plan(2) == {  # neither set: the names as ever, both seeds the trial's seed
+        "softmax1_ab_softmax": ("softmax", 0, 0),
+        "softmax1_ab_softmax_s1": ("softmax", 1, 1),
+        "softmax1_ab_softmax1": ("softmax1", 0, 0),
+        "softmax1_ab_softmax1_s1": ("softmax1", 1, 1),
+    }
 
 
 def test_total_batch_tokens_must_split_into_micro_steps(capsys):

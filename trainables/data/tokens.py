@@ -299,30 +299,45 @@ class TokenLoader:
 
     The train stream is cut into windows that start every seq_len tokens (each token is a
     target exactly once per epoch). Every epoch visits the windows in an order drawn from
-    (seed, epoch); step s of an epoch uses the slice [s*W*B, (s+1)*W*B) of that order, and
-    rank r takes its r-th B windows, so ranks never share a window and together see exactly
-    what one rank with batch W*B would. The tail that does not fill a global batch is dropped,
-    so every rank runs the same number of steps (DDP needs that). Position = (epoch, step),
-    the same on every rank, so a state saved by rank 0 restores any rank.
+    (seed, epoch) alone: the model never enters it. Step s of an epoch uses the slice
+    [s*W*B, (s+1)*W*B) of that order, and rank r takes its r-th B windows, so ranks never share
+    a window and together see exactly what one rank with batch W*B would. An epoch ends on a
+    whole optimizer step of accum_steps (A) micro-steps, its tail that does not fill W*A*B
+    windows dropped, so every rank runs the same number of steps (DDP needs that) and optimizer
+    step j is the slice [j*G, (j+1)*G) of the order, G = W*A*B: any world size, micro-batch and
+    accumulation with the same G and seed train on the same windows at every optimizer step.
+    Position = (epoch, step), the same on every rank, so a state saved by rank 0 restores any rank.
     """
 
     def __init__(
-        self, data: TokenData, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, seed: int = 0
+        self,
+        data: TokenData,
+        batch_size: int,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        accum_steps: int = 1,
     ):
-        for field, value in (("batch_size", batch_size), ("seq_len", seq_len), ("world_size", world_size)):
+        for field, value in (
+            ("batch_size", batch_size),
+            ("seq_len", seq_len),
+            ("world_size", world_size),
+            ("accum_steps", accum_steps),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TokenLoader {field}={value!r}: must be a positive int")
         if not 0 <= rank < world_size:
             raise ValueError(f"TokenLoader rank={rank!r}: must be in [0, world_size={world_size})")
         self.data, self.batch_size, self.seq_len = data, batch_size, seq_len
-        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.rank, self.world_size, self.seed, self.accum_steps = rank, world_size, seed, accum_steps
         self.tokens = data.train_tokens()
         self.n_windows = (len(self.tokens) - 1) // seq_len
-        self.steps_per_epoch = self.n_windows // (batch_size * world_size)
+        self.steps_per_epoch = self.n_windows // (batch_size * world_size * accum_steps) * accum_steps
         if self.steps_per_epoch == 0:
             raise DataError(
-                f"train split has {len(self.tokens)} tokens: too few for {world_size} x {batch_size} "
-                f"windows of seq_len+1={seq_len + 1}; use a bigger corpus or smaller batch/seq_len"
+                f"train split has {len(self.tokens)} tokens: too few for {world_size} x {accum_steps} x "
+                f"{batch_size} windows of seq_len+1={seq_len + 1}; use a bigger corpus or smaller batch/seq_len"
             )
         self.epoch, self.step = 0, 0
         self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
@@ -365,12 +380,14 @@ class TokenLoader:
             "batch_size": self.batch_size,
             "seq_len": self.seq_len,
             "world_size": self.world_size,
+            "accum_steps": self.accum_steps,
             "n_train_tokens": len(self.tokens),
         }
 
     def load_state_dict(self, state: dict) -> None:
         # A different order or window layout would silently repeat/skip data: refuse it.
-        for field in ("seed", "batch_size", "seq_len", "world_size", "n_train_tokens"):
+        state = {"accum_steps": 1, **state}  # a state from before accum_steps: epochs of single micro-steps
+        for field in ("seed", "batch_size", "seq_len", "world_size", "accum_steps", "n_train_tokens"):
             mine = self.state_dict()[field]
             if state[field] != mine:
                 raise ValueError(f"TokenLoader state {field}={state[field]!r} differs from this loader's {mine!r}")
