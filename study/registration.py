@@ -66,8 +66,8 @@ def _test(spec, m: int) -> str:
     if not m:
         return "none: no arm is compared with a baseline"
     return (
-        f"Welch's two-sided t-test of each arm's {spec.metric} against the baseline's over its seeds, "
-        f"Holm-corrected over {m} comparison{'s' * (m != 1)}"
+        f"two-sided paired t-test of each arm's {spec.metric} against the baseline's, trials paired by data_seed "
+        f"(Welch's test where fewer than two pairs form), Holm-corrected over {m} comparison{'s' * (m != 1)}"
     )
 
 

@@ -59,7 +59,7 @@ def test_the_plan_is_written_and_hashed(tmp_path):
     assert p["decision_rule"]["threshold"] == 0.05 and p["decision_rule"]["mde"] == 0.01
     assert "5%" in p["decision_rule"]["text"] and "D = 0.01 val_bpb" in p["decision_rule"]["text"]
     assert (p["alpha"], p["power"], p["seeds"]) == (0.05, 0.9, 3)
-    assert "Welch's two-sided t-test" in p["test"] and "Holm" in p["test"]
+    assert "paired t-test" in p["test"] and "data_seed" in p["test"] and "Holm" in p["test"]
     assert p["recorded"] == STARTED
     assert p["sha256"] == by_hand(p)
     assert p["planner"]["seeds_needed"] is None  # no pilot yet: the planner said so, outside the hash
