@@ -19,8 +19,8 @@ SCHEDULERS = ("fifo", "asha")
 MODES = ("min", "max")
 NAME = re.compile(r"[a-z0-9_]+")
 PROFILE_NAMES = ("smoke", "cpu", "gpu", "paper")
-# Profile keys of a user's study: a study file's [profiles.NAME] table holds base keys, and these
-PROFILE_TABLE_KEYS = ("axes", "space", "num_samples")
+# Profile keys of a user's study: a [profiles.NAME] table holds base keys, and these (a TOML's `space` is read as axes)
+PROFILE_TABLE_KEYS = ("axes", "num_samples")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from search_spaces.spec import MODES, PROFILE_NAMES, SCHEDULERS, SEARCHERS, StudySpec
+from search_spaces.spec import MODES, PROFILE_NAMES, PROFILE_TABLE_KEYS, SCHEDULERS, SEARCHERS, StudySpec
 from study.catalog import register_study
 from study.errors import UsageError
 from study.run import check_type
@@ -156,9 +156,7 @@ def _check_data(base: dict, spec: StudySpec, shown: str):
     for profile, table in spec.profiles.items():
         if not isinstance(table, dict):
             raise UsageError(f"{shown}: [profiles.{profile}] must be a table")
-        tables.append(
-            (f"profiles.{profile}", {k: v for k, v in table.items() if k not in ("axes", "num_samples")}, False)
-        )
+        tables.append((f"profiles.{profile}", {k: v for k, v in table.items() if k not in PROFILE_TABLE_KEYS}, False))
         tables.append((f"profiles.{profile}.axes", table.get("axes", {}), True))
     allowed = _model_keys() | {"seed"}
     for where, table, is_axes in tables:
