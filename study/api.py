@@ -28,7 +28,6 @@ SUMMARY_COLUMNS = [
     "diff_ci_low",
     "diff_ci_high",
     "p_value",
-    "test",
     "verdict",
 ]
 
@@ -53,9 +52,10 @@ class StudyResult:
     def summary(self) -> "pd.DataFrame":
         """One row per arm (and budget, where the study ran several): the mean of the study's metric over the
         finished seeds with its 95% t-interval; the difference from the baseline with its 95% interval and raw
-        p-value, from the test `test` names (a paired t-test over trials that share a data_seed, else Welch's: the
-        report's compare_to_baseline); the verdict as the report words it (Holm-adjusted across arms, and whether
-        the arm meets study.json's threshold where it has one). The baseline's row: diff 0, verdict "baseline"."""
+        p-value (a paired t-test over trials that share a data_seed, else Welch's: the report's
+        compare_to_baseline); the verdict as the report words it (Holm-adjusted across arms, the test in brackets,
+        and whether the arm meets study.json's threshold where it has one). The baseline's row: diff 0, verdict
+        "baseline"."""
         import pandas as pd
 
         from reports.analyse import compare_to_baseline, group_keys, summarise_groups, threshold_table
@@ -75,14 +75,13 @@ class StudyResult:
         for g in summarise_groups(t, metric, base).to_dict(orient="records"):
             row = dict(arm=g["variant"], **{k: g[k] for k in keys[1:]}, n=g["n"], mean=g["mean"])
             row.update(ci_low=g["ci_low"], ci_high=g["ci_high"], diff=math.nan, diff_ci_low=math.nan)
-            row.update(diff_ci_high=math.nan, p_value=math.nan, test=None, verdict="no baseline")
+            row.update(diff_ci_high=math.nan, p_value=math.nan, verdict="no baseline")
             c = comps.get(key(g))
             if g["variant"] == base:
                 row.update(diff=0.0, verdict="baseline")
             elif c:
                 row.update(diff=c["diff"], diff_ci_low=c["ci_low"], diff_ci_high=c["ci_high"], p_value=c["p_value"])
-                row["test"] = c["test"]
-                row["verdict"] = c["verdict"] + (f"; {met[key(g)]}" if key(g) in met else "")
+                row["verdict"] = f"{c['verdict']} ({c['test']})" + (f"; {met[key(g)]}" if key(g) in met else "")
             elif base:
                 row["verdict"] = f"no finished {base} trial to compare with"
             rows.append(row)
