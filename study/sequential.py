@@ -159,3 +159,29 @@ def simulate(
         outcome[going] = classify(low, high, np.full(len(x), n), mde, max_seeds)
         seeds[going] = n
     return outcome.astype(str), seeds
+
+
+# -----------------------------------------------------------------------------
+# The next round: which planned trials run
+
+
+def trial_arm(plan, trial: dict) -> str:
+    """The variant a planned trial belongs to, as the report names it (reports.collect reads the same keys)."""
+    return plan.spec.arm({**trial["config"], **trial["gpt"].to_dict()})
+
+
+def trial_data_seed(trial: dict) -> int:
+    """A planned trial's data_seed: its own where --set gives one, else its seed (which sets both)."""
+    config = trial["config"]
+    return int(config["data_seed"] if config.get("data_seed") is not None else config["seed"])
+
+
+def next_round(plan, decisions: pd.DataFrame, data_seed: int) -> list[dict]:
+    """The planned trials of the next round: those on `data_seed` of the undecided arms, and of the baseline, which
+    every pair needs (none when no arm is undecided). The plan holds every seed up to the cap (--max-seeds); a round
+    runs its own Tune experiment of these trials alone."""
+    undecided = set(undecided_arms(decisions))
+    if not undecided:
+        return []
+    wanted = undecided | {plan.spec.baseline_arm}
+    return [t for t in plan.trials if trial_data_seed(t) == data_seed and trial_arm(plan, t) in wanted]

@@ -108,3 +108,17 @@ def test_a_true_null_with_a_wide_d_is_declared_equivalent_before_the_cap():
     outcome, seeds = sq.simulate(0.0, 1.0, mde=5.0, alpha=ALPHA, max_seeds=K, studies=STUDIES)
     assert (outcome == "equivalent").mean() >= 0.95
     assert seeds.mean() < K
+
+
+def test_next_round_takes_the_undecided_arms_and_the_baseline_on_the_next_seed():
+    from study.run import RunOptions, find_study, make_plan
+
+    plan = make_plan(find_study("softmax1_ab"), RunOptions(profile="smoke", seeds=4, output="/tmp/unused"))
+    base = plan.spec.baseline_arm
+    arms = {sq.trial_arm(plan, t) for t in plan.trials}
+    assert base in arms and len(arms) == 2
+    (arm,) = arms - {base}
+    undecided = pd.DataFrame(dict(variant=[arm], status=["undecided"]))
+    picked = sq.next_round(plan, undecided, 2)
+    assert sorted(t["name"] for t in picked) == sorted(f"softmax1_ab_{v}_s2" for v in (base, arm))
+    assert sq.next_round(plan, undecided.assign(status="decided"), 2) == []
