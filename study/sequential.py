@@ -21,6 +21,7 @@ on top of it as before.
 """
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -185,3 +186,20 @@ def next_round(plan, decisions: pd.DataFrame, data_seed: int) -> list[dict]:
         return []
     wanted = undecided | {plan.spec.baseline_arm}
     return [t for t in plan.trials if trial_data_seed(t) == data_seed and trial_arm(plan, t) in wanted]
+
+
+def round_plan(plan, trials: list[dict]):
+    """The plan narrowed to one round's trials, for a Tune experiment of its own (build_tuner expands the axes as a
+    grid): every axis keeps the values these trials use, in the plan's order. A round's trials are one data_seed of
+    some arms; where those arms are not a product of axis values (two arms differing in two axes, without the
+    mixed ones), no grid holds exactly them, and this raises rather than run trials nobody asked for."""
+    used = {k: {_key(t["searched"][k]) for t in trials} for k in plan.axes}
+    axes = {k: [v for v in values if _key(v) in used[k]] for k, values in plan.axes.items()}
+    if math.prod(len(v) for v in axes.values()) != len(trials) or not trials:
+        names = [t["name"] for t in trials]
+        raise RuntimeError(f"a round's trials are no grid of the plan's axes (a product of axis values): {names}")
+    return replace(plan, axes=axes, trials=trials)
+
+
+def _key(value):
+    return repr(value)  # axis values may be lists or dicts (unhashable): their repr tells them apart

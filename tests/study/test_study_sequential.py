@@ -122,3 +122,10 @@ def test_next_round_takes_the_undecided_arms_and_the_baseline_on_the_next_seed()
     picked = sq.next_round(plan, undecided, 2)
     assert sorted(t["name"] for t in picked) == sorted(f"softmax1_ab_{v}_s2" for v in (base, arm))
     assert sq.next_round(plan, undecided.assign(status="decided"), 2) == []
+    # the round's Tune experiment: the plan's grid narrowed to these trials
+    narrowed = sq.round_plan(plan, picked)
+    assert narrowed.axes == {"softmax1": [False, True], "seed": [2]} and narrowed.trials == picked
+    (one,) = [t for t in picked if t["name"].endswith(f"_{arm}_s2")]
+    assert sq.round_plan(plan, [one]).axes == {"softmax1": [True], "seed": [2]}
+    with pytest.raises(RuntimeError, match="no grid"):
+        sq.round_plan(plan, [t for t in plan.trials if t["name"] in (f"softmax1_ab_{base}", f"softmax1_ab_{arm}_s1")])
