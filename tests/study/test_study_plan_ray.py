@@ -9,22 +9,9 @@ from datetime import datetime
 import pandas as pd
 import pytest
 from study_cli import run_cli
+from test_study_plan import FIELDS  # the registered fields, written out once
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
-
-FIELDS = [
-    "hypothesis",
-    "metric",
-    "mode",
-    "baseline",
-    "arms",
-    "comparisons",
-    "decision_rule",
-    "alpha",
-    "power",
-    "seeds",
-    "test",
-]
 
 
 def args(out, *extra):
