@@ -53,7 +53,19 @@ def build_parser(spec: StudySpec | None = None) -> argparse.ArgumentParser:
     ap.add_argument(
         "--dry-run", action="store_true", help="print each trial's config, parameters, tokens and FLOPs; no Ray"
     )
-    ap.add_argument("--seeds", type=int, default=1, help="run each config N times with seeds 0..N-1 (grid studies)")
+    ap.add_argument(
+        "--seeds",
+        default=1,
+        help="run each config N times with seeds 0..N-1 (grid studies); auto: 2 seeds per arm, then one more per "
+        "round to each arm still undecided at --mde D (sequential seeding)",
+    )
+    ap.add_argument(
+        "--max-seeds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="--seeds auto: the most seeds an arm gets (default 10)",  # reports.sequential.DEFAULT_MAX_SEEDS (it imports scipy)
+    )
     ap.add_argument("--num-samples", type=int, default=None, help="trials an Optuna search runs (default: per profile)")
     ap.add_argument(
         "--max-trials",
@@ -864,7 +876,8 @@ class RunOptions:
 
     profile: str = DEFAULT_PROFILE
     dry_run: bool = False
-    seeds: int = 1
+    seeds: int | str = 1  # or "auto": sequential seeding (reports.sequential), up to max_seeds
+    max_seeds: int | None = None
     num_samples: int | None = None
     max_trials: int = MAX_TRIALS
     set: dict = field(default_factory=dict)  # key -> value; a list makes (or replaces) an axis
@@ -906,6 +919,10 @@ class Plan:
     def num_samples(self) -> int:
         return self.options.num_samples or self.spec.samples(self.profile)
 
+    @property
+    def sequential(self) -> bool:
+        return self.options.seeds == "auto"
+
     def command(self, resume: bool = False) -> list[str]:
         """The command line that runs this plan (the study by name: a study file's copy is in its study.json)."""
         o, default = self.options, RunOptions()
@@ -914,6 +931,7 @@ class Plan:
             argv += ["--set", f"{key}={','.join(map(_text, value)) if isinstance(value, list) else _text(value)}"]
         for name in (
             "seeds",
+            "max_seeds",
             "num_samples",
             "workers_per_trial",
             "gpus_per_trial",
@@ -937,11 +955,10 @@ def _text(value) -> str:
 def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
     """Checks every option against the study and plans its trials (no Ray): a UsageError names what is wrong."""
     profile = _checked(lambda: get_profile(options.profile))
-    if options.seeds < 1:
-        raise UsageError(f"--seeds {options.seeds}: must be >= 1")
+    options = replace(options, seeds=check_seeds(options, spec))
     if options.num_samples is not None and options.num_samples < 1:
         raise UsageError(f"--num-samples {options.num_samples}: must be >= 1")
-    if options.seeds > 1 and spec.searcher == "optuna":
+    if options.seeds != 1 and spec.searcher == "optuna":
         raise UsageError(
             f"--seeds: {spec.name} is an Optuna search (each trial is a new config); seeds apply to grid studies"
         )
@@ -969,10 +986,11 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
     check_storage(options.storage)
     options = replace(options, output=check_output(options.output))
     check_mixers(spec, profile, overrides)
+    seeds = planned_seeds(options)
     if spec.searcher == "grid":
-        base, axes = grid_axes(spec, profile, overrides, options.seeds)
+        base, axes = grid_axes(spec, profile, overrides, seeds)
         trials = plan_trials(
-            spec, profile, overrides, options.seeds, workers, max_trials=options.max_trials, address=options.address
+            spec, profile, overrides, seeds, workers, max_trials=options.max_trials, address=options.address
         )
     else:
         base, axes = search_space(spec, profile, overrides)
@@ -986,7 +1004,7 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
             address=options.address,
         )
     check_corpora([t["config"] for t in trials])  # an Optuna space varies no corpus or tokenizer: the draws name them
-    fidelity = note_vs_run(spec, profile, overrides, options.seeds, workers, trials)
+    fidelity = note_vs_run(spec, profile, overrides, seeds, workers, trials)
     plan = Plan(
         spec=spec,
         profile=profile,
@@ -1002,6 +1020,42 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
     if options.mde is not None:
         plan.seed_plan = seed_plan(plan)
     return plan
+
+
+def check_seeds(options: RunOptions, spec: StudySpec) -> int | str:
+    """--seeds as a count, or "auto" (sequential seeding, which needs --mde and a baseline); --max-seeds with it."""
+    seeds = options.seeds
+    if isinstance(seeds, str) and seeds.strip().isdigit():
+        seeds = int(seeds)
+    if seeds != "auto" and not (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1):
+        raise UsageError(f"--seeds {seeds}: must be a whole number >= 1, or auto")
+    if seeds != "auto":
+        if options.max_seeds is not None:
+            raise UsageError(f"--max-seeds {options.max_seeds}: it caps --seeds auto; give --seeds auto with it")
+        return seeds
+    if spec.searcher != "grid":
+        raise UsageError(f"--seeds auto: {spec.name} is an Optuna search; sequential seeding applies to grid studies")
+    if options.mde is None:
+        raise UsageError(
+            "--seeds auto needs --mde D: the difference in the metric's units below which an arm counts as no "
+            "different from the baseline (e.g. --mde 0.01)"
+        )
+    if not spec.baseline_arm:
+        raise UsageError(f"--seeds auto: {spec.name} names no baseline arm, so no comparison decides its seeds")
+    from reports.sequential import MIN_SEEDS
+
+    if options.max_seeds is not None and options.max_seeds < MIN_SEEDS + 1:
+        raise UsageError(
+            f"--max-seeds {options.max_seeds}: must be >= {MIN_SEEDS + 1} (the first round runs {MIN_SEEDS} seeds)"
+        )
+    return "auto"
+
+
+def planned_seeds(options: RunOptions) -> int:
+    """The seeds every config is planned with: --seeds, or under --seeds auto the cap (the rounds run some)."""
+    from reports.sequential import DEFAULT_MAX_SEEDS
+
+    return (options.max_seeds or DEFAULT_MAX_SEEDS) if options.seeds == "auto" else options.seeds
 
 
 def check_mixers(spec: StudySpec, profile, overrides: dict):
@@ -1066,7 +1120,11 @@ def print_mixer_flops(plan: Plan):
 # grid study's --seeds may grow (the new seeds run as a Tune experiment of their own).
 # The resources too: other workers per trial rerun trials from step 0 (a direct trial's checkpoint is Tune's,
 # a DDP trial's is Train's) or fail on a world-size mismatch.
-RESUME_FIXED = ("profile", "seeds", "workers_per_trial", "ray_train", "cpus_per_worker")
+RESUME_FIXED = ("profile", "seeds", "max_seeds", "workers_per_trial", "ray_train", "cpus_per_worker")
+
+
+def _seeds_value(seeds):
+    return int(seeds) if isinstance(seeds, str) and seeds.isdigit() else seeds
 
 
 def check_resume_matches(study, plan: Plan) -> list[dict]:
@@ -1083,7 +1141,8 @@ def check_resume_matches(study, plan: Plan) -> list[dict]:
     def effective(d: dict) -> dict:  # an option left out means its default
         return dict(
             profile=d.get("profile"),
-            seeds=d.get("seeds", 1),
+            seeds=_seeds_value(d.get("seeds", 1)),
+            max_seeds=d.get("max_seeds"),
             workers_per_trial=d.get("workers_per_trial") or profile.workers_per_trial,
             ray_train=bool(d.get("ray_train")),
             cpus_per_worker=float(d.get("cpus_per_worker") or 1.0),
@@ -1093,7 +1152,8 @@ def check_resume_matches(study, plan: Plan) -> list[dict]:
     recorded = started.get("set") or {}
     then["set"] = check_overrides(plan.spec, profile, parse_set(recorded) if isinstance(recorded, list) else recorded)
     now = {**effective(asdict(plan.options)), "set": plan.overrides}
-    more_seeds = plan.spec.searcher == "grid" and now["seeds"] > then["seeds"]
+    counts = isinstance(now["seeds"], int) and isinstance(then["seeds"], int)  # "auto" neither grows nor shrinks
+    more_seeds = plan.spec.searcher == "grid" and counts and now["seeds"] > then["seeds"]
     diff = [k for k in then if then[k] != now[k] and not (k == "seeds" and more_seeds)]
     if diff:
 
@@ -1102,6 +1162,8 @@ def check_resume_matches(study, plan: Plan) -> list[dict]:
                 return " ".join(f"--set {k}={v}" for k, v in sorted(d["set"].items())) or "no --set"
             if k == "ray_train":
                 return "--ray-train" if d[k] else "no --ray-train"
+            if d[k] is None:
+                return f"no --{k.replace('_', '-')}"
             return f"--{k.replace('_', '-')} {d[k]:g}" if isinstance(d[k], float) else f"--{k.replace('_', '-')} {d[k]}"
 
         def show(d):

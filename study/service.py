@@ -479,14 +479,44 @@ def _run(plan, study: StudyStorage, resuming: bool) -> int:
     concurrent, resources = start_ray(options.address, resources, stops_early=spec.scheduler == "asha")
     write_study_json(plan, study_dir, started, None, False)
     study.files.push()
-    exps = experiment_dirs(study_dir)
-    num_samples = plan.num_samples
-    # seeds added on a --resume, by this run or by one a crash cut short (study.json records them)
-    grown = resuming and spec.searcher == "grid" and _seeds_added(study_dir)
     say(
         f"{spec.name} ({profile.name} profile): up to {concurrent} trials at once, {workers} worker(s) each; "
         f"results in {study.shown}"
     )
+    if plan.sequential:
+        interrupted = _run_rounds(plan, study, resources, concurrent, resuming)
+    else:
+        interrupted = _run_trials(plan, study, resources, concurrent, resuming)
+    df = collect(study_dir, spec)
+    write_trials(df, study_dir)
+    write_view_outputs(df, spec.views, study_dir)
+    write_study_json(plan, study_dir, started, datetime.now(UTC).isoformat(), interrupted)
+    done = int((df["status"] == "done").sum()) if len(df) else 0
+    failed = int((df["status"] == "failed").sum()) if len(df) else 0
+    say(f"{len(df)} trials: {done} done, {failed} failed; {join(study.shown, 'trials.parquet')}")
+    if not interrupted and not options.no_report:
+        report_at_end(study_dir, study.shown)
+    mark("results_end")
+    if interrupted:
+        # the same plan (profile, --set, ...) plus --resume: a study file's copy in study.json gives it by name
+        say(f"interrupted: continue with  python -m study.run {shlex.join(redacted_argv(plan.command(resume=True)))}")
+        return 130
+    if len(df) and failed == len(df):
+        reason = df["error"].dropna().iloc[0] if df["error"].notna().any() else "see the trials' error.txt"
+        say(f"error: every trial failed ({failed} of {len(df)}); the first reason: {reason}", err=True)
+        return 1
+    if study.uri:
+        say(f"to look at it here: python -m study.submit {spec.name} --fetch --output {options.output}")
+    return 0
+
+
+def _run_trials(plan, study: StudyStorage, resources, concurrent: int, resuming: bool) -> bool:
+    """Runs the plan's trials, or continues them on --resume; True when interrupted."""
+    spec, study_dir = plan.spec, study.local
+    exps = experiment_dirs(study_dir)
+    num_samples = plan.num_samples
+    # seeds added on a --resume, by this run or by one a crash cut short (study.json records them)
+    grown = resuming and spec.searcher == "grid" and _seeds_added(study_dir)
     if resuming and spec.searcher == "optuna" and _finished(exps[-1]):
         exp_name = f"tune_{len(exps) + 1}"  # Tune cannot extend a finished experiment (ray#42221): a new one, same Optuna study
         say(f"extending the finished search with {num_samples} trials ({exp_name})")
@@ -511,29 +541,61 @@ def _run(plan, study: StudyStorage, resuming: bool) -> int:
     if new:  # --seeds grew on --resume: a finished Tune experiment takes no new trials (ray#42221), so a new one
         exp_name = f"tune_{len(experiment_dirs(study_dir)) + 1}"
         say(f"adding the {len(new)} trials of the new seeds ({exp_name})")
-        tuner, _, _ = build_tuner(_only(plan, new), study, resources, concurrent, exp_name)
+        tuner, _, _ = build_tuner(narrowed(plan, new), study, resources, concurrent, exp_name)
         interrupted = _fit(tuner, study, study_dir)
-    df = collect(study_dir, spec)
-    write_trials(df, study_dir)
-    write_view_outputs(df, spec.views, study_dir)
-    write_study_json(plan, study_dir, started, datetime.now(UTC).isoformat(), interrupted)
-    done = int((df["status"] == "done").sum()) if len(df) else 0
-    failed = int((df["status"] == "failed").sum()) if len(df) else 0
-    say(f"{len(df)} trials: {done} done, {failed} failed; {join(study.shown, 'trials.parquet')}")
-    if not interrupted and not options.no_report:
-        report_at_end(study_dir, study.shown)
-    mark("results_end")
-    if interrupted:
-        # the same plan (profile, --set, ...) plus --resume: a study file's copy in study.json gives it by name
-        say(f"interrupted: continue with  python -m study.run {shlex.join(redacted_argv(plan.command(resume=True)))}")
-        return 130
-    if len(df) and failed == len(df):
-        reason = df["error"].dropna().iloc[0] if df["error"].notna().any() else "see the trials' error.txt"
-        say(f"error: every trial failed ({failed} of {len(df)}); the first reason: {reason}", err=True)
-        return 1
-    if study.uri:
-        say(f"to look at it here: python -m study.submit {spec.name} --fetch --output {options.output}")
-    return 0
+    return interrupted
+
+
+def _run_rounds(plan, study: StudyStorage, resources, concurrent: int, resuming: bool) -> bool:
+    """--seeds auto: round 1 runs the first seeds of every arm, each later round the next seed of the arms still
+    undecided (and of the baseline), each round a Tune experiment of its own (tune, tune_2, ...), so a --resume
+    continues the round it stopped in and then decides from the trials on disk; True when interrupted."""
+    from reports.sequential import MIN_SEEDS, decide, undecided_arms
+    from study.sequential import next_round
+
+    spec, options, study_dir = plan.spec, plan.options, study.local
+    seeds = plan.axes["seed"]
+    exps = experiment_dirs(study_dir)
+    if resuming and exps and not _finished(exps[-1]):
+        say(f"resuming round {len(exps)} ({exps[-1].name}): finished trials are kept, unfinished ones continue")
+        tuner = tune.Tuner.restore(
+            join(study.root, exps[-1].name),
+            trainable=trial_trainable(plan, study, resources),
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+        if _fit(tuner, study, study_dir):
+            return True
+    elif not exps:
+        first = [t for t in plan.trials if t["searched"]["seed"] in seeds[:MIN_SEEDS]]
+        say(f"round 1: seeds {', '.join(map(str, seeds[:MIN_SEEDS]))} of every arm ({len(first)} trials, tune)")
+        tuner, _, _ = build_tuner(narrowed(plan, first), study, resources, concurrent, "tune")
+        if _fit(tuner, study, study_dir):
+            return True
+    while True:
+        rounds = len(experiment_dirs(study_dir))
+        df = collect(study_dir, spec)
+        decisions = decide(df, spec.baseline_arm, options.mde, options.alpha, len(seeds), spec.metric, spec.mode)
+        for row in decisions.itertuples():
+            say(f"  {row.variant}: {row.status}, {row.why}")
+        undecided = undecided_arms(decisions)
+        index = MIN_SEEDS + rounds - 1  # round r >= 2 runs the seed axis' value number r (from 0)
+        if not undecided:
+            say(f"every arm is decided after round {rounds}")
+            return False
+        if index >= len(seeds):
+            say(f"the cap of {len(seeds)} seeds is reached with {', '.join(undecided)} undecided")
+            return False
+        trials = next_round(plan, decisions, seeds[index])
+        exp_name = f"tune_{rounds + 1}"
+        say(
+            f"round {rounds + 1}: seed {seeds[index]} of {', '.join(undecided)} and the baseline "
+            f"({len(trials)} trials, {exp_name})"
+        )
+        tuner, _, _ = build_tuner(narrowed(plan, trials), study, resources, concurrent, exp_name)
+        if _fit(tuner, study, study_dir):
+            return True
 
 
 def _fit(tuner, study: StudyStorage, study_dir: Path) -> bool:
@@ -563,13 +625,22 @@ def _not_run_yet(plan, study_dir: Path) -> list[dict]:
     return [t for t in plan.trials if t["name"] not in held]
 
 
-def _only(plan, trials: list[dict]):
-    """The plan narrowed to some of its trials: the same axes, with only these trials' seeds (they are the new
-    seeds of every config, so their product is exactly these trials)."""
-    axes = {**plan.axes, "seed": sorted({t["searched"]["seed"] for t in trials})}
-    if math.prod(len(v) for v in axes.values()) != len(trials):
-        raise RuntimeError(f"the new trials are not the new seeds of every config: {[t['name'] for t in trials]}")
+def narrowed(plan, trials: list[dict]):
+    """The plan narrowed to some of its trials, for a Tune experiment of their own (build_tuner expands the axes as
+    a grid): every axis keeps the values these trials use, in the plan's order. Where the trials are no product of
+    axis values (two arms differing in two axes, without the mixed ones), no grid holds exactly them, and this
+    raises rather than run trials nobody asked for."""
+    used = {k: {_key(t["searched"][k]) for t in trials} for k in plan.axes}
+    axes = {k: [v for v in values if _key(v) in used[k]] for k, values in plan.axes.items()}
+    if not trials or math.prod(len(v) for v in axes.values()) != len(trials):
+        raise RuntimeError(
+            f"the trials are no grid of the plan's axes (a product of axis values): {[t['name'] for t in trials]}"
+        )
     return replace(plan, axes=axes, trials=trials)
+
+
+def _key(value):
+    return repr(value)  # axis values may be lists or dicts (unhashable): their repr tells them apart
 
 
 def _finished(exp_dir: Path) -> bool:

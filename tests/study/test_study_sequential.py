@@ -1,4 +1,4 @@
-"""Sequential seeding's decision (study/sequential.py), no Ray: its intervals against scipy's paired t interval at
+"""Sequential seeding's decision (reports/sequential.py) and its rounds (study/sequential.py), no Ray: its intervals against scipy's paired t interval at
 the Bonferroni level, its outcome on tables written by hand, and by simulation the error rate it promises: a null
 arm is declared different in at most alpha of 2,000 simulated studies over all its looks, a large effect is decided
 at the first look, and a null arm with a small D keeps getting seeds until the cap."""
@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from study import sequential as sq
+from reports import sequential as sq
+from study.sequential import next_round, trial_arm
 
 ALPHA, K, STUDIES = 0.05, 10, 2000
 
@@ -112,20 +113,21 @@ def test_a_true_null_with_a_wide_d_is_declared_equivalent_before_the_cap():
 
 def test_next_round_takes_the_undecided_arms_and_the_baseline_on_the_next_seed():
     from study.run import RunOptions, find_study, make_plan
+    from study.service import narrowed
 
     plan = make_plan(find_study("softmax1_ab"), RunOptions(profile="smoke", seeds=4, output="/tmp/unused"))
     base = plan.spec.baseline_arm
-    arms = {sq.trial_arm(plan, t) for t in plan.trials}
+    arms = {trial_arm(plan, t) for t in plan.trials}
     assert base in arms and len(arms) == 2
     (arm,) = arms - {base}
     undecided = pd.DataFrame(dict(variant=[arm], status=["undecided"]))
-    picked = sq.next_round(plan, undecided, 2)
+    picked = next_round(plan, undecided, 2)
     assert sorted(t["name"] for t in picked) == sorted(f"softmax1_ab_{v}_s2" for v in (base, arm))
-    assert sq.next_round(plan, undecided.assign(status="decided"), 2) == []
+    assert next_round(plan, undecided.assign(status="decided"), 2) == []
     # the round's Tune experiment: the plan's grid narrowed to these trials
-    narrowed = sq.round_plan(plan, picked)
-    assert narrowed.axes == {"softmax1": [False, True], "seed": [2]} and narrowed.trials == picked
+    round_2 = narrowed(plan, picked)
+    assert round_2.axes == {"softmax1": [False, True], "seed": [2]} and round_2.trials == picked
     (one,) = [t for t in picked if t["name"].endswith(f"_{arm}_s2")]
-    assert sq.round_plan(plan, [one]).axes == {"softmax1": [True], "seed": [2]}
+    assert narrowed(plan, [one]).axes == {"softmax1": [True], "seed": [2]}
     with pytest.raises(RuntimeError, match="no grid"):
-        sq.round_plan(plan, [t for t in plan.trials if t["name"] in (f"softmax1_ab_{base}", f"softmax1_ab_{arm}_s1")])
+        narrowed(plan, [t for t in plan.trials if t["name"] in (f"softmax1_ab_{base}", f"softmax1_ab_{arm}_s1")])
