@@ -611,7 +611,7 @@ JS = """
 
 
 def render(study, res, figs, pngs=()):
-    from reports.plan import methods_html, plan_html  # here: plan.py imports this module
+    from reports.plan import methods_html, plan_html, sequential_html  # here: plan.py imports this module
     from reports.sections import study_sections  # here: sections.py imports this module
 
     meta = study.meta
@@ -621,6 +621,9 @@ def render(study, res, figs, pngs=()):
         ("frontier", "Loss vs parameters and compute", frontier_section(study, res, figs)),
         ("stats", "Seeds, intervals and differences", stats_section(study, res, figs)),
     ]
+    rounds = sequential_html(study)
+    if rounds:  # beside the differences it decided
+        sections.append(("sequential", "Sequential seeding: each arm's seeds and why it stopped", rounds))
     fidelity = fidelity_section(study)
     if fidelity:  # right after the summary: what the numbers below are numbers of
         sections.insert(1, ("fidelity", "Note vs this run", fidelity))

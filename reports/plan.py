@@ -78,6 +78,7 @@ def methods_paragraph(meta: dict, trials: pd.DataFrame) -> str:
     done = trials[trials["status"] == "done"] if "status" in trials else trials
     arms = sorted({str(v) for v in trials.get("variant", pd.Series(dtype=str)).dropna()})
     seeds = _seeds_per_config(trials)
+    rule = sequential_rule(meta)
     s = [
         f"We ran the {study} study with nanostudies at its {meta.get('profile') or 'unknown'} profile"
         + (f" (commit {str(meta['git_commit'])[:12]})" if meta.get("git_commit") else "")
@@ -87,9 +88,17 @@ def methods_paragraph(meta: dict, trials: pd.DataFrame) -> str:
     s.append(
         f"It trained {len(trials)} model{'s' * (len(trials) != 1)}: {len(arms)} arm{'s' * (len(arms) != 1)} "
         f"({', '.join(arms)})"
-        + (f", {seeds} seed{'s' * (seeds != 1)} each" if seeds else "")
+        + (f", {seeds} seed{'s' * (seeds != 1)} each" if seeds and not rule else "")
         + f"; {len(done)} finished."
     )
+    if rule:
+        per_arm = done.groupby(done["variant"].astype(str))["seed"].nunique() if len(done) else pd.Series(dtype=int)
+        s.append(
+            "Seeds were added sequentially: every arm ran 2, then each round added one to every arm whose paired "
+            f"interval with the baseline held 0 and reached past +/-{_g(rule['mde'])} {metric}, up to "
+            f"{rule['max_seeds']}, with alpha {_g(rule['alpha'])} split evenly over the {rule['max_seeds'] - 1} looks "
+            f"(Bonferroni); the arms ran " + ", ".join(f"{arm} {n}" for arm, n in per_arm.items()) + " seeds."
+        )
     model = _model_text(trials)
     if model:
         s.append(model)
@@ -276,4 +285,63 @@ def methods_html(study) -> str:
     return (
         f"<p class='note'>Written from study.json and the trials table, for a paper's methods section:</p>"
         f"<p class='methods'>{esc(methods_paragraph(study.meta, study.trials))}</p>"
+    )
+
+
+# -----------------------------------------------------------------------------
+# Sequential seeding (--seeds auto)
+
+
+def sequential_rule(meta: dict) -> dict | None:
+    """The rule a --seeds auto study ran under, from study.json's args: mde, alpha and the seed cap; None otherwise."""
+    from reports.sequential import DEFAULT_MAX_SEEDS
+
+    args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
+    if args.get("seeds") != "auto" or not isinstance(args.get("mde"), (int, float)):
+        return None
+    return dict(
+        mde=float(args["mde"]),
+        alpha=float(args.get("alpha") or 0.05),
+        max_seeds=int(args.get("max_seeds") or DEFAULT_MAX_SEEDS),
+    )
+
+
+def sequential_html(study) -> str | None:
+    """Each arm's seeds under --seeds auto and why it stopped (or goes on): reports.sequential.decide over the
+    finished trials, the decision the rounds took."""
+    from reports.html import esc, table
+    from reports.sequential import decide, look_alpha
+
+    rule = sequential_rule(study.meta)
+    if rule is None or not study.baseline:
+        return None
+    trials = study.trials
+    decisions = decide(trials, study.baseline, rule["mde"], rule["alpha"], rule["max_seeds"], study.metric, study.mode)
+    done = trials[trials["status"] == "done"] if "status" in trials else trials
+    seeds = done.groupby(done["variant"].astype(str))["seed"].nunique() if len(done) else pd.Series(dtype=int)
+    rows = [
+        dict(
+            arm=row["variant"],
+            seeds=int(seeds.get(row["variant"], 0)),
+            status=row["status"],
+            diff=row["diff"],
+            ci_low=row["ci_low"],
+            ci_high=row["ci_high"],
+            why=row["why"],
+        )
+        for row in decisions.to_dict(orient="records")
+    ]
+    k = rule["max_seeds"]
+    return (
+        f"<p class='note'>--seeds auto --mde {esc(_g(rule['mde']))}: every arm ran 2 seeds, then each round added "
+        f"the next seed to the arms whose paired interval with the baseline ({esc(study.baseline)}, "
+        f"{int(seeds.get(str(study.baseline), 0))} seeds) still held 0 and reached past +/-D, up to {k} seeds. "
+        f"The error rate holds across the looks by a Bonferroni split: each look's interval is at alpha "
+        f"{esc(_g(look_alpha(rule['alpha'], k)))} ({esc(_g(rule['alpha']))} over the {k - 1} looks an arm can "
+        f"have), so a null arm is called different with probability at most {esc(_g(rule['alpha']))}.</p>"
+        + table(
+            rows,
+            ["arm", "seeds", "status", "diff", "ci_low", "ci_high", "why"],
+            ["arm", "seeds", "status", f"diff vs {study.baseline}", "interval low", "interval high", "why it stopped"],
+        )
     )

@@ -27,7 +27,7 @@ def plan_fields(plan) -> dict:
         decision_rule=dict(threshold=spec.threshold, mde=o.mde, text=_rule(spec, o, m)),
         alpha=o.alpha,
         power=o.power,
-        seeds=o.seeds,
+        seeds=_seeds(plan),
         test=_test(spec, m),
     )
     assert tuple(fields) == PLAN_FIELDS
@@ -42,6 +42,20 @@ def registered_plan(plan, recorded: str) -> dict:
     return {**fields, "sha256": plan_sha256(fields), "recorded": recorded, **planner}
 
 
+def _seeds(plan):
+    """--seeds N as N; --seeds auto as the sequential rule in words (its cap and D are in the args and the rule)."""
+    if not plan.sequential:
+        return plan.options.seeds
+    from reports.sequential import MIN_SEEDS, look_alpha
+
+    k = len(plan.axes["seed"])
+    return (
+        f"sequential: {MIN_SEEDS} per arm, then one more per round to each arm still undecided, up to {k}; each "
+        f"look's paired interval at alpha {look_alpha(plan.options.alpha, k):.3g} (alpha {plan.options.alpha:g} "
+        f"split evenly over the {k - 1} looks, Bonferroni)"
+    )
+
+
 def _rule(spec, o, m: int) -> str:
     if not m:
         better = "lower" if spec.mode == "min" else "higher"
@@ -53,7 +67,12 @@ def _rule(spec, o, m: int) -> str:
         )
     else:
         rule = f"an arm differs from the baseline when its Holm-adjusted p-value is below {o.alpha:g}"
-    if o.mde is not None:
+    if o.seeds == "auto":
+        rule += (
+            f"; seeds are added round by round until each arm's paired interval excludes 0 (it differs) or lies "
+            f"inside +/-{o.mde:g} (no difference of D = {o.mde:g} or more), or the arm reaches the cap"
+        )
+    elif o.mde is not None:
         rule += (
             f"; D = {o.mde:g} {spec.metric} is the smallest difference worth detecting, planned at {o.power:.0%} power"
         )

@@ -462,7 +462,7 @@ def print_dry_run(spec: StudySpec, trials: list[dict]):
 # ----------------------------------------------------------------------------- the note vs this run
 
 
-def note_vs_run(spec: StudySpec, profile, overrides: dict, seeds: int, workers: int, trials: list[dict]) -> dict:
+def note_vs_run(spec: StudySpec, profile, overrides: dict, seeds: int | str, workers: int, trials: list[dict]) -> dict:
     """study.json's "fidelity": the study's note beside this plan (spec.fidelity), each difference with its reason.
     A row that this run changes from the paper profile's plan (another profile, a --set, --seeds, more workers)
     names the change and the paper profile's value; of its own reason it keeps only one the paper profile gives too."""
@@ -485,7 +485,7 @@ def note_vs_run(spec: StudySpec, profile, overrides: dict, seeds: int, workers: 
     changes = (
         ([f"--profile {profile.name}"] if profile.name != "paper" else [])
         + [f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in sorted(overrides.items())]
-        + ([f"--seeds {seeds}"] if seeds > 1 else [])
+        + ([f"--seeds {seeds}"] if seeds != 1 else [])
         + ([f"--workers-per-trial {workers}"] if workers != 1 else [])
     )
     text = None
@@ -1004,7 +1004,8 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
             address=options.address,
         )
     check_corpora([t["config"] for t in trials])  # an Optuna space varies no corpus or tokenizer: the draws name them
-    fidelity = note_vs_run(spec, profile, overrides, seeds, workers, trials)
+    shown_seeds = f"auto (up to {seeds})" if options.seeds == "auto" else seeds
+    fidelity = note_vs_run(spec, profile, overrides, shown_seeds, workers, trials)
     plan = Plan(
         spec=spec,
         profile=profile,
@@ -1075,7 +1076,11 @@ def check_mixers(spec: StudySpec, profile, overrides: dict):
 def print_plan(plan: Plan):
     """--dry-run: the trial table (grid) or the space (Optuna), then the note beside this run."""
     spec, workers = plan.spec, plan.workers
-    if spec.searcher == "grid":
+    if spec.searcher == "grid" and plan.sequential:
+        print_rounds(plan)
+        if plan.seed_plan:
+            print(f"\n{plan.seed_plan.line}")
+    elif spec.searcher == "grid":
         print_dry_run(spec, plan.trials)
         if plan.seed_plan:
             print(f"\n{plan.seed_plan.line}")
@@ -1100,6 +1105,23 @@ def print_plan(plan: Plan):
         )
     print_mixer_flops(plan)
     print_note_vs_run(plan.fidelity)
+
+
+def print_rounds(plan: Plan):
+    """--seeds auto: the first round's trials, then the rule that adds the others."""
+    from reports.sequential import MIN_SEEDS, look_alpha
+
+    seeds, o = plan.axes["seed"], plan.options
+    first = [t for t in plan.trials if t["searched"]["seed"] in seeds[:MIN_SEEDS]]
+    arms = len(plan.trials) // len(seeds)
+    print_dry_run(plan.spec, first)
+    print(
+        f"\n--seeds auto: round 1 runs these {len(first)} trials (seeds {', '.join(map(str, seeds[:MIN_SEEDS]))} of "
+        f"each of the {arms} configs); each later round runs the next seed of every arm still undecided, and of "
+        f"the baseline, up to {len(seeds)} seeds ({len(plan.trials)} trials at most). An arm is decided when its "
+        f"paired interval at alpha {look_alpha(o.alpha, len(seeds)):.3g} ({o.alpha:g} split over {len(seeds) - 1} "
+        f"looks) excludes 0, or lies inside +/-{o.mde:g} {plan.spec.metric}."
+    )
 
 
 def print_mixer_flops(plan: Plan):
