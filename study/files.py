@@ -20,6 +20,7 @@ from study.run import check_type
 
 # A submitted job's study file: its name and text (study.submit), for a cluster that never saw the file
 STUDY_FILE_ENV = "NANOSTUDIES_STUDY_FILE"
+STUDY_MODULE_PREFIX = "nanostudies_study_"  # a .py study runs as a module of this name, which only the driver has
 TOP_KEYS = {
     "name": "the results folder's name, [a-z0-9_]+",
     "hypothesis": "what the study tests, in a sentence",
@@ -108,7 +109,7 @@ def _read_toml(text: str, shown: str) -> StudySpec:
 
 def _read_python(text: str, name: str, shown: str) -> StudySpec:
     """Runs the file as a module of its own (so its mixers register) and takes its STUDY."""
-    module_name = "nanostudies_study_" + "".join(c if c.isalnum() else "_" for c in Path(name).stem)
+    module_name = STUDY_MODULE_PREFIX + "".join(c if c.isalnum() else "_" for c in Path(name).stem)
     spec = importlib.util.spec_from_loader(module_name, loader=None, origin=shown)
     module = importlib.util.module_from_spec(spec)
     module.__file__ = shown

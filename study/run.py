@@ -1020,6 +1020,8 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
     )
     if options.mde is not None:
         plan.seed_plan = seed_plan(plan)
+        if plan.sequential and plan.seed_plan.record.get("seeds_needed") is None:
+            plan.seed_plan = None  # --seeds auto needs no pilot: its rounds measure the noise as they go
     return plan
 
 

@@ -18,6 +18,7 @@ from ray import tune
 from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.search import ConcurrencyLimiter
 
+from study.files import STUDY_MODULE_PREFIX
 from study.results import StudyStorage, collect, experiment_dirs, write_trials, write_view_outputs
 from study.run import redacted_argv
 from trainables.storage import join, write_atomic
@@ -191,13 +192,16 @@ def build_tuner(plan, study: StudyStorage, resources, concurrent: int, exp_name:
     searcher, scheduler = None, None
     tune_metric, tune_mode = metric, mode
     if spec.searcher == "grid":
-        space = {**base, **{k: tune.grid_search(list(v)) for k, v in plan.axes.items()}}
+        if math.prod(len(v) for v in plan.axes.values()) == len(plan.trials):
+            space = {**base, **{k: tune.grid_search(list(v)) for k, v in plan.axes.items()}}
+        else:  # some arms of a sequential round: no product of axis values, so a grid over the trials themselves
+            space = {**base, AXES: tune.grid_search([{k: t["searched"][k] for k in plan.axes} for t in plan.trials])}
         n_trials = len(plan.trials)
         samples = 1
         names = {_config_key(t["searched"]): t["name"] for t in plan.trials}  # the plan named every trial
 
         def name_of(trial):
-            return names[_config_key(trial.config)]
+            return names[_config_key(flat(trial.config))]
     else:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -288,9 +292,25 @@ def trial_trainable(plan, study: StudyStorage, resources):
     from trainables.model.mixers import registered_mixers
 
     mixers = registered_mixers()
-    for cls in mixers.values():
-        cloudpickle.register_pickle_by_value(sys.modules[cls.__module__])
-    return make_trainable(study.root, resources, resolve=plan.spec.trial_config, mixers=mixers)
+    # a .py study's own functions (resolve, variant, ...) and mixers live in a module only the driver has
+    modules = {cls.__module__ for cls in mixers.values()}
+    modules |= {
+        f.__module__
+        for f in vars(plan.spec).values()
+        if callable(f) and str(f.__module__).startswith(STUDY_MODULE_PREFIX)
+    }
+    for name in sorted(modules):
+        cloudpickle.register_pickle_by_value(sys.modules[name])
+    trial_config = plan.spec.trial_config
+    return make_trainable(study.root, resources, resolve=lambda c: trial_config(flat(c)), mixers=mixers)
+
+
+AXES = "_axes"  # a trial's axis values as one key, where a round's trials are no product (build_tuner)
+
+
+def flat(config: dict) -> dict:
+    """A Tune trial's config as the plan searched it: the AXES key's values spread beside the base keys."""
+    return {**{k: v for k, v in config.items() if k != AXES}, **config.get(AXES, {})}
 
 
 def _optuna_trials(optuna, storage, name: str) -> list:
@@ -626,21 +646,11 @@ def _not_run_yet(plan, study_dir: Path) -> list[dict]:
 
 
 def narrowed(plan, trials: list[dict]):
-    """The plan narrowed to some of its trials, for a Tune experiment of their own (build_tuner expands the axes as
-    a grid): every axis keeps the values these trials use, in the plan's order. Where the trials are no product of
-    axis values (two arms differing in two axes, without the mixed ones), no grid holds exactly them, and this
-    raises rather than run trials nobody asked for."""
-    used = {k: {_key(t["searched"][k]) for t in trials} for k in plan.axes}
-    axes = {k: [v for v in values if _key(v) in used[k]] for k, values in plan.axes.items()}
-    if not trials or math.prod(len(v) for v in axes.values()) != len(trials):
-        raise RuntimeError(
-            f"the trials are no grid of the plan's axes (a product of axis values): {[t['name'] for t in trials]}"
-        )
+    """The plan narrowed to some of its trials, for a Tune experiment of their own: every axis keeps the values these
+    trials use, in the plan's order (build_tuner grids over the trials themselves where these are no product)."""
+    used = {k: {repr(t["searched"][k]) for t in trials} for k in plan.axes}  # repr: values may be lists or dicts
+    axes = {k: [v for v in values if repr(v) in used[k]] for k, values in plan.axes.items()}
     return replace(plan, axes=axes, trials=trials)
-
-
-def _key(value):
-    return repr(value)  # axis values may be lists or dicts (unhashable): their repr tells them apart
 
 
 def _finished(exp_dir: Path) -> bool:
