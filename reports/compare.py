@@ -244,7 +244,7 @@ def compare_runs(a: Run, b: Run) -> dict:
     for r, ph in zip(rows, holm([r["p_value"] for r in rows])):
         r["p_holm"] = ph
         words = verdict(r["diff"], r["p_value"], ph, mode)
-        r["runs"] = {"better": "B better", "worse": "B worse", "single run: no interval": "no interval"}.get(
+        r["runs"] = {"better": "B better", "worse": "B worse", "single run: no interval": "no interval (one seed)"}.get(
             words, words
         )
 

@@ -212,3 +212,14 @@ def test_module_entry_point(tmp_path):
     )
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_readme_command(tmp_path):
+    rows = run_rows({"softmax": 0.0, "softmax1": -0.01}, seeds=3)
+    for folder, profile in (("cpu", "cpu"), ("gpu", "gpu")):
+        write_run(tmp_path / folder, rows, name="softmax1_ab", baseline="softmax", meta_extra={"profile": profile})
+    command = "python -m reports.compare cpu/softmax1_ab gpu/softmax1_ab"
+    p = subprocess.run([sys.executable, *command.split()[1:]], capture_output=True, text=True, cwd=tmp_path)
+    out = tmp_path / "compare_cpu_softmax1_ab_vs_gpu_softmax1_ab.html"
+    assert p.returncode == 0 and p.stdout.strip() == str(out) and p.stderr == ""
+    assert "The study&#x27;s conclusion is the same in both runs" in out.read_text()
