@@ -360,7 +360,11 @@ def means_figure(a: Run, b: Run, cmp: dict) -> go.Figure:
 def render(a: Run, b: Run, cmp: dict) -> str:
     m = cmp["metric"]
     better = "lower" if cmp["mode"] == "min" else "higher"
-    tau = f"{cmp['tau']:.3g} (p = {fmt(cmp['tau_p'])})" if math.isfinite(cmp["tau"]) else "undefined (one arm)"
+    tau = (
+        f"{cmp['tau']:.3g} (p = {fmt(cmp['tau_p'])})"
+        if math.isfinite(cmp["tau"])
+        else "undefined (one arm, or tied means)"
+    )
     best = (
         f"the best arm is {cmp['order_a'][0]} in both runs"
         if cmp["best_same"]
