@@ -6,7 +6,8 @@ Browse every study's report:
 The index lists the studies under RESULTS_DIR; a study's report is built when it is
 missing or older than its trials (so a running study shows its latest state).
 Only report files are served (report.html, results.json, trials.csv, study.json, *.png),
-never other files from the results directory.
+never other files from the results directory. /STUDY/live shows a study as it runs: it polls
+/STUDY/live.json, computed from the study's files (reports/live.py), and updates in place.
 """
 
 import argparse
@@ -23,8 +24,10 @@ import pandas as pd
 
 from reports.build import build_report
 from reports.collect import StudyError, redact
+from reports.live import driver_state, live_json, live_page
 
 SERVED = {"report.html", "results.json", "trials.csv", "study.json"}
+LIVE = {"live", "live.json"}  # computed from the study's files on each request (reports/live.py)
 INPUTS = ("trials.parquet", "trials.csv", "study.json", "optuna.db")  # a report older than these is stale
 
 
@@ -57,10 +60,12 @@ def study_row(d):
         "failed": "",
         "total": "",
         "best": "",
+        "live": False,
     }
     try:
         meta = json.loads((d / "study.json").read_text())
         row.update({k: meta.get(k) or "" for k in ("study", "family", "profile", "started", "ended")})
+        row["live"] = not meta.get("ended") and driver_state(d)[0]
     except (OSError, ValueError, AttributeError):
         pass
     try:
@@ -83,10 +88,13 @@ def index_page(results_dir):
     body = []
     for r in rows:
         link = urllib.parse.quote(r["dir"]) + "/report.html"
-        ended = r["ended"] or "running or cut short"
+        live = urllib.parse.quote(r["dir"]) + "/live"
+        ended = r["ended"] or ("running" if r["live"] else "stalled or cut short")
         body.append(
             "<tr>"
-            + f"<td><a href='{esc(link)}'>{esc(r['study'])}</a></td>"
+            + f"<td><a href='{esc(link)}'>{esc(r['study'])}</a> <a href='{esc(live)}'>"
+            + ("<b>live</b>" if r["live"] else "live")
+            + "</a></td>"
             + "".join(
                 f"<td>{esc(v)}</td>"
                 for v in (r["family"], r["profile"], r["started"], ended, r["done"], r["failed"], r["total"], r["best"])
@@ -114,6 +122,13 @@ def index_page(results_dir):
     )
 
 
+def _ended(study_dir):
+    try:
+        return bool(json.loads((study_dir / "study.json").read_text()).get("ended"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def is_stale(study_dir):
     report = study_dir / "report.html"
     if not report.exists():
@@ -131,8 +146,14 @@ class Handler(BaseHTTPRequestHandler):
         if path in ("/", "/index.html"):
             return self.send(200, redact(index_page(self.results_dir)).encode(), "text/html; charset=utf-8")
         parts = path.strip("/").split("/")
-        if len(parts) == 1 and parts[0] and (self.results_dir / parts[0]).is_dir():
-            return self.redirect(f"/{urllib.parse.quote(parts[0])}/report.html")
+        if (
+            len(parts) == 1
+            and parts[0]
+            and (self.results_dir / parts[0]).is_dir()
+            and self.inside(self.results_dir / parts[0])
+        ):
+            running = not _ended(self.results_dir / parts[0]) and driver_state(self.results_dir / parts[0])[0]
+            return self.redirect(f"/{urllib.parse.quote(parts[0])}/{'live' if running else 'report.html'}")
         if len(parts) != 2:
             return self.send(404, b"not found", "text/plain")
         study, name = parts
@@ -142,10 +163,18 @@ class Handler(BaseHTTPRequestHandler):
             study in ("", ".", "..")
             or study.startswith(".")
             or not study_dir.is_dir()
-            or not (name in SERVED or (name.endswith(".png") and "/" not in name and not name.startswith(".")))
+            or not (
+                name in SERVED
+                or name in LIVE
+                or (name.endswith(".png") and "/" not in name and not name.startswith("."))
+            )
             or not self.inside(study_dir)
         ):
             return self.send(404, b"not found", "text/plain")
+        if name == "live":  # computed, like live.json: neither is a file of the study's
+            return self.send(200, redact(live_page(study)).encode(), "text/html; charset=utf-8")
+        if name == "live.json":
+            return self.send(200, live_json(study_dir), "application/json; charset=utf-8")
         if name == "report.html" and is_stale(study_dir):
             with self.build_lock:
                 if is_stale(study_dir):
