@@ -16,7 +16,7 @@ from reports_chromium import Chromium, find_chromium
 from test_reports_serve import get
 
 from reports.live import live_page, live_state
-from reports.serve import make_server
+from reports.serve import main, make_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = find_chromium()
@@ -199,7 +199,7 @@ def test_live_page_of_a_running_smoke_study_shows_a_trial_move_from_running_to_d
     out.mkdir()
     with open(tmp_path / "study.log", "w") as log, open(tmp_path / "serve.log", "w") as slog:
         study = subprocess.Popen(
-            [sys.executable, "-m", "study.run", "softmax1_ab", "--profile", "smoke", "--output", out, "--seeds", "2"],
+            [sys.executable, "-m", "study.run", "softmax1_ab", "--profile", "smoke", "--output", out],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -250,7 +250,7 @@ def test_live_page_of_a_running_smoke_study_shows_a_trial_move_from_running_to_d
             assert study.wait(timeout=300) == 0, (tmp_path / "study.log").read_text()
             wait_for("document.getElementById('state').textContent.startsWith('finished')", "the study finished")
             assert browser.eval(s, "document.querySelector('#finished a').getAttribute('href')") == "report.html"
-            assert browser.eval(s, "document.querySelectorAll('#trials tbody tr[data-status=done]').length") == 4
+            assert browser.eval(s, "document.querySelectorAll('#trials tbody tr[data-status=done]').length") == 2
             assert not browser.errors()
         finally:
             if browser:
@@ -260,3 +260,83 @@ def test_live_page_of_a_running_smoke_study_shows_a_trial_move_from_running_to_d
             if study.poll() is None:
                 study.terminate()
                 study.wait(timeout=60)
+
+
+def test_cli_refuses_a_uri_it_cannot_read(capsys):
+    assert main(["nope://bucket/results"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "error: cannot read nope://bucket/results: Unrecognized filesystem type in URI: nope://bucket/results\n"
+    )
+
+
+def test_live_view_of_a_study_in_a_bucket(tmp_path, monkeypatch):
+    """reports.serve pointed at a storage URI (moto's S3-compatible server on 127.0.0.1): the live view reads the
+    study as its trials upload it, and fetches neither checkpoints nor code snapshots."""
+    pytest.importorskip("moto", reason="moto (the dev extra) runs the S3-compatible server")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from study.lock import StudyLock
+    from trainables.storage import Mirror
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    srv = None
+    try:
+        host, port = server.get_host_and_port()
+        env = dict(
+            AWS_ENDPOINT_URL=f"http://{host}:{port}",
+            AWS_ACCESS_KEY_ID="test-key-id",
+            AWS_SECRET_ACCESS_KEY="test-secret",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_EC2_METADATA_DISABLED="true",
+        )
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="lab")
+        d = running_study(tmp_path / "here", time.time())
+        write_json(d / "tune" / NAME / "checkpoint_000000" / "checkpoint.pt", "weights")
+        write_json(d / "trials" / NAME / "code" / "trainables" / "train.py", "code")
+        Mirror(d, "s3://lab/results/live_study").push()  # as the trials and the driver upload their files
+        lock = StudyLock("s3://lab/results/live_study")  # the driver's lock, written into the bucket itself
+        lock.acquire()
+
+        srv = make_server("s3://lab/results", "127.0.0.1", 0, quiet=True)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        state = json.loads(get(srv, "/live_study/live.json")[2])
+        assert state["state"] == "running" and by_name(state)[NAME]["step"] == 10
+        assert state["counts"] == {
+            "done": 2,
+            "running": 1,
+            "pending": 2,
+            "failed": 0,
+            "stopped early": 0,
+            "unfinished": 0,
+        }
+        assert get(srv, "/")[0] == 200
+
+        with open(d / "trials" / NAME / "metrics.jsonl", "a") as f:  # the trial's next eval, uploaded
+            f.write(json.dumps({"step": 20, "val_bpb": 4.4}) + "\n")
+        Mirror(d, "s3://lab/results/live_study").push()
+        deadline = time.time() + 60
+        while by_name(json.loads(get(srv, "/live_study/live.json")[2]))[NAME]["step"] != 20:
+            assert time.time() < deadline, "the uploaded eval never reached the live view"
+            time.sleep(0.5)
+        fetched = [
+            p.relative_to(srv.RequestHandlerClass.results_dir).as_posix()
+            for p in srv.RequestHandlerClass.results_dir.rglob("*")
+            if p.is_file()
+        ]
+        assert "live_study/trials/a_done/metrics.jsonl" in fetched
+        assert not [p for p in fetched if "checkpoint" in p or "/code/" in p], fetched
+        lock.release()  # the driver has ended: its lock is gone from the bucket, and so from the copy
+        deadline = time.time() + 60
+        while "no driver holds the study's lock" not in json.loads(get(srv, "/live_study/live.json")[2])["state_text"]:
+            assert time.time() < deadline, "the released lock is still seen"
+            time.sleep(0.5)
+    finally:
+        if srv:
+            srv.shutdown()
+            srv.server_close()
+        server.stop()
