@@ -252,6 +252,10 @@ def test_live_page_of_a_running_smoke_study_shows_a_trial_move_from_running_to_d
             assert browser.eval(s, "document.querySelector('#finished a').getAttribute('href')") == "report.html"
             assert browser.eval(s, "document.querySelectorAll('#trials tbody tr[data-status=done]').length") == 2
             assert not browser.errors()
+            # the planned names the live view counts pending ones by are the names the trials ran under
+            planned = json.loads((out / "softmax1_ab" / "study.json").read_text())["trials_planned"]
+            ran = sorted(p.name for p in (out / "softmax1_ab" / "trials").iterdir())
+            assert planned["count"] == 2 and sorted(planned["names"]) == ran and len(ran) == 2
         finally:
             if browser:
                 browser.close()
