@@ -8,4 +8,5 @@ Study reports, from files only (no torch, no ray):
     sections -> the report views by name (study.json "views"): each one's analysis, section, figures, files
     build    -> python -m reports.build results/STUDY   (build_report() for study.run)
     serve    -> python -m reports.serve [results]        (an index of studies on 127.0.0.1)
+    compare  -> python -m reports.compare DIR_A DIR_B   (two runs of one study: arms, ranking, verdicts)
 """

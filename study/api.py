@@ -127,7 +127,7 @@ def load_study(path) -> StudyResult:
     if (local / "trials.parquet").exists():
         trials = pd.read_parquet(local / "trials.parquet")
     else:  # running: the rows the trials' own files give so far
-        trials = _name_arms(read_trials_table(local, warnings), meta)
+        trials = name_arms(read_trials_table(local, warnings), meta)
     trials = trials if trials is not None else pd.DataFrame()
     return StudyResult(path=local, meta=meta, trials=trials, uri=where if storage else None, warnings=warnings)
 
@@ -147,7 +147,7 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _name_arms(trials, meta):
+def name_arms(trials, meta):
     """The runner names each trial's arm (variant) when it writes trials.parquet; before that, a catalog study's
     own variant function names them from the trial's config, as study.results.collect does."""
     if trials is None or "variant" in trials:

@@ -102,6 +102,11 @@ class StudyLock:
             raise
 
 
+def holder_alive(holder: dict) -> bool:
+    """Whether the driver that wrote this lock record still runs (reports.live reads the lock, never takes it)."""
+    return not _stale(holder)
+
+
 def _stale(holder: dict) -> bool:
     renewed = holder.get("renewed")
     if not isinstance(renewed, (int, float)) or time.time() - renewed > LEASE_S:

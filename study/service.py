@@ -333,10 +333,13 @@ def wandb_callback(spec, mode: str) -> StudyWandb:
     )
 
 
-def write_study_json(plan, study_dir: Path, started: str, ended: str | None, interrupted: bool):
+def write_study_json(
+    plan, study_dir: Path, started: str, ended: str | None, interrupted: bool, concurrent: int | None = None
+):
     """What the report and a --resume read: the study, its plan's options, the note beside this run (fidelity),
-    the environment, a study file's own text (study_file), and the plan registered before the first trial with
-    the deviations from it (study.registration)."""
+    the environment, a study file's own text (study_file), the trials planned (what the live view counts as
+    pending, and how many run at once for its ETA), and the plan registered before the first trial with the
+    deviations from it (study.registration)."""
     from study.registration import registered_plan
 
     spec, options = plan.spec, plan.options
@@ -358,6 +361,11 @@ def write_study_json(plan, study_dir: Path, started: str, ended: str | None, int
         mode=spec.mode,
         threshold=spec.threshold,
         environment=env,
+        trials_planned=dict(
+            count=len(plan.trials) if spec.searcher == "grid" else plan.num_samples,
+            names=[t["name"] for t in plan.trials] if spec.searcher == "grid" else None,  # a search's are drawn later
+            at_once=concurrent,
+        ),
         **({"baseline": {"variant": spec.baseline_arm}} if spec.baseline_arm else {}),
         **({"fidelity": plan.fidelity} if plan.fidelity else {}),
         **({"study_file": {"name": spec.source_name, "text": spec.source}} if spec.source else {}),
@@ -497,7 +505,7 @@ def _run(plan, study: StudyStorage, resuming: bool) -> int:
         always_train=options.ray_train,
     )
     concurrent, resources = start_ray(options.address, resources, stops_early=spec.scheduler == "asha")
-    write_study_json(plan, study_dir, started, None, False)
+    write_study_json(plan, study_dir, started, None, False, concurrent)
     study.files.push()
     say(
         f"{spec.name} ({profile.name} profile): up to {concurrent} trials at once, {workers} worker(s) each; "
@@ -510,7 +518,7 @@ def _run(plan, study: StudyStorage, resuming: bool) -> int:
     df = collect(study_dir, spec)
     write_trials(df, study_dir)
     write_view_outputs(df, spec.views, study_dir)
-    write_study_json(plan, study_dir, started, datetime.now(UTC).isoformat(), interrupted)
+    write_study_json(plan, study_dir, started, datetime.now(UTC).isoformat(), interrupted, concurrent)
     done = int((df["status"] == "done").sum()) if len(df) else 0
     failed = int((df["status"] == "failed").sum()) if len(df) else 0
     say(f"{len(df)} trials: {done} done, {failed} failed; {join(study.shown, 'trials.parquet')}")

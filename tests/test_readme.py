@@ -34,6 +34,9 @@ COVERED = {
     "python -m study.run examples/conv_mixer.py --profile smoke": "tests/study/test_study_files.py::test_the_python_study_registers_its_mixer_and_trains_it",
     "python -m study.run examples/lr_search.toml --profile smoke": "tests/study/test_study_files.py::test_the_search_study_runs_its_space",
     "python -m reports.serve results": "tests/reports/test_reports_serve.py::test_index_lists_studies_escaped_with_links",
+    "python -m reports.compare cpu/softmax1_ab gpu/softmax1_ab": "tests/reports/test_reports_compare.py::test_the_readme_command",
+    "python -m reports.serve s3://my-bucket/studies": "needs a bucket; the same on a local S3-compatible server: "
+    "tests/reports/test_reports_live.py::test_live_view_of_a_study_in_a_bucket",
     "python -m study.run nanohead_search --resume --num-samples 20": "tests/study/test_study_ray.py::test_optuna_search_extended_with_more_trials",
     "wandb sync results/STUDY/wandb/offline-run-*": "uploads to wandb.ai: needs an account and the network",
     "python -m study.run nanohead_grid --address auto --profile gpu": "needs a GPU; --address auto on a head: tests/study/test_submit.py::test_address_auto_joins_the_head",

@@ -110,6 +110,30 @@ def pull(location: str, local: Path, skip=lambda rel: False):
             _copy(fs, f.path, pafs.LocalFileSystem(), str(Path(local) / rel))
 
 
+def pull_changed(location: str, local: Path, seen: dict, keep=lambda rel: True) -> dict:
+    """Brings the folder local up to date with the files under location (a URI) that keep(rel) accepts: copies
+    those whose size or modification time differ from seen's record (rel -> (size, mtime)), removes the copies
+    of files gone from location, and returns the new record (a reader polling a study re-fetches only what grew)."""
+    fs, root = open_location(location)
+    now = {}
+    for f in _files(fs, root):
+        rel = f.path[len(root) :].lstrip("/")
+        if not rel or not keep(rel):
+            continue
+        sig = (f.size, f.mtime_ns)
+        if seen.get(rel) != sig:
+            dst = Path(local) / rel
+            tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            _copy(fs, f.path, pafs.LocalFileSystem(), str(tmp))
+            if f.mtime_ns is not None:  # the copy keeps the store's time: when the file was last written there
+                os.utime(tmp, ns=(f.mtime_ns, f.mtime_ns))
+            os.replace(tmp, dst)  # a reader of the copy sees the old file or the new one, never part of one
+        now[rel] = sig
+    for rel in set(seen) - set(now):
+        (Path(local) / rel).unlink(missing_ok=True)
+    return now
+
+
 class Mirror:
     """A local folder kept mirrored to a URI: push() uploads the files that changed since the last push or
     pull (by size and mtime), so a trial that reports every few seconds re-sends only its metrics.jsonl.
