@@ -79,6 +79,22 @@ IN_PROCESS = {
     "seeds_zero": (["nanohead_grid", *SMOKE, "--seeds", "0"], ["--seeds", ">= 1"]),
     "seeds_on_a_search": (["nanohead_search", *SMOKE, "--seeds", "2"], ["--seeds", "grid"]),
     "num_samples_zero": (["nanohead_search", *SMOKE, "--num-samples", "0"], ["--num-samples", ">= 1"]),
+    # sequential seeding's options
+    "seeds_a_word": (["softmax1_ab", *SMOKE, "--seeds", "many"], ["--seeds many", ">= 1", "auto"]),
+    "seeds_auto_without_mde": (["softmax1_ab", *SMOKE, "--seeds", "auto"], ["--seeds auto needs --mde D"]),
+    "seeds_auto_on_a_search": (
+        ["nanohead_search", *SMOKE, "--seeds", "auto", "--mde", "0.01"],
+        ["--seeds auto", "nanohead_search", "grid studies"],
+    ),
+    "seeds_auto_without_a_baseline": (
+        ["vocab_depth", *SMOKE, "--seeds", "auto", "--mde", "0.01"],
+        ["--seeds auto", "vocab_depth", "no baseline"],
+    ),
+    "max_seeds_without_auto": (["softmax1_ab", *SMOKE, "--max-seeds", "5"], ["--max-seeds 5", "--seeds auto"]),
+    "max_seeds_below_three": (
+        ["softmax1_ab", *SMOKE, "--seeds", "auto", "--mde", "0.01", "--max-seeds", "2"],
+        ["--max-seeds 2", ">= 3"],
+    ),
     "workers_zero": (["nanohead_grid", *SMOKE, "--workers-per-trial", "0"], ["--workers-per-trial", ">= 1"]),
     "storage_on_a_grid": (["nanohead_grid", *SMOKE, "--storage", "sqlite:///x.db"], ["--storage", "nanohead_search"]),
     # no postgres driver here, or nothing on port 1: either way one line, and the password never printed

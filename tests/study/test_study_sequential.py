@@ -132,3 +132,9 @@ def test_next_round_takes_the_undecided_arms_and_the_baseline_on_the_next_seed()
     # a set that is no product of axis values keeps the values it uses (build_tuner grids over the trials)
     mixed = [t for t in plan.trials if t["name"] in (f"softmax1_ab_{base}", f"softmax1_ab_{arm}_s1")]
     assert narrowed(plan, mixed).axes == {"softmax1": [False, True], "seed": [0, 1]}
+
+
+def test_the_help_names_the_default_cap():
+    from study.run import build_parser
+
+    assert f"(default {sq.DEFAULT_MAX_SEEDS})" in build_parser().format_help().replace("\n", " ")

@@ -77,3 +77,9 @@ def test_sequential_seeding_stops_a_large_effect_and_seeds_a_null_arm_through_a_
     for arm, n, status in ((SLOW, 2, "decided"), (SLOW_REINIT, 2, "decided"), (NULL, 3, "")):
         row = section[section.index(f"<td>{arm}</td>") :].split("</tr>")[0]
         assert f'class="num">{n}</td>' in row and status in row, row
+
+    # the rule is part of the plan: a --resume with another cap is refused, and nothing is touched
+    state = (study_dir / "study.json").read_text()
+    other = run_cli(token_cache, *[a if a != "3" else "4" for a in args], "--resume", timeout=120)
+    assert other.returncode == 2 and "--max-seeds 3, not --max-seeds 4" in other.stderr, other.stderr
+    assert (study_dir / "study.json").read_text() == state
