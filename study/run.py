@@ -1112,9 +1112,10 @@ def print_plan(plan: Plan):
 def print_rounds(plan: Plan):
     """--seeds auto: the first round's trials, then the rule that adds the others."""
     from reports.sequential import MIN_SEEDS, look_alpha
+    from study.sequential import surely_run
 
     seeds, o = plan.axes["seed"], plan.options
-    first = [t for t in plan.trials if t["searched"]["seed"] in seeds[:MIN_SEEDS]]
+    first = surely_run(plan)
     arms = len(plan.trials) // len(seeds)
     print_dry_run(plan.spec, first)
     print(

@@ -3,7 +3,7 @@ need a seed, is reports.sequential's; study.service runs the rounds."""
 
 import pandas as pd
 
-from reports.sequential import undecided_arms
+from reports.sequential import MIN_SEEDS, undecided_arms
 
 
 def trial_arm(plan, trial: dict) -> str:
@@ -20,3 +20,12 @@ def next_round(plan, decisions: pd.DataFrame, seed: int) -> list[dict]:
         return []
     wanted = undecided | {plan.spec.baseline_arm}
     return [t for t in plan.trials if t["searched"]["seed"] == seed and trial_arm(plan, t) in wanted]
+
+
+def surely_run(plan) -> list[dict]:
+    """The planned trials that will run: all of a grid's, or under --seeds auto the first round's (later rounds run
+    only the undecided arms' next seeds)."""
+    if not plan.sequential:
+        return plan.trials
+    first = plan.axes["seed"][:MIN_SEEDS]
+    return [t for t in plan.trials if t["searched"]["seed"] in first]

@@ -341,6 +341,7 @@ def write_study_json(
     pending, and how many run at once for its ETA), and the plan registered before the first trial with the
     deviations from it (study.registration)."""
     from study.registration import registered_plan
+    from study.sequential import surely_run
 
     spec, options = plan.spec, plan.options
     env = environment()
@@ -362,8 +363,8 @@ def write_study_json(
         threshold=spec.threshold,
         environment=env,
         trials_planned=dict(
-            count=len(plan.trials) if spec.searcher == "grid" else plan.num_samples,
-            names=[t["name"] for t in plan.trials] if spec.searcher == "grid" else None,  # a search's are drawn later
+            count=len(surely_run(plan)) if spec.searcher == "grid" else plan.num_samples,
+            names=[t["name"] for t in surely_run(plan)] if spec.searcher == "grid" else None,  # a search's: drawn later
             at_once=concurrent,
         ),
         **({"baseline": {"variant": spec.baseline_arm}} if spec.baseline_arm else {}),
@@ -579,7 +580,7 @@ def _run_rounds(plan, study: StudyStorage, resources, concurrent: int, resuming:
     undecided (and of the baseline), each round a Tune experiment of its own (tune, tune_2, ...), so a --resume
     continues the round it stopped in and then decides from the trials on disk; True when interrupted."""
     from reports.sequential import MIN_SEEDS, decide, undecided_arms
-    from study.sequential import next_round
+    from study.sequential import next_round, surely_run
 
     spec, options, study_dir = plan.spec, plan.options, study.local
     seeds = plan.axes["seed"]
@@ -596,7 +597,7 @@ def _run_rounds(plan, study: StudyStorage, resources, concurrent: int, resuming:
         if _fit(tuner, study, study_dir):
             return True
     elif not exps:
-        first = [t for t in plan.trials if t["searched"]["seed"] in seeds[:MIN_SEEDS]]
+        first = surely_run(plan)
         say(f"round 1: seeds {', '.join(map(str, seeds[:MIN_SEEDS]))} of every arm ({len(first)} trials, tune)")
         tuner, _, _ = build_tuner(narrowed(plan, first), study, resources, concurrent, "tune")
         if _fit(tuner, study, study_dir):
