@@ -723,7 +723,9 @@ def _bins(values: pd.Series) -> pd.Series:
     three distinct values, else one bin per value."""
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     if numeric and values.nunique() > 3:
-        return pd.qcut(values, 3, duplicates="drop").map(lambda iv: f"{iv.left:.3g} to {iv.right:.3g}").astype(str)
+        codes = pd.qcut(values, 3, labels=False, duplicates="drop")
+        span = values.groupby(codes).agg(["min", "max"])  # each bin named by the values it holds
+        return codes.map(lambda c: f"{span.loc[c, 'min']:.3g} to {span.loc[c, 'max']:.3g}")
     return values.astype(str)
 
 

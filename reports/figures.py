@@ -569,7 +569,25 @@ def optuna_parallel(study, res):
 def optuna_slice(study, res):
     """One panel per searched key against the metric; colour is the trial number, the hover text the config."""
     fig = _optuna_plot(study, "plot_slice")
-    return fig and fig.update_layout(**LAYOUT, height=420, title=f"{study.metric} per searched key (slice)")
+    if fig is None:
+        return None
+    t = study.optuna["trials"].set_index("number")
+    params = [c for c in t.columns if c.startswith("param_")]
+
+    def hover(n):  # optuna's slice has none: the trial's number, its value and its whole config
+        r = t.loc[n]
+        config = "<br>".join(esc(f"{c[len('param_') :]} = {fmt_value(r[c])}") for c in params)
+        return f"trial {n}<br>{esc(study.metric)} {fmt(r['value_0'])}<br>{config}"
+
+    for trace in fig.data:  # the feasible trials' markers are coloured by their trial numbers
+        numbers = trace.marker.color
+        if isinstance(numbers, (list, tuple)) and all(isinstance(n, (int, np.integer)) for n in numbers):
+            trace.update(hovertext=[hover(int(n)) for n in numbers], hovertemplate="%{hovertext}<extra></extra>")
+    return fig.update_layout(**LAYOUT, height=420, title=f"{study.metric} per searched key (slice)")
+
+
+def fmt_value(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def optuna_contour(study, res):
