@@ -533,7 +533,7 @@ def audit_section(res):
     if not a:
         return None
     body = [
-        f"<p>{a['n_audited']} of {a['n_trials']} trials were audited (--set audit_fraction={esc(fmt(a['audit_fraction']))}"
+        f"<p>{a['n_audited']} of {a['n_trials']} trials were audited (audit_fraction {esc(fmt(a['audit_fraction']))}"
         "): drawn at random, seeded by the study's seed, and never stopped by ASHA; their results still count "
         "towards the rungs' cut-offs. ASHA rungs (training_iteration = evals reported): "
         f"{esc(', '.join(map(str, a['milestones'])) or 'none before the last eval')}, reduction factor "

@@ -24,7 +24,7 @@ PROFILE_TABLE_KEYS = ("axes", "num_samples")
 
 
 # Keys every study takes with --set that steer how it runs, not what a trial trains: they never reach a trial's config.
-# audit_fraction: the share of trials ASHA may not stop (study.service.AuditedASHA, the report's pruning audit).
+# audit_fraction: the share of trials ASHA may not stop (study.audit.AuditedASHA, the report's pruning audit).
 RUN_KEYS = ("audit_fraction",)
 DEFAULT_AUDIT_FRACTION = 0.1  # where the study uses ASHA and --set gives none
 

@@ -79,7 +79,8 @@ def plan_changes(recorded: dict, now: dict) -> list[tuple[str, object, object]]:
 
     def flat(p):
         out = {}
-        for k in PLAN_FIELDS + tuple(k for k in ASHA_FIELDS if k in recorded):  # one registered before: not held
+        # an ASHA field counts where the plan registered it (a plan registered before the field existed has none)
+        for k in PLAN_FIELDS + tuple(k for k in ASHA_FIELDS if k in recorded):
             v = p.get(k)
             out.update({f"{k}.{s}": w for s, w in v.items()} if isinstance(v, dict) else {k: v})
         return out
