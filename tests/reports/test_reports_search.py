@@ -2,6 +2,7 @@
 optuna-dashboard on a study's optuna.db, opened in headless Chromium. The Optuna studies are real SQLite storages
 made with optuna (no Ray)."""
 
+import importlib.util
 import json
 import socket
 import statistics
@@ -83,6 +84,7 @@ def free_port() -> int:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary on PATH (Debian: apt-get install chromium)")
 def test_optuna_dashboard_shows_the_trials_in_chromium(tmp_path):
+    assert importlib.util.find_spec("optuna_dashboard"), "optuna-dashboard missing: pip install -e '.[dashboard]'"
     study = write_optuna(tmp_path, "nanohead_search", n_trials=6)
     port = free_port()
     server = subprocess.Popen(
