@@ -10,14 +10,14 @@ TORCH_VERSION=2.13.0
 PIP="python -m pip install --quiet"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     python -m pip show torch >/dev/null 2>&1 || $PIP "torch==${TORCH_VERSION}"
-    $PIP -e ".[dev,gpu]" || $PIP -e ".[dev]"   # flash-attn needs a CUDA toolchain; SDPA works without it
+    $PIP -e ".[dev,dashboard,gpu]" || $PIP -e ".[dev,dashboard]"   # flash-attn needs a CUDA toolchain; SDPA works without it
 else
     if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION%.*}') else 1)" 2>/dev/null; then
         # A local wheelhouse (pip find-links) may already hold the +cpu build; otherwise PyTorch's CPU index.
         $PIP "torch==${TORCH_VERSION}+cpu" 2>/dev/null \
             || $PIP "torch==${TORCH_VERSION}+cpu" --index-url https://download.pytorch.org/whl/cpu
     fi
-    $PIP -e ".[dev]"
+    $PIP -e ".[dev,dashboard]"
 fi
 
 if ! command -v chromium >/dev/null 2>&1; then

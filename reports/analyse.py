@@ -641,12 +641,184 @@ def scaling_analysis(study):
     return {**vocab_depth_analysis(study), "fits": _fits(study.trials, study.metric, by_size=True)}
 
 
+def single_run_search(study, res) -> bool:
+    """A search whose every config ran once: a per-config mean has no interval there, so its views go."""
+    return bool(study.optuna) and all(g["n"] <= 1 for g in res.get("groups", []))
+
+
+IMPORTANCE_SEEDS = 8  # fANOVA fits a random forest: its importances move from seed to seed (optuna#2757)
+
+
+def importance_spread(ostudy, seeds=range(IMPORTANCE_SEEDS), target=None) -> list[dict]:
+    """Each parameter's fANOVA importance (normalised to sum to 1 per fit) as mean and sd over fits with different
+    forest seeds, most important first: one fit's numbers vary from call to call."""
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    runs = [get_param_importances(ostudy, evaluator=FanovaImportanceEvaluator(seed=s), target=target) for s in seeds]
+    rows = []
+    for param in dict.fromkeys(k for run in runs for k in run):
+        v = np.array([run.get(param, 0.0) for run in runs], dtype=float)
+        sd = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+        rows.append(dict(param=param, mean=float(v.mean()), sd=sd, min=float(v.min()), max=float(v.max()), fits=len(v)))
+    return sorted(rows, key=lambda r: -r["mean"])
+
+
+def optuna_target(o: dict, metric: str):
+    """(target, its name) for optuna's plots and importances: a multi-objective study's first value (the metric),
+    None for a single objective."""
+    return (lambda t: t.values[0], metric) if len(o["directions"]) > 1 else (None, metric)
+
+
 def optuna_analysis(study):
     o = study.optuna
     if not o:
         return {}
-    keys = ("name", "directions", "importances", "importance_note")
-    return {"optuna": {**{k: o[k] for k in keys}, "n_trials": len(o["trials"])}}
+    out = {"name": o["name"], "directions": o["directions"], "n_trials": len(o["trials"]), "importances": []}
+    complete = o["trials"][o["trials"]["state"] == "complete"] if len(o["trials"]) else o["trials"]
+    target, _ = optuna_target(o, study.metric)
+    if len(complete) >= 2:
+        try:  # fANOVA needs parameters that actually varied
+            out["importances"] = importance_spread(o["study"], target=target)
+        except Exception as e:
+            out["importance_note"] = f"parameter importances unavailable ({e.__class__.__name__}: {e})"
+    else:
+        out["importance_note"] = "parameter importances need two or more complete trials"
+    return {"optuna": out}
+
+
+# -----------------------------------------------------------------------------
+# Pruning audit: a random share of trials that ASHA never stops shows what its stops cost
+
+AUDIT_MIN = 3  # audited trials below this: no statistics, one plain line
+FLAG_EXCESS = 0.25  # a bin stopped this much more often than its final rank justifies is flagged
+FLAG_MIN_STOPPABLE, FLAG_MIN_AUDITED = 4, 2  # trials a bin needs before it can be flagged
+
+
+def rung_values(curves: pd.DataFrame, metric: str, iteration: int) -> pd.Series:
+    """trial -> the metric at its ITERATION-th report (Tune's training_iteration: one report per eval, in step
+    order), for the trials that reached it."""
+    c = curves[curves[metric].notna()].sort_values(["trial", "step"])
+    nth = c.groupby("trial").nth(iteration - 1)
+    return nth.set_index("trial")[metric] if len(nth) else pd.Series(dtype=float)
+
+
+def asha_would_stop(values: pd.Series, reduction_factor: float, mode: str) -> pd.Series:
+    """ASHA's rule at a rung, over every trial's value there: stop when the reward (the metric, negated for min)
+    is below the (1 - 1/rf) percentile of the rewards (ray.tune.schedulers.async_hyperband._Bracket.cutoff)."""
+    reward = values if mode == "max" else -values
+    cutoff = np.nanpercentile(reward.to_numpy(dtype=float), (1 - 1 / reduction_factor) * 100)
+    return reward < cutoff
+
+
+def wilson(successes: int, n: int, confidence=CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a proportion (nan, nan for n = 0)."""
+    if n == 0:
+        return math.nan, math.nan
+    ci = stats.binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _bins(values: pd.Series) -> pd.Series:
+    """A searched key's values in bins: thirds of its range of values (by quantile) for a number with more than
+    three distinct values, else one bin per value."""
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if numeric and values.nunique() > 3:
+        codes = pd.qcut(values, 3, labels=False, duplicates="drop")
+        span = values.groupby(codes).agg(["min", "max"])  # each bin named by the values it holds
+        return codes.map(lambda c: f"{span.loc[c, 'min']:.3g} to {span.loc[c, 'max']:.3g}")
+    return values.astype(str)
+
+
+def pruning_audit(study) -> dict | None:
+    """What ASHA's stops cost, measured on the audited trials (never stopped): per rung, Kendall's tau between
+    their metric there and at the end, and the share of those ASHA would have stopped there that end in the final
+    top-k; and per searched key's bin, whether it is stopped more often than its final rank justifies.
+    None for a study without an audit (study.json's "asha" with audit_fraction > 0)."""
+    asha = study.meta.get("asha")
+    t, metric, mode = study.trials, study.metric, study.mode
+    if not isinstance(asha, dict) or not asha.get("audit_fraction") or "audited" not in t:
+        return None
+    rf, max_t = float(asha["reduction_factor"]), int(asha["max_t"])
+    audited = t[t["audited"].fillna(False).astype(bool)]
+    final = t[(t["status"] == "done") & t[metric].notna()].set_index("trial")[metric]
+    out = dict(
+        audit_fraction=asha["audit_fraction"],
+        n_trials=len(t),
+        n_audited=len(audited),
+        milestones=[m for m in asha["milestones"] if m < max_t],
+        reduction_factor=rf,
+        rungs=[],
+        bins=[],
+        flags=[],
+    )
+    audited_final = final[final.index.isin(audited["trial"])]
+    out["n_audited_final"] = len(audited_final)
+    if len(audited_final) < AUDIT_MIN:
+        out["too_few"] = (
+            f"too few audited trials to say anything: {len(audited_final)} finished (of {len(audited)} audited, "
+            f"{len(t)} trials); at least {AUDIT_MIN} are needed. Raise --set audit_fraction or --num-samples."
+        )
+        return out
+    k = max(1, math.ceil(len(final) / rf))
+    sign = 1 if mode == "min" else -1
+    top_k = set((sign * final).nsmallest(k).index)
+    out["k"], out["n_final"] = k, len(final)
+    for m in out["milestones"]:
+        values = rung_values(study.curves, metric, m)
+        stop = asha_would_stop(values, rf, mode)
+        a = [n for n in audited_final.index if n in values.index]
+        tau, p = stats.kendalltau(values[a], audited_final[a]) if len(a) >= 2 else (math.nan, math.nan)
+        stopped = [n for n in a if stop[n]]
+        hits = sum(n in top_k for n in stopped)
+        lo, hi = wilson(hits, len(stopped))
+        out["rungs"].append(
+            dict(
+                milestone=m,
+                n_at_rung=len(values),
+                n_audited=len(a),
+                tau=float(tau),
+                tau_p=float(p),
+                would_stop=len(stopped),
+                in_top_k=hits,
+                chance=hits / len(stopped) if stopped else math.nan,
+                ci_low=lo,
+                ci_high=hi,
+            )
+        )
+    # per bin of each searched key: the stopped share beyond the study's, against the bottom-half share beyond 1/2
+    keys = [str(k) for k in asha.get("keys") or []]
+    stoppable = t[~t["audited"].fillna(False).astype(bool) & t["status"].isin(["done", "stopped"])]
+    base_stop = float((stoppable["status"] == "stopped").mean()) if len(stoppable) else math.nan
+    bottom = audited_final.rank(ascending=mode == "min", method="average") > len(audited_final) / 2
+    base_bottom = float(bottom.mean())
+    for key in [k for k in keys if k in t]:
+        bins = _bins(t.set_index("trial")[key].dropna())
+        for b in dict.fromkeys(bins.sort_values()):
+            names = set(bins.index[bins == b])
+            s = stoppable[stoppable["trial"].isin(names)]
+            a = bottom[bottom.index.isin(names)]
+            row = dict(
+                key=key,
+                bin=b,
+                n_stoppable=len(s),
+                stopped_share=float((s["status"] == "stopped").mean()) if len(s) else math.nan,
+                n_audited=len(a),
+                bottom_half_share=float(a.mean()) if len(a) else math.nan,
+            )
+            row["excess"] = (row["stopped_share"] - base_stop) - (row["bottom_half_share"] - base_bottom)
+            row["flagged"] = bool(
+                len(s) >= FLAG_MIN_STOPPABLE and len(a) >= FLAG_MIN_AUDITED and row["excess"] >= FLAG_EXCESS
+            )
+            out["bins"].append(row)
+            if row["flagged"]:
+                out["flags"].append(
+                    f"{key} in {b}: ASHA stopped {row['stopped_share']:.0%} of its {len(s)} trials (the study: "
+                    f"{base_stop:.0%}), but {row['bottom_half_share']:.0%} of its {len(a)} audited trials end in "
+                    f"the bottom half (all audited: {base_bottom:.0%}): stopped more often than its final rank "
+                    f"justifies"
+                )
+    out["stopped_share"], out["bottom_half_share"] = base_stop, base_bottom
+    return out
 
 
 # -----------------------------------------------------------------------------
@@ -710,6 +882,9 @@ def analyse_study(study):
             out["pareto"][x] = done.loc[mask].sort_values(x)["trial"].tolist()
     out["fits"] = _fits(t, metric)
     out["probes"] = probe_table(t)
+    audit = pruning_audit(study)
+    if audit:
+        out["pruning_audit"] = audit
     sections, view_warnings = study_sections(study)
     for section in sections.values():
         out.update(section.analyse(study) if section.analyse else {})

@@ -46,7 +46,7 @@ class Study:
     curves: pd.DataFrame  # long: trial, variant, step, tokens, train_loss, val_bpb, ...
     samples: dict = field(default_factory=dict)  # trial -> {"prompt": str, "samples": [str]}
     envs: dict = field(default_factory=dict)  # trial -> env.json
-    optuna: dict | None = None  # {"name", "directions", "trials": DataFrame, "importances", "importance_note"}
+    optuna: dict | None = None  # {"name", "directions", "trials": DataFrame, "study": optuna.Study}
     probes: dict = field(default_factory=dict)  # trial -> probes.json (per-layer / per-head details)
     warnings: list = field(default_factory=list)
 
@@ -281,20 +281,8 @@ def read_optuna(d, study_name, warnings):
                 row[f"value_{i}"] = t.values[i] if t.values else math.nan
             row.update({f"param_{k}": v for k, v in t.params.items()})
             rows.append(row)
-        importances, note = {}, None
-        complete = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if len(directions) == 1 and len(complete) >= 2:
-            try:  # fANOVA, Optuna's default; it needs parameters that actually varied
-                importances = optuna.importance.get_param_importances(ostudy)
-            except Exception as e:
-                note = f"parameter importances unavailable ({e.__class__.__name__}: {e})"
-        return dict(
-            name=name,
-            directions=directions,
-            trials=pd.DataFrame(rows),
-            importances=dict(importances),
-            importance_note=note,
-        )
+        # the Study itself too: optuna.visualization draws from it, and the importances are fitted on it
+        return dict(name=name, directions=directions, trials=pd.DataFrame(rows), study=ostudy)
     except Exception as e:  # a broken or foreign database must not sink the rest of the report
         warnings.append(f"optuna.db: unreadable ({e.__class__.__name__}: {e})")
         return None

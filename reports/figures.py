@@ -19,7 +19,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from reports.analyse import pareto_front, power_law, sorted_variants
+from reports.analyse import pareto_front, power_law, single_run_search, sorted_variants
 from trainables.storage import write_atomic
 
 MANY_VARIANTS = 24  # beyond this, one colour for all trials and the variant in the hover text only
@@ -164,7 +164,7 @@ def frontier(study, res):
 def configs(study, res):
     """Mean and 95% interval of the metric per config, every trial shown beside it."""
     groups, m = res.get("groups", []), study.metric
-    if not groups or len(groups) > 200:
+    if not groups or len(groups) > 200 or single_run_search(study, res):
         return None
     done = _done(study)
     fig = go.Figure()
@@ -526,84 +526,116 @@ def vocab_depth(study, res):
     return fig
 
 
-def optuna_history(study, res):
-    """Objective per trial in order, and the best so far."""
+def _optuna_plot(study, draw, **kwargs):
+    """One optuna.visualization figure of the study's Optuna study (its metric as the target of a multi-objective
+    one), in the report's style, with every label and hover text escaped: they carry parameter values and names."""
+    from optuna import visualization
+
+    from reports.analyse import optuna_target
+
     o = study.optuna
-    if not o or o["trials"].empty or "value_0" not in o["trials"]:
+    if not o or o["trials"].empty or not (o["trials"]["state"] == "complete").any():
         return None
-    t = o["trials"][o["trials"]["state"] == "complete"].sort_values("number")
-    if t.empty:
+    target, name = optuna_target(o, study.metric)
+    try:
+        fig = getattr(visualization, draw)(o["study"], target=target, target_name=name, **kwargs)
+    except (ValueError, RuntimeError):  # e.g. a contour of a parameter that never varied
         return None
-    best = t["value_0"].cummin() if o["directions"][0] == "minimize" else t["value_0"].cummax()
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(x=t["number"], y=t["value_0"], mode="markers", name="trial", marker=dict(color="#1f77b4", size=6))
-    )
-    fig.add_trace(
-        go.Scatter(x=t["number"], y=best, mode="lines", name="best so far", line=dict(color="#d62728", shape="hv"))
-    )
-    fig.update_xaxes(title_text="Optuna trial number")
-    fig.update_yaxes(title_text="objective 0" if len(o["directions"]) > 1 else study.metric)
-    fig.update_layout(**LAYOUT, height=400, title="Optimisation history")
+    for trace in fig.data:
+        for attr in ("text", "hovertext"):
+            value = getattr(trace, attr, None)
+            if isinstance(value, str):
+                setattr(trace, attr, _esc_hover(value))
+            elif value is not None:
+                setattr(trace, attr, [_esc_hover(v) if isinstance(v, str) else v for v in value])
     return fig
 
 
+def _esc_hover(text: str) -> str:
+    """optuna's hover text is JSON lines joined by <br>: escape each line, keep the breaks."""
+    return "<br>".join(esc(html.unescape(line)) for line in text.split("<br>"))
+
+
+def optuna_history(study, res):
+    fig = _optuna_plot(study, "plot_optimization_history")
+    return fig and fig.update_layout(**LAYOUT, height=420, title="Optimisation history")
+
+
+def optuna_parallel(study, res):
+    fig = _optuna_plot(study, "plot_parallel_coordinate")
+    return fig and fig.update_layout(**{**LAYOUT, "margin": dict(l=80, r=80, t=80, b=40)}, height=460)
+
+
+def optuna_slice(study, res):
+    """One panel per searched key against the metric; colour is the trial number, the hover text the config."""
+    fig = _optuna_plot(study, "plot_slice")
+    if fig is None:
+        return None
+    t = study.optuna["trials"].set_index("number")
+    params = [c for c in t.columns if c.startswith("param_")]
+
+    def hover(n):  # optuna's slice has none: the trial's number, its value and its whole config
+        r = t.loc[n]
+        config = "<br>".join(esc(f"{c[len('param_') :]} = {fmt_value(r[c])}") for c in params)
+        return f"trial {n}<br>{esc(study.metric)} {fmt(r['value_0'])}<br>{config}"
+
+    for trace in fig.data:  # the feasible trials' markers are coloured by their trial numbers
+        numbers = trace.marker.color
+        if isinstance(numbers, (list, tuple)) and all(isinstance(n, (int, np.integer)) for n in numbers):
+            trace.update(hovertext=[hover(int(n)) for n in numbers], hovertemplate="%{hovertext}<extra></extra>")
+    return fig.update_layout(**LAYOUT, height=420, title=f"{study.metric} per searched key (slice)")
+
+
+def fmt_value(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def optuna_contour(study, res):
+    """The metric over the two most important keys (by mean fANOVA importance)."""
+    imp = (res.get("optuna") or {}).get("importances") or []
+    if len(imp) < 2:
+        return None
+    params = [imp[0]["param"], imp[1]["param"]]
+    fig = _optuna_plot(study, "plot_contour", params=params)
+    return fig and fig.update_layout(
+        **LAYOUT, height=480, title=esc(f"{study.metric} over {params[0]} and {params[1]}")
+    )
+
+
 def optuna_importances(study, res):
-    imp = (study.optuna or {}).get("importances") or {}
+    """fANOVA importances, mean and sd over fits with different seeds (one fit varies from call to call)."""
+    imp = (res.get("optuna") or {}).get("importances") or []
     if not imp:
         return None
-    items = sorted(imp.items(), key=lambda kv: kv[1])
+    items = imp[::-1]  # the most important at the top
     fig = go.Figure(
         go.Bar(
-            x=[v for _, v in items],
-            y=[esc(k) for k, _ in items],
+            x=[r["mean"] for r in items],
+            y=[esc(r["param"]) for r in items],
             orientation="h",
             marker_color="#1f77b4",
-            text=[f"{v:.2f}" for _, v in items],
-            textposition="outside",
+            error_x=dict(type="data", array=[r["sd"] if _finite(r["sd"]) else None for r in items], visible=True),
+            hovertemplate="%{y}: %{x:.3f} ± %{error_x.array:.3f}<extra></extra>",
         )
     )
-    fig.update_xaxes(title_text="importance (fANOVA, sums to 1)")
+    fig.update_xaxes(title_text=f"importance (fANOVA, sums to 1), mean ± sd over {items[0]['fits']} seeds")
     fig.update_layout(**LAYOUT, height=max(260, 80 + 30 * len(items)), title="Parameter importances")
     return fig
 
 
 def optuna_pareto(study, res):
-    """Two-objective studies: every trial, the front highlighted."""
+    """Two-objective studies: optuna's Pareto front plot."""
     o = study.optuna
-    if not o or len(o["directions"]) != 2:
+    if not o or len(o["directions"]) != 2 or not (o["trials"]["state"] == "complete").any():
         return None
-    t = o["trials"][o["trials"]["state"] == "complete"].dropna(subset=["value_0", "value_1"])
-    if t.empty:
-        return None
-    signs = [1 if d == "minimize" else -1 for d in o["directions"]]
-    mask = pareto_front(signs[0] * t["value_0"], signs[1] * t["value_1"])
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=t["value_0"],
-            y=t["value_1"],
-            mode="markers",
-            name="trials",
-            marker=dict(color="#bbbbbb"),
-            text=[f"trial {n}" for n in t["number"]],
-        )
-    )
-    front = t[mask].sort_values("value_0")
-    fig.add_trace(
-        go.Scatter(
-            x=front["value_0"],
-            y=front["value_1"],
-            mode="lines+markers",
-            name="Pareto front",
-            marker=dict(color="#d62728", size=9),
-            text=[f"trial {n}" for n in front["number"]],
-        )
-    )
-    fig.update_xaxes(title_text=f"objective 0 ({o['directions'][0]})")
-    fig.update_yaxes(title_text=f"objective 1 ({o['directions'][1]})")
-    fig.update_layout(**LAYOUT, height=420, title="Optuna Pareto front")
-    return fig
+    from optuna.visualization import plot_pareto_front
+
+    names = o["study"].metric_names or [study.metric, "objective 1"]
+    fig = plot_pareto_front(o["study"], target_names=[esc(n) for n in names])
+    for trace in fig.data:
+        if trace.hovertext is not None:
+            trace.hovertext = [_esc_hover(v) if isinstance(v, str) else v for v in trace.hovertext]
+    return fig.update_layout(**LAYOUT, height=460, title="Optuna Pareto front")
 
 
 def toeplitz_filters(study, res):

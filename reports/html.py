@@ -14,7 +14,15 @@ import numpy as np
 import pandas as pd
 import plotly.offline
 
-from reports.analyse import TOEPLITZ_METRICS, percent, sorted_variants
+from reports.analyse import (
+    FLAG_EXCESS,
+    FLAG_MIN_AUDITED,
+    FLAG_MIN_STOPPABLE,
+    TOEPLITZ_METRICS,
+    percent,
+    single_run_search,
+    sorted_variants,
+)
 from reports.collect import scrub
 
 # the trials table: these first, then the config keys, then the rest, probe_* last
@@ -265,14 +273,20 @@ def stats_section(study, res, figs):
     body = [f"<p class='note'>{esc(res['test'])}</p>"]
     if "configs" in figs:
         body.append(figure_div(figs["configs"]))
-    body.append("<h3>Per config</h3>")
-    body.append(
-        table(
-            res["groups"],
-            keys + ["n", "mean", "std", "ci_low", "ci_high"],
-            keys + ["n", f"mean {res['metric']}", "std", "95% CI low", "95% CI high"],
+    if single_run_search(study, res):
+        body.append(
+            "<p class='muted'>A search without seeds runs each config once: no interval per config. The Optuna "
+            "search section shows the trials against each searched key.</p>"
         )
-    )
+    else:
+        body.append("<h3>Per config</h3>")
+        body.append(
+            table(
+                res["groups"],
+                keys + ["n", "mean", "std", "ci_low", "ci_high"],
+                keys + ["n", f"mean {res['metric']}", "std", "95% CI low", "95% CI high"],
+            )
+        )
     if res.get("baseline"):
         body.append(f"<h3>Difference from the baseline ({esc(res['baseline'])})</h3>")
         if "differences" in figs:
@@ -475,13 +489,105 @@ def optuna_html(study, res, figs):
     if not o:
         return None
     body = [
-        f"<p>Optuna study {esc(o['name'])}: {o['n_trials']} trials, directions {esc(', '.join(o['directions']))}.</p>"
+        f"<p>Optuna study {esc(o['name'])}: {o['n_trials']} trials, directions {esc(', '.join(o['directions']))}. "
+        "The figures are optuna.visualization's. A trial ASHA stopped enters the Optuna study with its value where "
+        "it stopped (Ray's OptunaSearch), so these views show it at that early value.</p>"
     ]
-    for k in ("optuna_history", "optuna_importances", "optuna_pareto"):
-        if k in figs:
-            body.append(figure_div(figs[k]))
+    if "optuna_history" in figs:
+        body.append(figure_div(figs["optuna_history"]))
+    imp = o.get("importances") or []
+    if imp:
+        body.append("<h3>Parameter importances</h3>")
+        body.append(
+            f"<p class='note'>fANOVA (Optuna's FanovaImportanceEvaluator) fits a random forest to the trials and "
+            f"splits the variance of {esc(study.metric)} among the keys; each fit sums to 1. One fit's numbers "
+            f"move with the forest's seed (optuna#2757), so this is the mean ± sd over {imp[0]['fits']} fits with "
+            f"seeds 0..{imp[0]['fits'] - 1}: an sd near the mean says the trials do not settle the ranking.</p>"
+        )
+        if "optuna_importances" in figs:
+            body.append(figure_div(figs["optuna_importances"]))
+        body.append(
+            table(imp, ["param", "mean", "sd", "min", "max", "fits"], ["key", "mean", "sd", "min", "max", "fits"])
+        )
     if o.get("importance_note"):
         body.append(f"<p class='muted'>{esc(o['importance_note'])}</p>")
+    for k, title in (
+        ("optuna_parallel", "Parallel coordinates"),
+        ("optuna_slice", "Each searched key (slice)"),
+        ("optuna_contour", "The two most important keys (contour)"),
+        ("optuna_pareto", "Pareto front"),
+    ):
+        if k in figs:
+            body.append(f"<h3>{esc(title)}</h3>" + figure_div(figs[k]))
+        if k == "optuna_slice" and k in figs:
+            body.append(
+                "<p class='note'>Each slice panel shows every complete trial against one key while the others "
+                "differ too: the colour is the trial number, the hover text the trial's whole config.</p>"
+            )
+    return "".join(body)
+
+
+def audit_section(res):
+    """The pruning audit: what ASHA's stops cost, from the trials it was not allowed to stop."""
+    a = res.get("pruning_audit")
+    if not a:
+        return None
+    body = [
+        f"<p>{a['n_audited']} of {a['n_trials']} trials were audited (audit_fraction {esc(fmt(a['audit_fraction']))}"
+        "): drawn at random, seeded by the study's seed, and never stopped by ASHA; their results still count "
+        "towards the rungs' cut-offs. ASHA rungs (training_iteration = evals reported): "
+        f"{esc(', '.join(map(str, a['milestones'])) or 'none before the last eval')}, reduction factor "
+        f"{esc(fmt(a['reduction_factor']))}.</p>"
+    ]
+    if a.get("too_few"):
+        return "".join(body) + f"<p class='verdict'>{esc(a['too_few'])}</p>"
+    body.append(
+        f"<p class='note'>Per rung: Kendall's tau between the audited trials' {esc(res['metric'])} at the rung and at "
+        f"the end (1: the rung ranks them as the end does). Would stop: audited trials below the rung's cut-off, "
+        f"ASHA's rule over every trial's value there (worse than the best 1/{esc(fmt(a['reduction_factor']))}). "
+        f"Chance: the share of those that end in the final top-{a['k']} of the {a['n_final']} trials that ran to "
+        f"the end (k = n / reduction factor, rounded up), with a 95% Wilson interval: an estimate of the chance "
+        f"that a config ASHA stopped there would have made the top-{a['k']}.</p>"
+    )
+    rows = [dict(r, ci=ci_text(r["ci_low"], r["ci_high"], 2) if r["would_stop"] else "") for r in a["rungs"]]
+    body.append(
+        table(
+            rows,
+            ["milestone", "n_at_rung", "n_audited", "tau", "tau_p", "would_stop", "in_top_k", "chance", "ci"],
+            [
+                "rung (iteration)",
+                "trials there",
+                "audited there",
+                "Kendall's tau",
+                "p",
+                "would stop",
+                f"of those in top-{a['k']}",
+                f"chance of top-{a['k']}",
+                "95% CI",
+            ],
+            sortable=False,
+        )
+        if rows
+        else "<p class='muted'>ASHA has no rung before the last eval at this profile: it stopped nothing early.</p>"
+    )
+    body.append(
+        f"<h3>Stopped more often than the final rank justifies?</h3><p class='note'>Each searched key's values in "
+        f"thirds (a number) or one bin per value. For each bin: the share of its non-audited trials ASHA stopped, "
+        f"beyond the study's {fmt(a['stopped_share'])}, minus the share of its audited trials that end in the "
+        f"audited trials' bottom half, beyond {fmt(a['bottom_half_share'])}. A bin is flagged when that excess is "
+        f"{FLAG_EXCESS:g} or more with at least {FLAG_MIN_STOPPABLE} stoppable and {FLAG_MIN_AUDITED} audited "
+        "trials in it.</p>"
+    )
+    body += [f"<p class='deviation'>warning: {esc(f)}</p>" for f in a["flags"]] or [
+        "<p>No bin is stopped far more often than its final rank justifies.</p>"
+    ]
+    body.append(
+        table(
+            a["bins"],
+            ["key", "bin", "n_stoppable", "stopped_share", "n_audited", "bottom_half_share", "excess", "flagged"],
+            ["key", "bin", "stoppable trials", "stopped", "audited", "audited in bottom half", "excess", "flagged"],
+        )
+    )
     return "".join(body)
 
 
@@ -624,6 +730,7 @@ def render(study, res, figs, pngs=()):
     rounds = sequential_html(study)
     if rounds:  # beside the differences it decided
         sections.append(("sequential", "Sequential seeding: each arm's seeds and why it stopped", rounds))
+    audit = audit_section(res)
     fidelity = fidelity_section(study)
     if fidelity:  # right after the summary: what the numbers below are numbers of
         sections.insert(1, ("fidelity", "Note vs this run", fidelity))
@@ -632,6 +739,8 @@ def render(study, res, figs, pngs=()):
         body = view.html(study, res, figs) if view.html else None
         if body:
             sections.append((f"view-{name}", view.title, body))
+    if audit:
+        sections.append(("audit", "Pruning audit", audit))
     body = probes_section(study, res, figs)
     if body:
         sections.append(("probes", "Probes", body))

@@ -24,13 +24,16 @@ PLAN_FIELDS = (
     "seeds",
     "test",
 )
+# Registered only by a study whose scheduler stops trials early (ASHA): in the sha256 where present, so the plans of
+# other studies, and those registered before the field existed, keep their hash.
+ASHA_FIELDS = ("audit_fraction",)
 REPORT_ALPHA = 0.05  # the level reports/analyse.py's verdicts use
 ARCH_WORDS = {"nanochat": "nanochat-style GPT", "nanogpt": "nanoGPT"}  # GPTConfig.arch in a sentence
 
 
 def plan_sha256(plan: dict) -> str:
     """sha256 of the registered fields as canonical JSON: keys sorted, no spaces, UTF-8."""
-    fields = {k: plan.get(k) for k in PLAN_FIELDS}
+    fields = {k: plan.get(k) for k in PLAN_FIELDS} | {k: plan[k] for k in ASHA_FIELDS if k in plan}
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -240,6 +243,11 @@ def plan_html(study) -> str:
             "power": plan.get("power"),
             "seeds per config": plan.get("seeds"),
             "test": plan.get("test"),
+            **(
+                {"audit fraction": f"{plan['audit_fraction']:g} of the trials ASHA may never stop (pruning audit)"}
+                if isinstance(plan.get("audit_fraction"), (int, float))
+                else {}
+            ),
         }
         when = f" ({esc(plan['recorded'])})" if plan.get("recorded") else ""
         check = (

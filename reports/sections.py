@@ -89,6 +89,9 @@ SECTIONS = {
         figures={
             "optuna_history": figures.optuna_history,
             "optuna_importances": figures.optuna_importances,
+            "optuna_parallel": figures.optuna_parallel,
+            "optuna_slice": figures.optuna_slice,
+            "optuna_contour": figures.optuna_contour,
             "optuna_pareto": figures.optuna_pareto,
         },
     ),

@@ -23,6 +23,12 @@ PROFILE_NAMES = ("smoke", "cpu", "gpu", "paper")
 PROFILE_TABLE_KEYS = ("axes", "num_samples")
 
 
+# Keys every study takes with --set that steer how it runs, not what a trial trains: they never reach a trial's config.
+# audit_fraction: the share of trials ASHA may not stop (study.audit.AuditedASHA, the report's pruning audit).
+RUN_KEYS = ("audit_fraction",)
+DEFAULT_AUDIT_FRACTION = 0.1  # where the study uses ASHA and --set gives none
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudySpec:
     name: str  # [a-z0-9_]+: the results folder's name
@@ -125,7 +131,8 @@ class StudySpec:
         from trainables.train import TrainConfig
 
         keys = {f.name for f in fields(GPTConfig)} | {f.name for f in fields(TrainConfig)}
-        return keys | set(self.base_keys(profile)) | set(self.axes_for(profile)) | set(self.study_keys) | {"seed"}
+        own = set(self.base_keys(profile)) | set(self.axes_for(profile)) | set(self.study_keys)
+        return keys | own | {"seed"} | set(RUN_KEYS)
 
     # -- one trial
 

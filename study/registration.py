@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 
 from reports.analyse import percent
-from reports.plan import PLAN_FIELDS, plan_sha256
+from reports.plan import ASHA_FIELDS, PLAN_FIELDS, plan_sha256
 
 
 def plan_fields(plan) -> dict:
@@ -31,6 +31,8 @@ def plan_fields(plan) -> dict:
         test=_test(spec, m),
     )
     assert tuple(fields) == PLAN_FIELDS
+    if spec.scheduler == "asha":  # the share of trials ASHA may never stop (the pruning audit)
+        fields["audit_fraction"] = plan.audit_fraction
     return json.loads(json.dumps(fields))
 
 
@@ -96,7 +98,8 @@ def plan_changes(recorded: dict, now: dict) -> list[tuple[str, object, object]]:
 
     def flat(p):
         out = {}
-        for k in PLAN_FIELDS:
+        # an ASHA field counts where the plan registered it (a plan registered before the field existed has none)
+        for k in PLAN_FIELDS + tuple(k for k in ASHA_FIELDS if k in recorded):
             v = p.get(k)
             out.update({f"{k}.{s}": w for s, w in v.items()} if isinstance(v, dict) else {k: v})
         return out

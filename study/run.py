@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from search_spaces.spec import StudySpec, grid_axes, grid_configs
+from search_spaces.spec import DEFAULT_AUDIT_FRACTION, RUN_KEYS, StudySpec, grid_axes, grid_configs
 from study.catalog import STUDIES, get_profile, get_study
 from study.errors import UsageError
 from study.profiles import DEFAULT_PROFILE, PROFILES, Profile
@@ -916,6 +916,12 @@ class Plan:
     deviations: list = field(default_factory=list)  # departures from the registered plan that this run makes
 
     @property
+    def audit_fraction(self) -> float:
+        """The share of trials ASHA may never stop: --set audit_fraction, else 0.1 with ASHA, else 0."""
+        default = DEFAULT_AUDIT_FRACTION if self.spec.scheduler == "asha" else 0.0
+        return float(self.overrides.get("audit_fraction", default))
+
+    @property
     def num_samples(self) -> int:
         return self.options.num_samples or self.spec.samples(self.profile)
 
@@ -981,6 +987,8 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
     if not options.cpus_per_worker > 0:
         raise UsageError(f"--cpus-per-worker {options.cpus_per_worker}: must be > 0")
     overrides = check_overrides(spec, profile, options.set)
+    check_audit_fraction(spec, overrides)
+    run_keys, overrides = overrides, {k: v for k, v in overrides.items() if k not in RUN_KEYS}  # trial keys only
     if "objective" in spec.study_keys and overrides.get("objective", "single") not in ("single", "multi"):
         raise UsageError(f"--set objective={overrides['objective']!r}: must be single or multi")
     check_storage(options.storage)
@@ -1010,7 +1018,7 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
         spec=spec,
         profile=profile,
         options=options,
-        overrides=overrides,
+        overrides=run_keys,  # every --set as given (audit_fraction too): the plan's command and the resume check
         workers=workers,
         gpus=gpus,
         base=base,
@@ -1059,6 +1067,23 @@ def planned_seeds(options: RunOptions) -> int:
     from reports.sequential import DEFAULT_MAX_SEEDS
 
     return (options.max_seeds or DEFAULT_MAX_SEEDS) if options.seeds == "auto" else options.seeds
+
+
+def check_audit_fraction(spec: StudySpec, overrides: dict):
+    """--set audit_fraction=F: a number in [0, 1), and above 0 only where ASHA stops trials early."""
+    if "audit_fraction" not in overrides:
+        return
+    f = overrides["audit_fraction"]
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1:
+        raise UsageError(
+            f"--set audit_fraction={_text(f) if not isinstance(f, list) else ','.join(map(_text, f))}: must be a "
+            f"number in [0, 1), the share of trials ASHA may never stop (0 turns the audit off)"
+        )
+    if f > 0 and spec.scheduler != "asha":
+        raise UsageError(
+            f"--set audit_fraction={f:g}: {spec.name} stops no trial early (scheduler {spec.scheduler}, not asha), "
+            f"so there is nothing to audit"
+        )
 
 
 def check_mixers(spec: StudySpec, profile, overrides: dict):

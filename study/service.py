@@ -18,6 +18,7 @@ from ray import tune
 from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.search import ConcurrencyLimiter
 
+from study.audit import AuditedASHA, audited
 from study.files import STUDY_MODULE_PREFIX
 from study.results import StudyStorage, collect, experiment_dirs, write_trials, write_view_outputs
 from study.run import redacted_argv
@@ -184,7 +185,7 @@ def _fmt(seconds: float) -> str:
 
 
 def build_tuner(plan, study: StudyStorage, resources, concurrent: int, exp_name: str):
-    spec, profile, options = plan.spec, plan.profile, plan.options
+    spec, options = plan.spec, plan.options
     metric, mode = spec.metric, spec.mode
     study_dir = study.local
     trainable = trial_trainable(plan, study, resources)
@@ -242,19 +243,10 @@ def build_tuner(plan, study: StudyStorage, resources, concurrent: int, exp_name:
             return f"{spec.name}_{index:04d}"
 
     if spec.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        max_t = max(1, profile.max_steps // profile.eval_every)  # rungs counted in evals (training_iteration)
         # Single objective: ASHA takes the metric from TuneConfig. Multi-objective: TuneConfig has none, so
         # ASHA stops on val_bpb alone while NSGA-II samples for the Pareto front.
         asha_metric = {} if tune_metric else dict(metric=metric, mode=mode)
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=max_t,
-            grace_period=max(1, max_t // 4),
-            reduction_factor=3,
-            **asha_metric,
-        )
+        scheduler = asha_scheduler(plan, **asha_metric)
     callbacks = [Progress(n_trials, metric, concurrent, name_of)]
     if study.uri:
         callbacks.append(PushStudyFiles())
@@ -278,6 +270,50 @@ def build_tuner(plan, study: StudyStorage, resources, concurrent: int, exp_name:
         ),
     )
     return tuner, n_trials, callbacks
+
+
+def asha_scheduler(plan, **metric) -> AuditedASHA:
+    """ASHA on evals (training_iteration), max_t the profile's evals, grace a quarter of them, reduction factor 3;
+    the plan's audit_fraction of its trials are never stopped (study.audit)."""
+    max_t = max(1, plan.profile.max_steps // plan.profile.eval_every)
+    return AuditedASHA(
+        audit_fraction=plan.audit_fraction,
+        seed=study_seed(plan),
+        time_attr="training_iteration",
+        max_t=max_t,
+        grace_period=max(1, max_t // 4),
+        reduction_factor=3,
+        **metric,
+    )
+
+
+def study_seed(plan) -> int:
+    """The study's seed (its base `seed`; 0 where seeds are an axis or unset): it seeds the audit's draw."""
+    seed = plan.base.get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+
+
+def asha_record(plan) -> dict:
+    """study.json's "asha": the scheduler's settings and rungs, the audit's share and seed, the searched keys; the
+    report's pruning audit reads them back."""
+    s = asha_scheduler(plan, metric=plan.spec.metric, mode=plan.spec.mode)
+    return dict(
+        time_attr="training_iteration",
+        max_t=s._max_t,
+        grace_period=s.milestones()[0],
+        reduction_factor=s._reduction_factor,
+        milestones=s.milestones(),
+        audit_fraction=plan.audit_fraction,
+        seed=study_seed(plan),
+        keys=[k for k in plan.axes if k != "seed"],
+    )
+
+
+def mark_audited(df, plan):
+    """trials.parquet's `audited` column: whether ASHA was barred from stopping the trial (study.audit.audited)."""
+    if plan.spec.scheduler == "asha" and len(df):
+        df["audited"] = [audited(name, study_seed(plan), plan.audit_fraction) for name in df["trial"]]
+    return df
 
 
 def _config_key(config: dict) -> str:
@@ -369,6 +405,7 @@ def write_study_json(
         ),
         **({"baseline": {"variant": spec.baseline_arm}} if spec.baseline_arm else {}),
         **({"fidelity": plan.fidelity} if plan.fidelity else {}),
+        **({"asha": asha_record(plan)} if spec.scheduler == "asha" else {}),
         **({"study_file": {"name": spec.source_name, "text": spec.source}} if spec.source else {}),
     )
     if options.storage:  # a database URL may carry a password: keep only its form
@@ -516,7 +553,7 @@ def _run(plan, study: StudyStorage, resuming: bool) -> int:
         interrupted = _run_rounds(plan, study, resources, concurrent, resuming)
     else:
         interrupted = _run_trials(plan, study, resources, concurrent, resuming)
-    df = collect(study_dir, spec)
+    df = mark_audited(collect(study_dir, spec), plan)
     write_trials(df, study_dir)
     write_view_outputs(df, spec.views, study_dir)
     write_study_json(plan, study_dir, started, datetime.now(UTC).isoformat(), interrupted, concurrent)

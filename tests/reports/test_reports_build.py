@@ -245,7 +245,7 @@ def test_optuna_study(tmp_path):
     page, res = _build(d)
     o = res["optuna"]
     assert o["n_trials"] == 15 and o["directions"] == ["minimize"]
-    assert set(o["importances"]) == {"x", "y"} and o["importances"]["x"] > o["importances"]["y"]
+    assert [r["param"] for r in o["importances"]] == ["x", "y"]  # x drives the objective, y barely
     assert "Optimisation history" in page and "Parameter importances" in page
 
 

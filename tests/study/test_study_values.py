@@ -313,6 +313,7 @@ def _plan(spec, profile, overrides: dict):
 
 def walk(study: str, corpus: str) -> dict:
     """key -> ("changed", value) | ("refused", error lines) | ("ignored", values), for every settable key."""
+    from search_spaces.spec import RUN_KEYS
     from study.catalog import STUDIES as SPECS
     from study.catalog import get_profile
     from study.run import UsageError, check_overrides, parse_set
@@ -322,7 +323,8 @@ def walk(study: str, corpus: str) -> dict:
     first = items[0]
     built = {**asdict(first["train"]), **first["gpt"].to_dict()}
     outcome = {}
-    for key in sorted(spec.settable_keys(profile)):
+    # RUN_KEYS steer how the study runs, not a trial (audit_fraction: tests/study/test_pruning_audit.py)
+    for key in sorted(spec.settable_keys(profile) - set(RUN_KEYS)):
         current = first["searched"].get(key, built.get(key))
         errors, ignored = [], []
         for value in changed_values(key, current, corpus):
