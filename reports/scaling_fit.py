@@ -39,6 +39,9 @@ STARTS = 8  # L-BFGS-B runs from this many of the grid's best points (by the obj
 # with its coefficient (a -> inf, alpha -> inf) along a flat valley.
 BOUNDS = [(None, None), (None, None), (None, None), (1e-2, 4.0), (1e-2, 4.0)]
 CONFIDENCE = 0.95
+# scipy's defaults stop once f falls by less than 2.2e-9 absolute (f < 1) or the gradient is under 1e-5: a Huber
+# sum at delta 1e-3 is ~1e-5 and its gradient ~1e-4, so they stop far from the minimum
+OPTIONS = dict(ftol=1e-15, gtol=1e-12, maxiter=2000)
 
 
 @dataclass(frozen=True)
@@ -67,17 +70,20 @@ class Fit:
 
     def loss(self, N, D):
         N, D = np.asarray(N, float), np.asarray(D, float)
-        return self.E + self.A * N**-self.alpha + self.B * D**-self.beta
+        with np.errstate(all="ignore"):  # a resample's degenerate fit gives inf or nan, which interval() drops
+            return self.E + self.A * N**-self.alpha + self.B * D**-self.beta
 
     def optimal_size(self, C):
         """N*(C) for C = 6 N D: the minimum of loss(N, C / (6 N)) over N."""
         s = self.alpha + self.beta
-        G = (self.alpha * self.A / (self.beta * self.B)) ** (1 / s)
-        return G * (np.asarray(C, float) / 6) ** (self.beta / s)
+        with np.errstate(all="ignore"):
+            G = (self.alpha * self.A / (self.beta * self.B)) ** (1 / s)
+            return G * (np.asarray(C, float) / 6) ** (self.beta / s)
 
     def optimal_loss(self, C):
         N = self.optimal_size(C)
-        return self.loss(N, np.asarray(C, float) / (6 * N))
+        with np.errstate(all="ignore"):
+            return self.loss(N, np.asarray(C, float) / (6 * N))
 
 
 def _huber(r, delta):
@@ -117,7 +123,9 @@ def fit(N, D, L, *, delta: float = HUBER_DELTA, starts: int = STARTS, extra=()) 
     best = None
     for x0 in x0s:
         x0 = np.clip(x0, [-np.inf, -np.inf, -np.inf, 1e-2, 1e-2], [np.inf, np.inf, np.inf, 4.0, 4.0])
-        res = minimize(_objective, x0, args=(logN, logD, logL, delta), jac=True, method="L-BFGS-B", bounds=BOUNDS)
+        res = minimize(
+            _objective, x0, args=(logN, logD, logL, delta), jac=True, method="L-BFGS-B", bounds=BOUNDS, options=OPTIONS
+        )
         if best is None or res.fun < best.fun:
             best = res
     return Fit(*map(float, best.x), objective=float(best.fun))
@@ -291,8 +299,9 @@ def _param_table(point: Fit, boots: list) -> dict:
     return out
 
 
-def analyse_flops(trials, metric: str, baseline: str | None, *, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+def analyse_flops(trials, metric: str, baseline: str | None, *, n_boot: int | None = None, seed: int = 0) -> dict:
     """Fits, N*(C), held-out check and crossover per arm of a match=flops study; {} for any other study."""
+    n_boot = N_BOOT if n_boot is None else n_boot
     rows = _rows(trials, metric)
     if not rows:
         return {}
