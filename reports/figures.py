@@ -32,7 +32,7 @@ VERDICT_COLOURS = {
 }
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), legend=dict(groupclick="togglegroup"))
 # static export size per figure (layout pixels); the HTML figures fill the page width instead
-PNG_SIZE = {"frontier": (1500, 520), "curves": (1300, 480), "toeplitz": (1300, 700)}
+PNG_SIZE = {"frontier": (1500, 520), "curves": (1300, 480), "toeplitz": (1300, 700), "scaling_flops": (1400, 560)}
 
 
 def esc(s):
