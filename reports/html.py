@@ -703,7 +703,8 @@ def scaling_flops_html(study, res, figs):
         f"LSE(a - &alpha; log N, b - &beta; log D, e), Huber loss (&delta; = 10<sup>-3</sup>) on log L, L-BFGS-B from "
         f"the 8 best of Chinchilla's 4,500 starting points, the best minimum kept; &alpha; and &beta; kept in "
         f"[0.01, 4]. N = all parameters, D = tokens trained, L = {esc(s['metric'])}, C = 6ND. {conf} intervals: "
-        f"{s['n_boot']} bootstrap resamples of the design's cells (budget x size, both arms together). "
+        f"{s['n_boot']} bootstrap resamples of the design's cells (budget x size, both arms together), each "
+        f"resample's fit started from the full fit's minimum. "
         f"N*(C) = G (C/6)<sup>&beta;/(&alpha;+&beta;)</sup>, G = (&alpha;A / &beta;B)<sup>1/(&alpha;+&beta;)</sup>."
         "</p>",
     ]
@@ -756,7 +757,7 @@ def scaling_flops_html(study, res, figs):
         h = s["arms"][arm]["held_out"]
         body.append(
             table(
-                [{**t, "interval": [t["lo"], t["hi"]]} for t in h["trials"]],
+                [{**t, "interval": [t["lo"], t["hi"]]} for t in sorted(h["trials"], key=lambda t: t["N"])],
                 ["N", "D", "measured", "predicted", "interval", "inside"],
             )
         )

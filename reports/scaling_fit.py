@@ -410,11 +410,12 @@ def sentences(res: dict) -> dict:
             )
         else:
             ahead = v if x["variant_ahead_at_low"] else base
+            lo, hi = x["ci"]
             text = (
                 f"no crossover between {x['c_low']:.3g} and {x['c_high']:.3g} FLOPs (the smallest budget to "
                 f"{EXTRAPOLATE}x the largest): {ahead} is ahead throughout; {x['share_crossing']:.0%} of resamples "
                 f"cross in that range"
-            )
+            ) + (f", at {lo:.3g} to {hi:.3g}" if x["share_crossing"] else "")
         lo, hi = x["next_range"]
         share = x["next_share_ahead"]
         why = (
