@@ -152,6 +152,9 @@ def group_keys(trials):
     keys = ["variant"]
     if "budget" in trials and trials.groupby("variant")["budget"].nunique().max() > 1:
         keys.append("budget")
+    for key in ("compute", "tokens_per_param"):  # a compute-matched study's design cell (scaling, match=flops)
+        if key in trials and trials.groupby("variant")[key].nunique().max() > 1:
+            keys.append(key)
     return keys
 
 
@@ -637,8 +640,10 @@ def vocab_depth_analysis(study):
 
 
 def scaling_analysis(study):
-    """The candidates' parameter shares, and power laws over model size even without a budget column."""
-    return {**vocab_depth_analysis(study), "fits": _fits(study.trials, study.metric, by_size=True)}
+    """The candidates' parameter shares, and power laws over model size even without a budget column; not for a
+    compute-matched study, whose sizes train on different tokens (the scaling_flops view fits L(N, D) instead)."""
+    matched = "compute" in study.trials and study.trials["compute"].notna().any()
+    return {**vocab_depth_analysis(study), "fits": {} if matched else _fits(study.trials, study.metric, by_size=True)}
 
 
 def single_run_search(study, res) -> bool:

@@ -32,7 +32,7 @@ VERDICT_COLOURS = {
 }
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), legend=dict(groupclick="togglegroup"))
 # static export size per figure (layout pixels); the HTML figures fill the page width instead
-PNG_SIZE = {"frontier": (1500, 520), "curves": (1300, 480), "toeplitz": (1300, 700)}
+PNG_SIZE = {"frontier": (1500, 520), "curves": (1300, 480), "toeplitz": (1300, 700), "scaling_flops": (1400, 560)}
 
 
 def esc(s):
@@ -725,3 +725,121 @@ def write_pngs(figs, outdir):
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"reports: warning: no PNGs written ({e.__class__.__name__}: {msg[:200]})", file=sys.stderr)
         return []
+
+
+def scaling_flops(study, res):
+    """Left: the isoFLOP curves, loss vs N per compute budget and arm, measured points and the fitted
+    L(N, C / 6N), each arm's N*(C) starred. Right: each arm's compute-optimal loss L*(C) with its bootstrap band,
+    and the crossover with its interval."""
+    s = res.get("scaling_flops")
+    if not s:
+        return None
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.08,
+        subplot_titles=[f"isoFLOP curves: {s['metric']} vs N per budget C", "compute-optimal loss L*(C)"],
+    )
+    budgets = s["budgets"]
+    colours = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(budgets)}
+    dashes = ["solid", "dash", "dot", "dashdot"]
+    symbols = ["circle", "diamond", "square", "cross"]
+    for k, (arm, e) in enumerate(s["arms"].items()):
+        pts = e["points"]
+        for c in budgets:
+            mine = sorted((p for p in pts if p["C"] == c), key=lambda p: p["N"])
+            fig.add_trace(
+                go.Scatter(
+                    x=[p["N"] for p in mine],
+                    y=[p["L"] for p in mine],
+                    mode="markers",
+                    marker=dict(color=colours[c], symbol=symbols[k % 4], size=10),
+                    name=esc(f"{arm}, C = {c:.3g}"),
+                    legendgroup=esc(arm),
+                    text=[esc(p["trial"]) for p in mine],
+                    hovertemplate="%{text}<br>N %{x:,.0f}<br>%{y:.4f}<extra></extra>",
+                ),
+                row=1,
+                col=1,
+            )
+            if "fit" not in e or not mine:
+                continue
+            f = e["fit"]
+            lo, hi = min(p["N"] for p in pts) / 1.5, max(p["N"] for p in pts) * 1.5
+            n = np.logspace(math.log10(lo), math.log10(hi), 60)
+            fit_loss = lambda N, D: (
+                math.exp(f["e"]) + math.exp(f["a"]) * N ** -f["alpha"] + math.exp(f["b"]) * D ** -f["beta"]
+            )  # noqa: E731
+            fig.add_trace(
+                go.Scatter(
+                    x=n,
+                    y=fit_loss(n, c / (6 * n)),
+                    mode="lines",
+                    line=dict(color=colours[c], dash=dashes[k % 4], width=1.5),
+                    name=esc(f"{arm} fit, C = {c:.3g}"),
+                    legendgroup=esc(arm),
+                    showlegend=False,
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=1,
+            )
+            opt = next(o for o in e["optimal"] if o["C"] == c)
+            fig.add_trace(
+                go.Scatter(
+                    x=[opt["N"]],
+                    y=[opt["L"]],
+                    mode="markers",
+                    marker=dict(color=colours[c], symbol="star", size=13, line=dict(color="black", width=1)),
+                    name=esc(f"{arm} N*({c:.3g})"),
+                    legendgroup=esc(arm),
+                    showlegend=False,
+                    hovertemplate=esc(f"{arm} N*") + " %{x:,.0f}<br>L* %{y:.4f}<extra></extra>",
+                ),
+                row=1,
+                col=1,
+            )
+        if "curve" in e:
+            colour = PALETTE[(len(budgets) + k) % len(PALETTE)]
+            C = [p["C"] for p in e["curve"]]
+            fig.add_trace(
+                go.Scatter(
+                    x=C + C[::-1],
+                    y=[p["ci"][1] for p in e["curve"]] + [p["ci"][0] for p in e["curve"]][::-1],
+                    fill="toself",
+                    fillcolor=colour,
+                    opacity=0.2,
+                    line=dict(width=0),
+                    name=esc(f"{arm} 95% band"),
+                    legendgroup=esc(arm),
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=2,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=C,
+                    y=[p["L"] for p in e["curve"]],
+                    mode="lines",
+                    line=dict(color=colour, dash=dashes[k % 4]),
+                    name=esc(f"{arm} L*(C)"),
+                    legendgroup=esc(arm),
+                ),
+                row=1,
+                col=2,
+            )
+    for x in s["crossovers"]:
+        if x["at"]:
+            fig.add_vline(x=x["at"], line_dash="dot", line_color="black", row=1, col=2)
+            lo, hi = x["ci"]
+            if _finite(lo) and _finite(hi):
+                fig.add_vrect(x0=lo, x1=hi, fillcolor="grey", opacity=0.15, line_width=0, row=1, col=2)
+    fig.add_vrect(
+        x0=budgets[0], x1=budgets[-1], fillcolor="green", opacity=0.06, line_width=0, row=1, col=2
+    )  # the measured budgets: outside it the fit extrapolates
+    fig.update_xaxes(type="log", title_text="N (parameters)", row=1, col=1)
+    fig.update_xaxes(type="log", title_text="C = 6ND (FLOPs)", row=1, col=2)
+    fig.update_yaxes(title_text=esc(s["metric"]), row=1, col=1)
+    fig.update_layout(**LAYOUT, height=520)
+    return fig

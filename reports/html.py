@@ -789,3 +789,93 @@ def render(study, res, figs, pngs=()):
             f"</main><script>{JS}</script></body></html>",
         ]
     )
+
+
+def scaling_flops_summary(res):
+    s = res.get("scaling_flops")
+    if not s:
+        return []
+    words = s["sentences"]
+    return [f"held-out budget, {arm}: {text}" for arm, text in words["held_out"].items()] + [
+        f"crossover: {text}" for text in words["crossover"].values()
+    ]
+
+
+def scaling_flops_html(study, res, figs):
+    """A compute-matched scaling study: the isoFLOP figure, the fitted parameters with intervals, N*(C), and the
+    held-out and crossover sentences."""
+    s = res.get("scaling_flops")
+    if not s:
+        return None
+    words = s["sentences"]
+    conf = f"{s['confidence']:.0%}"
+    body = [
+        "<h3>Compute-matched scaling: L(N, D) = E + A / N<sup>&alpha;</sup> + B / D<sup>&beta;</sup></h3>",
+        f"<p class='note'>Fitted per arm as Besiroglu et al. (2024) replicate Chinchilla's approach 3: log L = "
+        f"LSE(a - &alpha; log N, b - &beta; log D, e), Huber loss (&delta; = 10<sup>-3</sup>) on log L, L-BFGS-B from "
+        f"the 8 best of Chinchilla's 4,500 starting points, the best minimum kept; &alpha; and &beta; kept in "
+        f"[0.01, 4]. N = all parameters, D = tokens trained, L = {esc(s['metric'])}, C = 6ND. {conf} intervals: "
+        f"{s['n_boot']} bootstrap resamples of the design's cells (budget x size, both arms together), each "
+        f"resample's fit started from the full fit's minimum. "
+        f"N*(C) = G (C/6)<sup>&beta;/(&alpha;+&beta;)</sup>, G = (&alpha;A / &beta;B)<sup>1/(&alpha;+&beta;)</sup>."
+        "</p>",
+    ]
+    if "scaling_flops" in figs:
+        body.append(figure_div(figs["scaling_flops"]))
+    rows = []
+    for arm, e in s["arms"].items():
+        if "params" not in e:
+            rows.append(dict(arm=arm, n=e["n"], note=e.get("note", "")))
+            continue
+        row = dict(arm=arm, n=e["n"])
+        for k, p in e["params"].items():
+            row[k] = p["value"]
+            row[f"{k} {conf}"] = p["ci"]
+        row["note"] = words["identification"].get(arm, "")
+        rows.append(row)
+    cols = ["arm", "n"] + [c for k in ("E", "A", "B", "alpha", "beta") for c in (k, f"{k} {conf}")] + ["note"]
+    body += ["<h4>Fitted parameters</h4>", table(rows, cols)]
+    opt = [
+        dict(
+            arm=arm,
+            C=o["C"],
+            measured="yes" if o["measured"] else "extrapolated",
+            N_star=o["N"],
+            N_star_ci=o["N_ci"],
+            D_star=o["C"] / (6 * o["N"]),
+            L_star=o["L"],
+            L_star_ci=o["L_ci"],
+        )
+        for arm, e in s["arms"].items()
+        for o in e.get("optimal", [])
+    ]
+    body += [
+        "<h4>Compute-optimal size N*(C)</h4>",
+        table(
+            opt,
+            ["arm", "C", "measured", "N_star", "N_star_ci", "D_star", "L_star", "L_star_ci"],
+            ["arm", "C (FLOPs)", "budget", "N*", f"N* {conf}", "D* = C / 6N*", "L*", f"L* {conf}"],
+        ),
+    ]
+    body.append("<h4>Held-out budget</h4>")
+    body.append(
+        "<p class='note'>Refitted on every budget but the largest, each trial of the largest predicted with a "
+        f"{conf} bootstrap prediction interval (refits on resampled cells, times a resampled residual). The verdict "
+        "is on the held-out budget's best size (its lowest measured loss): inside its interval, the fit "
+        "extrapolates.</p>"
+    )
+    for arm, text in words["held_out"].items():
+        body.append(f"<p class='verdict'><b>{esc(arm)}</b>: {esc(text)}</p>")
+        h = s["arms"][arm]["held_out"]
+        body.append(
+            table(
+                [{**t, "interval": [t["lo"], t["hi"]]} for t in sorted(h["trials"], key=lambda t: t["N"])],
+                ["N", "D", "measured", "predicted", "interval", "inside"],
+            )
+        )
+    body.append("<h4>Crossover</h4>")
+    for text in words["crossover"].values() or []:
+        body.append(f"<p class='verdict'>{esc(text)}</p>")
+    if not words["crossover"]:
+        body.append("<p class='muted'>no variant with a fit beside a baseline with one</p>")
+    return "".join(body)

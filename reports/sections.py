@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from reports import analyse, figures, html
+from reports import analyse, figures, html, scaling_fit
 from trainables.storage import write_atomic
 
 
@@ -122,6 +122,13 @@ SECTIONS = {
         analyse=analyse.scaling_analysis,
         html=html.vocab_depth_html,
         figures={"vocab_depth": figures.vocab_depth},
+    ),
+    "scaling_flops": Section(
+        title="Compute-matched scaling",
+        analyse=scaling_fit.scaling_flops_analysis,
+        html=html.scaling_flops_html,
+        figures={"scaling_flops": figures.scaling_flops},
+        summary=html.scaling_flops_summary,
     ),
 }
 

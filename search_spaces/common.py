@@ -21,7 +21,7 @@ def tokenizer_vocab_size(name: str) -> int:
     return get_tokenizer(name).n_vocab
 
 
-def architecture(config: dict, **baseline) -> dict:
+def architecture(config: dict, tolerance: float = 0.05, **baseline) -> dict:
     """Fixes n_layer/n_embd/n_head from config['budget'] (trainables.model.size_model: the solver, or nanochat's
     depth rule with shape_rule="nanochat"), for the study's baseline architecture.
 
@@ -48,6 +48,7 @@ def architecture(config: dict, **baseline) -> dict:
             head_dim,
             aspect_ratio=config.get("aspect_ratio", 64.0),
             shape_rule=config.get("shape_rule", "solver"),
+            tolerance=tolerance,
             **overrides,
         )
     except ValueError:

@@ -41,6 +41,8 @@ class StudySpec:
     # Grid: key -> list of values (the trials are their product x seeds). Optuna: key -> distribution, either a
     # Tune domain or {"low", "high", "log", "int"} / {"choices"} (a function of the profile may return either).
     axes: dict | Callable = field(default_factory=dict)
+    # axes is a function of (profile, the --set keys): a key of the study's own picks its design (scaling's match)
+    keyed_axes: bool = False
     profiles: dict = field(default_factory=dict)  # profile name -> {base keys..., "axes": {...}, "num_samples": N}
     baseline: str | dict | None = None  # the arm every other arm is compared against: its name, or its axis values
     metric: str = "val_bpb"
@@ -112,9 +114,9 @@ class StudySpec:
         own = {k: v for k, v in self.profiles.get(profile.name, {}).items() if k not in PROFILE_TABLE_KEYS}
         return {**profile.train_keys(), "budget": None, **self.base, **own}
 
-    def axes_for(self, profile) -> dict:
+    def axes_for(self, profile, keys: dict | None = None) -> dict:
         if callable(self.axes):
-            return self.axes(profile)
+            return self.axes(profile, keys or {}) if self.keyed_axes else self.axes(profile)
         axes = {**self.axes, **self.profiles.get(profile.name, {}).get("axes", {})}
         return {k: tune_domain(v) for k, v in axes.items()} if self.searcher == "optuna" else axes
 
@@ -171,7 +173,7 @@ def grid_axes(spec: StudySpec, profile, overrides: dict, seeds: int) -> tuple[di
     """A grid study's constant keys and its axes (seed included), so a plan can be counted before it is expanded.
     An override replaces a key; a list override makes (or replaces) an axis."""
     base = spec.base_keys(profile)
-    axes = dict(spec.axes_for(profile))
+    axes = dict(spec.axes_for(profile, overrides))
     for key, value in overrides.items():
         if isinstance(value, list):
             axes[key] = value

@@ -440,7 +440,9 @@ def print_dry_run(spec: StudySpec, trials: list[dict]):
 
     variants = [spec.arm({**t["config"], **t["gpt"].to_dict()}) for t in trials]
     tw, vw = max([34, *(len(t["name"]) for t in trials)]), max([14, *map(len, variants)])  # long names stay aligned
+    matched = any(t["config"].get("match") == "flops" for t in trials)  # a compute-matched plan: C and D/N too
     header = f"{'trial':{tw}} {'variant':{vw}} {'L':>3} {'width':>5} {'heads':>5} {'nano':>6} {'vocab':>6} {'params':>11} {'embed':>10} {'lm_head':>10} {'blocks':>11} {'tokens':>11} {'epochs':>7} {'FLOPs':>9}"
+    header += f" {'C=6ND':>9} {'D/N':>6}" if matched else ""
     print(f"{spec.name}: {len(trials)} trials\n{header}\n{'-' * len(header)}")
     for t, variant in zip(trials, variants):
         g = t["gpt"]
@@ -452,8 +454,15 @@ def print_dry_run(spec: StudySpec, trials: list[dict]):
             f"{t['name']:{tw}} {variant:{vw}} {g.n_layer:>3} {g.n_embd:>5} {g.n_head:>5} {nano:>6} "
             f"{g.vocab_size:>6} {p['total']:>11,} {p['embedding']:>10,} {p['lm_head']:>10,} {p['blocks']:>11,} "
             f"{t['tokens']:>11,} {_epochs_text(_epochs(t['config'], t['tokens'])):>7} {flops:>9.2e}"
+            + (f" {6 * p['total'] * t['tokens']:>9.3g} {t['tokens'] / p['total']:>6.1f}" if matched else "")
         )
     print("\nepochs = tokens / train tokens of the corpus: " + _corpora_text([t["config"] for t in trials]))
+    if matched:
+        print(
+            "match=flops: N = params (all of them, embeddings included), D = tokens (whole steps), C = 6 N D: the "
+            "compute each budget matches and the fit uses; FLOPs = D x the model's flops_per_token (6 x its matmul "
+            "weights, no input embedding, + attention), for the cost"
+        )
     axes = sorted({k for t in trials for k in t["searched"] if len({str(u["searched"].get(k)) for u in trials}) > 1})
     if axes:
         print("\naxes: " + "; ".join(f"{k} = {sorted({str(t['searched'][k]) for t in trials})}" for k in axes))
@@ -478,7 +487,7 @@ def note_vs_run(spec: StudySpec, profile, overrides: dict, seeds: int | str, wor
             note=None,
             rows=[],
             text=f"{spec.name} has no single note: it runs a variant from one note "
-            f"(--set scaling_variant) beside the baseline at parameter budgets that no note ran; each variant's "
+            f"(--set scaling_variant) beside the baseline at parameter (or, with --set match=flops, compute) budgets that no note ran; each variant's "
             f"own study lists its note's settings (e.g. nanohead_grid --profile paper --dry-run)",
         )
     rows = spec.fidelity(_fidelity_trials(trials, workers), workers)

@@ -26,6 +26,10 @@ COVERED = {
     "python -m study.run softmax1_ab --dry-run --mde 0.01": "tests/test_readme.py::test_cheap_commands_run_as_written",
     "python -m study.run softmax1_ab --seeds 3": "tests/test_readme.py::test_study_commands_run_at_the_smoke_profile",
     "python -m study.run nanohead_grid --set nanohead_dim=2 --set nanohead_proportion=0,0.3,0.6": "tests/test_readme.py::test_study_commands_run_at_the_smoke_profile",
+    "python -m study.run scaling --set match=flops --dry-run": "tests/test_readme.py::test_cheap_commands_run_as_written",
+    "python -m study.run scaling --set match=flops": "18 trials: ~160 s at the smoke profile here, past a Ray test's "
+    "budget; its plan: tests/study/test_study_flops_plan.py::test_dry_run_shows_n_d_c_and_tokens_per_param, its report: "
+    "tests/reports/test_reports_scaling_fit.py::test_report_shows_fits_held_out_and_crossover_escaped",
     "python -m study.run vocab_depth --profile gpu --workers-per-trial 2": "needs 2 GPUs per trial (this machine has none); its plan is checked by "
     "tests/test_readme.py::test_cheap_commands_run_as_written with --dry-run",
     "python -m study.run STUDY": "the form of the commands above, not a command",
@@ -97,6 +101,7 @@ def test_every_readme_command_is_run_by_a_test_or_says_why():
         "python -m study.run nanohead_grid --dry-run",
         "python -m study.run softmax1_ab --dry-run --mde 0.01",
         "python -m study.run vocab_depth --profile gpu --workers-per-trial 2 --dry-run",
+        "python -m study.run scaling --set match=flops --dry-run",
     ],
 )
 def test_cheap_commands_run_as_written(command, token_cache, tmp_path):

@@ -203,7 +203,7 @@ def test_no_threshold_without_one_in_study_json(tmp_path):
 
 
 def test_every_view_bundles_a_title_and_its_parts():
-    assert set(SECTIONS) == {"nanohead", "optuna", "softmax1", "toeplitz", "vocab_depth", "scaling"}
+    assert set(SECTIONS) == {"nanohead", "optuna", "softmax1", "toeplitz", "vocab_depth", "scaling", "scaling_flops"}
     for name, s in SECTIONS.items():
         assert s.title and callable(s.analyse) and callable(s.html), name
         assert s.figures and all(callable(b) for b in s.figures.values()), name

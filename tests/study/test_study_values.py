@@ -227,6 +227,9 @@ WHEN_NONE = {
     "lm_head_lr": [0.01],
     "budget": [1.6e5],
     "max_tokens_per_param": [20],
+    "match": ["flops"],  # scaling's design: params unless set
+    "compute": [1e10],  # match=flops keys: refused without it
+    "tokens_per_param": [4.5],
     "logit_softcap": [15.0],
 }
 

@@ -215,12 +215,16 @@ def size_model(
     *,
     aspect_ratio: float = 64.0,
     shape_rule: str = "solver",
+    tolerance: float = 0.05,
     **model_keys,
 ) -> Candidate:
     """The dims a budget gives: the one rule both a study's resolve and a trial config with a budget go through.
     shape_rule "solver": solve_architecture's pick nearest aspect_ratio; "nanochat": nanochat's depth rule.
     model_keys are the other GPTConfig keys, n_kv_head (a count of kv heads) among them: only widths whose head
-    count it divides are candidates."""
+    count it divides are candidates. tolerance: the solver's (a compute-matched study trains any size near its
+    target, since its tokens follow the size built)."""
     if shape_rule == "nanochat":
         return nanochat_depth(budget, vocab_size, head_dim, aspect_ratio=aspect_ratio, **model_keys)
-    return solve_architecture(budget, vocab_size, head_dim, aspect_ratio=aspect_ratio, **model_keys)[0]
+    return solve_architecture(
+        budget, vocab_size, head_dim, aspect_ratio=aspect_ratio, tolerance=tolerance, **model_keys
+    )[0]
