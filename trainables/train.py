@@ -712,9 +712,10 @@ SEEDS_FILE = "seeds.json"  # in a seeds checkpoint: how many seeds, and the mean
 SEED_METRICS = ("train_loss", "val_loss", "val_bpb", "best_val_bpb", "best_val_loss")  # kept per seed as KEY_seedK
 
 
-def mean_over_seeds(records: list[dict]) -> dict:
+def mean_over_seeds(records: list[dict], seeds: list[int]) -> dict:
     """One eval of every seed -> the record the trial reports: each number the arithmetic mean over the seeds (a
-    value they share, such as step or params_total, as it is), each SEED_METRICS key also per seed, and `seeds`."""
+    value they share, such as step or params_total, as it is), each SEED_METRICS key also per seed (KEY_seedS for
+    seed S), and `seeds`, their count."""
     out = {}
     for key in records[0]:
         values = [r.get(key) for r in records]
@@ -724,7 +725,7 @@ def mean_over_seeds(records: list[dict]) -> dict:
             out[key] = sum(values) / len(values)
     for key in SEED_METRICS:
         if key in records[0]:
-            out.update({f"{key}_seed{k}": r.get(key) for k, r in enumerate(records)})
+            out.update({f"{key}_seed{seed}": r.get(key) for seed, r in zip(seeds, records)})
     return {**out, "seeds": len(records)}
 
 
@@ -732,26 +733,28 @@ def train_seeds(
     config: dict,
     seeds: int,
     *,
+    first_seed: int = 0,
     report: Callable[[dict, str | None], None] | None = None,
     restore: str | None = None,
     out_dir: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """One config trained with seeds 0..seeds-1 (each run's seed, so its init_seed and data_seed unless the config
-    fixes them), in lockstep: every run trains one eval window in turn, then the mean over the seeds at that step
-    is reported, so a scheduler decides on the mean at each rung. Each run keeps its own RNG state between its
-    windows (the global RNGs are shared). out_dir/seedK holds run K's files, out_dir/metrics.jsonl the reported
-    means; a checkpoint holds every run's, in seedK/, and `restore` continues all of them."""
+    """One config trained with seeds first_seed..first_seed+seeds-1 (each run's seed, so its init_seed and data_seed
+    unless the config fixes them), in lockstep: every run trains one eval window in turn, then the mean over the
+    seeds at that step is reported, so a scheduler decides on the mean at each rung. Each run keeps its own RNG
+    state between its windows (the global RNGs are shared). out_dir/seedS holds seed S's files, out_dir/metrics.jsonl
+    the reported means; a checkpoint holds every run's, in seedS/, and `restore` continues all of them."""
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    values = list(range(first_seed, first_seed + seeds))
     runs = [
         train_evals(
-            {**config, "seed": k},
+            {**config, "seed": s},
             checkpoint=report is not None,
-            restore=restore and os.path.join(restore, f"seed{k}"),
-            out_dir=out_dir and os.path.join(out_dir, f"seed{k}"),
-            log=lambda msg, k=k: log(f"seed {k}: {msg}"),
+            restore=restore and os.path.join(restore, f"seed{s}"),
+            out_dir=out_dir and os.path.join(out_dir, f"seed{s}"),
+            log=lambda msg, s=s: log(f"seed {s}: {msg}"),
         )
-        for k in range(seeds)
+        for s in values
     ]
     metrics_file = open_means_file(out_dir, restore) if out_dir and rank == 0 else None
     rngs: list[dict | None] = [None] * seeds
@@ -770,10 +773,12 @@ def train_seeds(
             break
         if out_dir and rank == 0 and len(records) == seeds and not (Path(out_dir) / "config.json").exists():
             # the model and its sizes are the same for every seed: the trial's row reads them from here
-            write_atomic(Path(out_dir) / "config.json", (Path(out_dir) / "seed0" / "config.json").read_text())
-        last = mean_over_seeds(records)
+            write_atomic(
+                Path(out_dir) / "config.json", (Path(out_dir) / f"seed{first_seed}" / "config.json").read_text()
+            )
+        last = mean_over_seeds(records, values)
         write_metrics_line(metrics_file, last)
-        emit(last, merge_checkpoints(dirs, last), report)
+        emit(last, merge_checkpoints(dirs, values, last), report)
     if metrics_file:
         metrics_file.close()
     return last
@@ -792,14 +797,14 @@ def open_means_file(out_dir: str, restore: str | None) -> TextIO:
     return open(path, "a")
 
 
-def merge_checkpoints(dirs: list[str | None], metrics: dict) -> str | None:
-    """The seeds' checkpoints (rank 0's) as one: seedK/ each, then SEEDS_FILE; None where a run saved none."""
+def merge_checkpoints(dirs: list[str | None], seeds: list[int], metrics: dict) -> str | None:
+    """The seeds' checkpoints (rank 0's) as one: seedS/ each, then SEEDS_FILE; None where a run saved none."""
     if not dirs or any(d is None for d in dirs):
         return None
     merged = tempfile.mkdtemp(prefix="ckpt_seeds_")
-    for k, d in enumerate(dirs):
-        os.replace(d, os.path.join(merged, f"seed{k}"))
-    write_atomic(Path(merged) / SEEDS_FILE, json.dumps({"seeds": len(dirs), "metrics": metrics}))
+    for seed, d in zip(seeds, dirs):
+        os.replace(d, os.path.join(merged, f"seed{seed}"))
+    write_atomic(Path(merged) / SEEDS_FILE, json.dumps({"seeds": seeds, "metrics": metrics}))
     return merged
 
 

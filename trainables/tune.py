@@ -110,7 +110,10 @@ def run_training(config: dict, files: Mirror | None, report_fn, checkpoint: Chec
                 out_dir = str(files.local) if files else None
                 seeds = int(config.get("seeds") or 1)  # an Optuna search's --seeds: one trial, the mean of N runs
                 if seeds > 1:
-                    train_seeds(config, seeds, report=report, restore=restore, out_dir=out_dir, log=log)
+                    first = int(config.get("first_seed") or 0)  # a confirmation's seeds follow the search's
+                    train_seeds(
+                        config, seeds, first_seed=first, report=report, restore=restore, out_dir=out_dir, log=log
+                    )
                 else:
                     train(config, report=report, restore=restore, out_dir=out_dir, log=log)
             except TrainingDiverged as e:
