@@ -580,7 +580,10 @@ def confirm_best(plan, study: StudyStorage, resources, concurrent: int) -> bool:
     confirmed = {name for exp in confirm_dirs(study_dir) for name in _trial_names(exp)}
     best = best_configs(collect(study_dir, plan.spec), plan.spec, top)
     if len(best) < top:
-        say(f"note: confirm_top={top}, but the search has {len(best)} finished trials: confirming those")
+        say(
+            f"note: confirm_top={top}, but {len(best)} of the search's trials ran to their end (the rest failed or "
+            f"were stopped early): {'confirming those' if best else 'nothing to confirm'}"
+        )
     configs = [
         {**_searched_config(study_dir, name), "seeds": seeds, "first_seed": plan.options.seeds, "confirm_of": name}
         for name in best
