@@ -688,6 +688,8 @@ def optuna_analysis(study):
             out["importance_note"] = f"parameter importances unavailable ({e.__class__.__name__}: {e})"
     else:
         out["importance_note"] = "parameter importances need two or more complete trials"
+    out["searched"] = [c[len("param_") :] for c in o["trials"].columns if c.startswith("param_")]
+    out["leaders"], out["confirmation"] = search_leaders(study.trials, study.metric, study.mode, out["searched"])
     return {"optuna": out}
 
 
@@ -824,6 +826,41 @@ def pruning_audit(study) -> dict | None:
                 )
     out["stopped_share"], out["bottom_half_share"] = base_stop, base_bottom
     return out
+
+
+LEADERS = 5  # the search's best configs the report lists
+
+
+def seed_values(row, metric) -> list:
+    """A trial's values of metric, one per seed (its METRIC_seedS columns), for a trial of several seeds."""
+    seeds = int(row["seeds"]) if "seeds" in row and pd.notna(row["seeds"]) else 1
+    names = [c for c in row.index if re.fullmatch(rf"{re.escape(metric)}_seed[0-9]+", str(c))]
+    return [row[c] for c in names if pd.notna(row[c])] if seeds > 1 else []
+
+
+def search_leaders(trials, metric, mode, searched, top=LEADERS):
+    """An Optuna search's best finished trials by metric, and its confirmation re-runs (rows with confirm_of, best
+    first): each with its searched values and, for a trial of several seeds (--seeds, confirm_seeds), n, mean and
+    the 95% t-interval over its seeds."""
+    if metric not in trials:
+        return [], []
+    done = trials[(trials["status"] == "done") & trials[metric].notna()]
+    is_confirm = done["confirm_of"].notna() if "confirm_of" in done else pd.Series(False, index=done.index)
+
+    def rows(df, n):
+        out = []
+        for _, r in df.sort_values(metric, ascending=mode == "min", kind="stable").head(n).iterrows():
+            row = dict(trial=r["trial"], variant=r["variant"], **{k: r.get(k) for k in searched}, **{metric: r[metric]})
+            if "confirm_of" in r and pd.notna(r["confirm_of"]):
+                row["confirm_of"] = r["confirm_of"]
+            values = seed_values(r, metric)
+            if values:
+                ci = mean_ci(values)
+                row.update(n=ci["n"], mean=ci["mean"], ci_low=ci["ci_low"], ci_high=ci["ci_high"])
+            out.append(row)
+        return out
+
+    return _records(pd.DataFrame(rows(done[~is_confirm], top))), _records(pd.DataFrame(rows(done[is_confirm], None)))
 
 
 # -----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ FAMILY_VIEWS = {
     "scaling": ("scaling",),
 }
 METRIC_NAME = re.compile(r"[A-Za-z0-9_.]+")
+SEED_COLUMN = re.compile(r"[a-z_]+_seed[0-9]+")  # one seed's value in a trial of several (val_bpb_seed2)
 CURVE_KEYS = ("step", "tokens", "train_loss", "val_loss", "val_bpb", "lr", "tokens_per_s", "mfu", "flops", "wall_s")
 
 
@@ -165,6 +166,7 @@ def trial_row(tdir, warnings):
     )
     if "tokens" in last:
         row["tokens_trained"] = last["tokens"]
+    row.update({k: v for k, v in last.items() if SEED_COLUMN.fullmatch(k)})  # a trial of several seeds: each one's
     bpbs = [m["val_bpb"] for m in metrics if isinstance(m.get("val_bpb"), (int, float))]
     row["best_val_bpb"] = min(bpbs) if bpbs else math.nan
     planned = row.get("planned_steps")

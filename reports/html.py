@@ -524,6 +524,7 @@ def optuna_html(study, res, figs):
                 "<p class='note'>Each slice panel shows every complete trial against one key while the others "
                 "differ too: the colour is the trial number, the hover text the trial's whole config.</p>"
             )
+    body.append(search_leaders_html(o, res["metric"], res["mode"]))
     return "".join(body)
 
 
@@ -589,6 +590,37 @@ def audit_section(res):
         )
     )
     return "".join(body)
+
+
+def search_leaders_html(o, metric, mode):
+    """The search's best configs (mean and 95% CI over each one's seeds, where it ran several), then the final
+    recommendation: from the confirmation re-runs where they exist, else how to run them."""
+    leaders, confirmed = o.get("leaders") or [], o.get("confirmation") or []
+    stats = ["n", "mean", "ci_low", "ci_high"]
+    cols = ["trial", "variant", *o.get("searched", []), metric, *stats]
+    seeds = " (the mean over each trial's seeds; n, mean and 95% t-interval over them)"
+    out = [
+        f"<h3>Best configs</h3><p>The search's {len(leaders)} best finished trials by {esc(metric)}"
+        f"{seeds if any('n' in r for r in leaders) else ''}.</p>",
+        table(leaders, [c for c in cols if any(c in r for r in leaders)]),
+        "<h3>Recommendation</h3>",
+    ]
+    if not confirmed:
+        out.append(
+            "<p>No confirmation runs: each config above was measured in one search trial, and the best of many "
+            "draws is flattered by its noise. To re-run the leaders with more seeds, run the search with "
+            "<code>--set confirm_top=3 --set confirm_seeds=5</code>.</p>"
+        )
+        return "".join(out)
+    best = confirmed[0]
+    interval = ci_text(best.get("ci_low"), best.get("ci_high"))
+    out.append(
+        f"<p>Confirmed with {esc(best.get('n', 1))} seeds each, the best config is {esc(best['confirm_of'])} "
+        f"({esc(best['variant'])}): {esc(metric)} {esc(fmt(best[metric]))}, 95% interval {esc(interval)} "
+        f"({'lower' if mode == 'min' else 'higher'} is better).</p>"
+    )
+    out.append(table(confirmed, [c for c in ["confirm_of", *cols] if any(c in r for r in confirmed)]))
+    return "".join(out)
 
 
 def probes_section(study, res, figs):

@@ -21,6 +21,8 @@ NAME = re.compile(r"[a-z0-9_]+")
 PROFILE_NAMES = ("smoke", "cpu", "gpu", "paper")
 # Profile keys of a user's study: a [profiles.NAME] table holds base keys, and these (a TOML's `space` is read as axes)
 PROFILE_TABLE_KEYS = ("axes", "num_samples")
+# An Optuna search's own --set keys: after the search, re-run the best confirm_top configs with confirm_seeds seeds each
+CONFIRM_KEYS = ("confirm_top", "confirm_seeds")
 
 
 # Keys every study takes with --set that steer how it runs, not what a trial trains: they never reach a trial's config.
@@ -134,6 +136,7 @@ class StudySpec:
 
         keys = {f.name for f in fields(GPTConfig)} | {f.name for f in fields(TrainConfig)}
         own = set(self.base_keys(profile)) | set(self.axes_for(profile)) | set(self.study_keys)
+        own |= set(CONFIRM_KEYS) if self.searcher == "optuna" else set()
         return keys | own | {"seed"} | set(RUN_KEYS)
 
     # -- one trial

@@ -41,7 +41,17 @@ def registered_plan(plan, recorded: str) -> dict:
     last two outside the hash: the planner's pilot may grow between a start and its resume)."""
     fields = plan_fields(plan)
     planner = {"planner": plan.seed_plan.record} if plan.seed_plan else {}
-    return {**fields, "sha256": plan_sha256(fields), "recorded": recorded, **planner}
+    return {**fields, "sha256": plan_sha256(fields), "recorded": recorded, **planner, **search_fields(plan)}
+
+
+def search_fields(plan) -> dict:
+    """An Optuna search's own plan: the seeds each trial's value is the mean of, and the confirmation re-run of its
+    best configs (--set confirm_top, confirm_seeds; 0: none). Outside the hash, as the --set values they come from
+    are: a --resume must give the same ones anyway."""
+    if plan.spec.searcher != "optuna":
+        return {}
+    top, seeds = plan.confirm
+    return {"search": dict(seeds_per_trial=plan.options.seeds, confirm_top=top, confirm_seeds=seeds)}
 
 
 def _seeds(plan):

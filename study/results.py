@@ -7,6 +7,7 @@ where the runs logged `val/bpb` and its table came out empty; tests/study checks
 
 import json
 import math
+import re
 import shutil
 import sys
 import tempfile
@@ -41,6 +42,9 @@ FINAL_METRICS = (
 )
 
 
+SEED_COLUMN = re.compile(r"[a-z_]+_seed[0-9]+")  # one seed's value in a trial of several (trainables.train)
+
+
 def _not_staged(rel: str) -> bool:
     """What a staged study leaves in its URI: checkpoints (Tune restores them from there), Ray Train's run
     storage, code snapshots and wandb runs (written once, never read back by the driver)."""
@@ -53,10 +57,10 @@ def _not_staged(rel: str) -> bool:
 
 
 def _driver_writes(rel: str) -> bool:
-    """The driver's own files; trials/, Tune's experiments (tune, tune_2, ...) and train/ are written into the
+    """The driver's own files; trials/, Tune's experiments (tune, tune_2, ..., confirm, ...) and train/ are written into the
     URI by the trials and by Tune themselves."""
     top = rel.split("/")[0]
-    return top not in ("trials", "train") and not top.startswith("tune")
+    return top not in ("trials", "train") and not top.startswith(("tune", "confirm"))
 
 
 @dataclass(frozen=True)
@@ -111,12 +115,19 @@ def experiment_dirs(study_dir: Path) -> list[Path]:
     return sorted(dirs, key=lambda d: int(d.name.split("_")[1]) if "_" in d.name else 1)
 
 
+def confirm_dirs(study_dir: Path) -> list[Path]:
+    """confirm, confirm_2, ...: the re-runs of an Optuna search's best configs (--set confirm_top), one per search
+    that ended with configs not yet confirmed."""
+    dirs = [d for d in study_dir.glob("confirm*") if d.is_dir() and (d / "tuner.pkl").exists()]
+    return sorted(dirs, key=lambda d: int(d.name.split("_")[1]) if "_" in d.name else 1)
+
+
 def tune_outcomes(study_dir: Path) -> dict:
     """trial name -> (error string or None, Tune status) over every experiment of the study."""
     from ray.tune import ExperimentAnalysis
 
     out = {}
-    for exp in experiment_dirs(study_dir):
+    for exp in experiment_dirs(study_dir) + confirm_dirs(study_dir):
         analysis = ExperimentAnalysis(str(exp))
         for trial in analysis.trials:
             error = None
@@ -199,6 +210,8 @@ def collect(study_dir: Path, spec, outcomes: dict | None = None) -> pd.DataFrame
         for key in FINAL_METRICS:
             row[key] = final.get(key)
         row.update({k: v for k, v in final.items() if k.startswith("probe_")})
+        # a trial of several seeds (an Optuna search's --seeds, a confirmation): its metrics above are the means
+        row.update({k: v for k, v in final.items() if SEED_COLUMN.fullmatch(k)})
         row["val_ppl"] = math.exp(final["val_loss"]) if _finite(final.get("val_loss")) else None
         rows.append(row)
     return pd.DataFrame(rows)

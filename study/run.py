@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from search_spaces.spec import DEFAULT_AUDIT_FRACTION, RUN_KEYS, StudySpec, grid_axes, grid_configs
+from search_spaces.spec import CONFIRM_KEYS, DEFAULT_AUDIT_FRACTION, RUN_KEYS, StudySpec, grid_axes, grid_configs
 from study.catalog import STUDIES, get_profile, get_study
 from study.errors import UsageError
 from study.profiles import DEFAULT_PROFILE, PROFILES, Profile
@@ -300,9 +300,8 @@ def validate_search(
 
 def search_space(spec: StudySpec, profile, overrides: dict) -> tuple[dict, dict]:
     """An Optuna study's constant keys (with every --set) and the space its searcher draws the rest from."""
-    return {**spec.base_keys(profile), **overrides}, {
-        k: v for k, v in spec.axes_for(profile).items() if k not in overrides
-    }
+    keys = {k: v for k, v in overrides.items() if k not in CONFIRM_KEYS}  # they steer the run, not a trial
+    return {**spec.base_keys(profile), **keys}, {k: v for k, v in spec.axes_for(profile).items() if k not in overrides}
 
 
 def _planned_trial(spec: StudySpec, searched: dict) -> dict:
@@ -938,6 +937,12 @@ class Plan:
     def sequential(self) -> bool:
         return self.options.seeds == "auto"
 
+    @property
+    def confirm(self) -> tuple[int, int]:
+        """(configs, seeds) an Optuna search re-runs after it ends; (0, 0): none."""
+        top = self.overrides.get("confirm_top", 0)
+        return (top, self.overrides.get("confirm_seeds", DEFAULT_CONFIRM_SEEDS)) if top else (0, 0)
+
     def command(self, resume: bool = False) -> list[str]:
         """The command line that runs this plan (the study by name: a study file's copy is in its study.json)."""
         o, default = self.options, RunOptions()
@@ -973,10 +978,7 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
     options = replace(options, seeds=check_seeds(options, spec))
     if options.num_samples is not None and options.num_samples < 1:
         raise UsageError(f"--num-samples {options.num_samples}: must be >= 1")
-    if options.seeds != 1 and spec.searcher == "optuna":
-        raise UsageError(
-            f"--seeds: {spec.name} is an Optuna search (each trial is a new config); seeds apply to grid studies"
-        )
+    check_confirm(spec, options)
     if options.storage and spec.searcher != "optuna":
         raise UsageError(
             f"--storage: {spec.name} uses no Optuna storage; it applies to Optuna searches "
@@ -1000,6 +1002,11 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
     run_keys, overrides = overrides, {k: v for k, v in overrides.items() if k not in RUN_KEYS}  # trial keys only
     if "objective" in spec.study_keys and overrides.get("objective", "single") not in ("single", "multi"):
         raise UsageError(f"--set objective={overrides['objective']!r}: must be single or multi")
+    if spec.searcher == "optuna" and options.seeds > 1 and "seed" in overrides:
+        source, instead = DERIVED_FROM["seed"]
+        raise UsageError(
+            f"--set seed={overrides['seed']}: with --seeds {options.seeds} each trial's runs take {source}; {instead}"
+        )
     check_storage(options.storage)
     options = replace(options, output=check_output(options.output))
     check_mixers(spec, profile, overrides)
@@ -1011,6 +1018,8 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
         )
     else:
         base, axes = search_space(spec, profile, overrides)
+        if options.seeds > 1:  # one trial trains its config with seeds 0..N-1 and reports their mean
+            base["seeds"] = options.seeds
         trials = validate_search(
             spec,
             profile,
@@ -1095,6 +1104,30 @@ def check_audit_fraction(spec: StudySpec, overrides: dict):
         )
 
 
+DEFAULT_CONFIRM_SEEDS = 3
+
+
+def check_confirm(spec: StudySpec, options: RunOptions):
+    """--set confirm_top=K (>= 0; 0: off) and confirm_seeds=M (>= 1, with K >= 1): an Optuna search's re-run of
+    its K best configs with M seeds each, after the search."""
+    given = {k: options.set[k] for k in CONFIRM_KEYS if k in options.set}
+    if given and spec.searcher != "optuna":
+        key = next(iter(given))
+        raise UsageError(
+            f"--set {key}: {spec.name} is a grid study, whose configs all run with --seeds; confirm_top and "
+            f"confirm_seeds re-run the best configs of an Optuna search"
+        )
+    for key, low in (("confirm_top", 0), ("confirm_seeds", 1)):
+        value = given.get(key, low)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise UsageError(f"--set {key}={_text(value)}: must be an integer >= {low}")
+    if "confirm_seeds" in given and not given.get("confirm_top"):
+        raise UsageError(
+            f"--set confirm_seeds={given['confirm_seeds']}: takes effect only with --set confirm_top=K (K >= 1 "
+            f"configs to re-run)"
+        )
+
+
 def check_mixers(spec: StudySpec, profile, overrides: dict):
     """A mixer a study file registered must pass the contract the built-in ones pass, before any trial runs."""
     from trainables.model.mixers import MixerContractError, check_mixer, registered_mixers
@@ -1139,6 +1172,15 @@ def print_plan(plan: Plan):
             f"tokens per trial: up to {tokens:,}, {_epochs_text(_epochs(config, tokens))} epochs; train tokens of "
             f"the corpus: {_corpora_text([d['config'] for d in plan.trials])}"
         )
+        if plan.options.seeds > 1:
+            print(f"each trial: its config trained with seeds 0..{plan.options.seeds - 1}, their mean reported")
+        top, seeds = plan.confirm
+        if top:
+            first = plan.options.seeds
+            print(
+                f"then: the {top} best configs by mean {spec.metric} re-run with new seeds {first}..{first + seeds - 1} "
+                f"(confirmation)"
+            )
     print_mixer_flops(plan)
     print_note_vs_run(plan.fidelity)
 

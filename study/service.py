@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import ray
@@ -20,7 +21,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from study.audit import AuditedASHA, audited
 from study.files import STUDY_MODULE_PREFIX
-from study.results import StudyStorage, collect, experiment_dirs, write_trials, write_view_outputs
+from study.results import StudyStorage, collect, confirm_dirs, experiment_dirs, write_trials, write_view_outputs
 from study.run import redacted_argv
 from trainables.storage import join, write_atomic
 from trainables.timeline import TIMELINE_ENV, mark, span
@@ -320,9 +321,9 @@ def _config_key(config: dict) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
-def trial_trainable(plan, study: StudyStorage, resources):
-    """The Tune trainable of this plan's trials: the study's one resolve (spec.trial_config) runs in each trial,
-    and the mixers a study file registered travel with it (by value: the workers never saw the file)."""
+def trial_trainable(plan, study: StudyStorage, resources, resolve=None):
+    """The Tune trainable of this plan's trials: the study's one resolve (spec.trial_config, or `resolve`) runs in
+    each trial, and the mixers a study file registered travel with it (by value: the workers never saw the file)."""
     from ray import cloudpickle
 
     from trainables.model.mixers import registered_mixers
@@ -337,8 +338,8 @@ def trial_trainable(plan, study: StudyStorage, resources):
     }
     for name in sorted(modules):
         cloudpickle.register_pickle_by_value(sys.modules[name])
-    trial_config = plan.spec.trial_config
-    return make_trainable(study.root, resources, resolve=lambda c: trial_config(flat(c)), mixers=mixers)
+    resolve = resolve or plan.spec.trial_config
+    return make_trainable(study.root, resources, resolve=lambda c: resolve(flat(c)), mixers=mixers)
 
 
 AXES = "_axes"  # a trial's axis values as one key, where a round's trials are no product (build_tuner)
@@ -583,7 +584,9 @@ def _run_trials(plan, study: StudyStorage, resources, concurrent: int, resuming:
     num_samples = plan.num_samples
     # seeds added on a --resume, by this run or by one a crash cut short (study.json records them)
     grown = resuming and spec.searcher == "grid" and _seeds_added(study_dir)
-    if resuming and spec.searcher == "optuna" and _finished(exps[-1]):
+    if resuming and _confirming(study_dir):
+        tuner = None  # the search had ended and its confirmation was cut short: only the confirmation continues
+    elif resuming and spec.searcher == "optuna" and _finished(exps[-1]):
         exp_name = f"tune_{len(exps) + 1}"  # Tune cannot extend a finished experiment (ray#42221): a new one, same Optuna study
         say(f"extending the finished search with {num_samples} trials ({exp_name})")
         tuner, _, _ = build_tuner(plan, study, resources, concurrent, exp_name)
@@ -609,7 +612,7 @@ def _run_trials(plan, study: StudyStorage, resources, concurrent: int, resuming:
         say(f"adding the {len(new)} trials of the new seeds ({exp_name})")
         tuner, _, _ = build_tuner(narrowed(plan, new), study, resources, concurrent, exp_name)
         interrupted = _fit(tuner, study, study_dir)
-    return interrupted
+    return interrupted or confirm_best(plan, study, resources, concurrent)
 
 
 def _run_rounds(plan, study: StudyStorage, resources, concurrent: int, resuming: bool) -> bool:
@@ -664,13 +667,131 @@ def _run_rounds(plan, study: StudyStorage, resources, concurrent: int, resuming:
             return True
 
 
-def _fit(tuner, study: StudyStorage, study_dir: Path) -> bool:
-    """Runs a Tuner; True when it was interrupted (a trial left unfinished)."""
+def _fit(tuner, study: StudyStorage, study_dir: Path, exp_dir: Path | None = None) -> bool:
+    """Runs a Tuner (of exp_dir; None: the study's last search experiment); True when it was interrupted (a trial
+    left unfinished)."""
     mark("fit_start")
     results = tuner.fit()
     mark("fit_end")
     study.refresh()
-    return any(r.metrics is None and r.error is None for r in results) or not _finished(experiment_dirs(study_dir)[-1])
+    exp_dir = exp_dir or experiment_dirs(study_dir)[-1]
+    return any(r.metrics is None and r.error is None for r in results) or not _finished(exp_dir)
+
+
+# ----------------------------------------------------------------------------- confirmation (--set confirm_top)
+
+
+def confirm_best(plan, study: StudyStorage, resources, concurrent: int) -> bool:
+    """--set confirm_top=K confirm_seeds=M: once an Optuna search has ended, its K best finished configs (by the
+    study's metric, the mean over --seeds) train again with M new seeds each (the search's N seeds are 0..N-1, so
+    N..N+M-1: a leader's own draws would repeat the luck that made it lead), as trials NAME_confirm of a Tune
+    experiment of their own (confirm; confirm_2 after an extension's new leaders). A confirmation cut short
+    continues on --resume; a config already confirmed is not run again. True when interrupted."""
+    top, seeds = plan.confirm
+    if not top:
+        return False
+    study_dir = study.local
+    held = confirm_dirs(study_dir)
+    if held and not _finished(held[-1]):
+        exp = join(study.root, held[-1].name)
+        say(f"resuming the confirmation {exp}: finished trials are kept, unfinished ones continue")
+        tuner = tune.Tuner.restore(
+            exp,
+            trainable=confirm_trainable(plan, study, resources),
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+        if _fit(tuner, study, study_dir, held[-1]):
+            return True
+    confirmed = {name for exp in confirm_dirs(study_dir) for name in _trial_names(exp)}
+    best = best_configs(collect(study_dir, plan.spec), plan.spec, top)
+    if len(best) < top:
+        say(
+            f"note: confirm_top={top}, but {len(best)} of the search's trials ran to their end (the rest failed or "
+            f"were stopped early): {'confirming those' if best else 'nothing to confirm'}"
+        )
+    configs = [
+        {**_searched_config(study_dir, name), "seeds": seeds, "first_seed": plan.options.seeds, "confirm_of": name}
+        for name in best
+        if f"{name}_confirm" not in confirmed
+    ]
+    if not configs:
+        return False
+    exp_name = f"confirm_{len(confirm_dirs(study_dir)) + 1}" if confirm_dirs(study_dir) else "confirm"
+    say(
+        f"confirming the {len(configs)} best configs ({', '.join(c['confirm_of'] for c in configs)}) with seeds "
+        f"{plan.options.seeds}..{plan.options.seeds + seeds - 1} each ({exp_name})"
+    )
+    tuner = confirm_tuner(plan, study, resources, concurrent, exp_name, configs)
+    return _fit(tuner, study, study_dir, study_dir / exp_name)
+
+
+def best_configs(df, spec, top: int) -> list[str]:
+    """The names of a search's `top` best finished trials by spec.metric (mode-aware), confirmations left out."""
+    if not len(df) or spec.metric not in df:
+        return []
+    search = df[(df["status"] == "done") & df[spec.metric].notna()]
+    if "confirm_of" in search:
+        search = search[search["confirm_of"].isna()]
+    return search.sort_values(spec.metric, ascending=spec.mode == "min", kind="stable")["trial"].head(top).tolist()
+
+
+def _searched_config(study_dir: Path, name: str) -> dict:
+    """The config Tune gave a search trial (its constant keys and the values Optuna drew), as params.json has it."""
+    for exp in experiment_dirs(study_dir):
+        path = exp / name / "params.json"
+        if path.exists():
+            return json.loads(path.read_text())
+    raise RuntimeError(f"no params.json for trial {name} in {[e.name for e in experiment_dirs(study_dir)]}")
+
+
+def _trial_names(exp_dir: Path) -> set[str]:
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
+    if not states:
+        return set()
+    return {json.loads(meta).get("custom_trial_name") for meta, _ in json.loads(states[-1].read_text())["trial_data"]}
+
+
+def _confirming(study_dir: Path) -> bool:
+    """Whether the study's last confirmation was cut short."""
+    held = confirm_dirs(study_dir)
+    return bool(held) and not _finished(held[-1])
+
+
+def _confirm_resolve(resolve, config: dict) -> dict:
+    """A confirmation trial's config: Tune gives it as one value of a grid over whole configs."""
+    return resolve(config["confirm"])
+
+
+def confirm_trainable(plan, study: StudyStorage, resources):
+    return trial_trainable(plan, study, resources, resolve=partial(_confirm_resolve, plan.spec.trial_config))
+
+
+def confirm_tuner(plan, study: StudyStorage, resources, concurrent: int, exp_name: str, configs: list[dict]):
+    """A grid over the configs to confirm, each one trial of its seeds in lockstep (trainables.train.train_seeds)."""
+
+    def name_of(trial):
+        return f"{trial.config['confirm']['confirm_of']}_confirm"
+
+    callbacks = [Progress(len(configs), plan.spec.metric, concurrent, name_of)]
+    if study.uri:
+        callbacks.append(PushStudyFiles())
+    if plan.options.wandb != "disabled":
+        callbacks.append(wandb_callback(plan.spec, plan.options.wandb))
+    return tune.Tuner(
+        confirm_trainable(plan, study, resources),
+        param_space={"confirm": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(
+            num_samples=1,
+            max_concurrent_trials=concurrent,
+            trial_name_creator=name_of,
+            trial_dirname_creator=name_of,
+        ),
+        run_config=tune.RunConfig(
+            name=exp_name, storage_path=study.root, callbacks=callbacks, verbose=0, **tune_run_settings(resources)
+        ),
+    )
 
 
 def _seeds_added(study_dir: Path) -> bool:

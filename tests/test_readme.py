@@ -42,6 +42,7 @@ COVERED = {
     "python -m reports.serve s3://my-bucket/studies": "needs a bucket; the same on a local S3-compatible server: "
     "tests/reports/test_reports_live.py::test_live_view_of_a_study_in_a_bucket",
     "python -m study.run nanohead_search --resume --num-samples 20": "tests/study/test_study_ray.py::test_optuna_search_extended_with_more_trials",
+    "python -m study.run nanohead_search --profile smoke --num-samples 2 --seeds 2 --set confirm_top=1 --set confirm_seeds=2": "tests/study/test_search_seeds.py::test_a_search_with_two_seeds_reports_means_and_confirms_its_best_config",
     "wandb sync results/STUDY/wandb/offline-run-*": "uploads to wandb.ai: needs an account and the network",
     "python -m study.run nanohead_grid --address auto --profile gpu": "needs a GPU; --address auto on a head: tests/study/test_submit.py::test_address_auto_joins_the_head",
     "python -m study.run nanohead_grid --address auto": "tests/study/test_submit.py::test_address_auto_joins_the_head",

@@ -19,7 +19,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -621,6 +621,24 @@ def train(
         position, RNG): the run then continues the same loss curve.
     out_dir: where metrics.jsonl / config.json / samples.json go (rank 0 only); None writes nothing.
     """
+    last = {}
+    for last, checkpoint_dir in train_evals(
+        config, checkpoint=report is not None, restore=restore, out_dir=out_dir, log=log
+    ):
+        emit(last, checkpoint_dir, report)
+    return last
+
+
+def train_evals(
+    config: dict,
+    *,
+    checkpoint: bool = False,
+    restore: str | None = None,
+    out_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Iterator[tuple[dict, str | None]]:
+    """train() one eval at a time: yields (metrics, checkpoint_dir) at every eval, so that train_seeds can
+    advance several runs in turn. checkpoint: save one at each eval (as the config allows)."""
     t_start = time.time()
     mark("train_start")
     tc = TrainConfig.from_dict(config)
@@ -638,12 +656,12 @@ def train(
         state.restore(model, optimizers, loader, stability, worker.rank)
         progress = Progress(t_start, state.step, state.tokens, state.wall_s, state.best_val_bpb, state.best_val_loss)
         log(f"resumed from step {progress.step} ({progress.tokens:,} tokens)")
-        if progress.step >= sizes.max_steps and report is not None:
+        if progress.step >= sizes.max_steps:
             # A run restored from its last checkpoint has nothing left to train, but its caller still needs the
             # final result: Tune can start a finished trial again after a crash (its searcher's saved state
             # older than its trials'), and fails a trial whose run reports nothing.
-            report(state.metrics, None)
-            return state.metrics
+            yield state.metrics, None
+            return
 
     train_model = training_model(model, tc, worker)
     metrics_file = None
@@ -675,17 +693,119 @@ def train(
                 f"val bpb {val['val_bpb']:.4f} | {tok_s:,.0f} tok/s | mfu {last['mfu']:.1%}"
             )
             checkpoint_dir = None
-            if tc.checkpoint and report is not None:
+            if tc.checkpoint and checkpoint:
                 checkpoint_dir = save_checkpoint(model, optimizers, loader, stability, worker, progress, last)
-            emit(last, checkpoint_dir, metrics_file, report)
-            window = Window()
+            write_metrics_line(metrics_file, last)
+            yield last, checkpoint_dir
+            window = Window()  # after the yield: time another seed's run took in between is not this run's
 
     if tc.sample_tokens and worker.rank == 0 and out_dir:
         write_samples(model, data, tc, cfg, worker.device, Path(out_dir) / "samples.json")
     if metrics_file:
         metrics_file.close()
     mark("train_end")
+
+
+# ----------------------------------------------------------------------------- one config, several seeds
+
+SEEDS_FILE = "seeds.json"  # in a seeds checkpoint: how many seeds, and the mean eval it came with (written last)
+SEED_METRICS = ("train_loss", "val_loss", "val_bpb", "best_val_bpb", "best_val_loss")  # kept per seed as KEY_seedK
+
+
+def mean_over_seeds(records: list[dict], seeds: list[int]) -> dict:
+    """One eval of every seed -> the record the trial reports: each number the arithmetic mean over the seeds (a
+    value they share, such as step or params_total, as it is), each SEED_METRICS key also per seed (KEY_seedS for
+    seed S), and `seeds`, their count."""
+    out = {}
+    for key in records[0]:
+        values = [r.get(key) for r in records]
+        if all(v == values[0] for v in values):
+            out[key] = values[0]
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[key] = sum(values) / len(values)
+    for key in SEED_METRICS:
+        if key in records[0]:
+            out.update({f"{key}_seed{seed}": r.get(key) for seed, r in zip(seeds, records)})
+    return {**out, "seeds": len(records)}
+
+
+def train_seeds(
+    config: dict,
+    seeds: int,
+    *,
+    first_seed: int = 0,
+    report: Callable[[dict, str | None], None] | None = None,
+    restore: str | None = None,
+    out_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """One config trained with seeds first_seed..first_seed+seeds-1 (each run's seed, so its init_seed and data_seed
+    unless the config fixes them), in lockstep: every run trains one eval window in turn, then the mean over the
+    seeds at that step is reported, so a scheduler decides on the mean at each rung. Each run keeps its own RNG
+    state between its windows (the global RNGs are shared). out_dir/seedS holds seed S's files, out_dir/metrics.jsonl
+    the reported means; a checkpoint holds every run's, in seedS/, and `restore` continues all of them."""
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    values = list(range(first_seed, first_seed + seeds))
+    runs = [
+        train_evals(
+            {**config, "seed": s},
+            checkpoint=report is not None,
+            restore=restore and os.path.join(restore, f"seed{s}"),
+            out_dir=out_dir and os.path.join(out_dir, f"seed{s}"),
+            log=lambda msg, s=s: log(f"seed {s}: {msg}"),
+        )
+        for s in values
+    ]
+    metrics_file = open_means_file(out_dir, restore) if out_dir and rank == 0 else None
+    rngs: list[dict | None] = [None] * seeds
+    last = {}
+    while True:
+        records, dirs = [], []
+        for k, run in enumerate(runs):
+            if rngs[k] is not None:
+                set_rng_state(rngs[k])
+            item = next(run, None)  # every run has the same evals: they end together
+            rngs[k] = rng_state()
+            if item is not None:
+                records.append(item[0])
+                dirs.append(item[1])
+        if not records:
+            break
+        if out_dir and rank == 0 and len(records) == seeds and not (Path(out_dir) / "config.json").exists():
+            # the model and its sizes are the same for every seed: the trial's row reads them from here
+            write_atomic(
+                Path(out_dir) / "config.json", (Path(out_dir) / f"seed{first_seed}" / "config.json").read_text()
+            )
+        last = mean_over_seeds(records, values)
+        write_metrics_line(metrics_file, last)
+        emit(last, merge_checkpoints(dirs, values, last), report)
+    if metrics_file:
+        metrics_file.close()
     return last
+
+
+def open_means_file(out_dir: str, restore: str | None) -> TextIO:
+    """out_dir/metrics.jsonl to append the means to, with only those up to the restored checkpoint's step kept."""
+    path = Path(out_dir) / "metrics.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        step = 0
+        if restore and os.path.exists(os.path.join(restore, SEEDS_FILE)):
+            step = json.loads(Path(restore, SEEDS_FILE).read_text())["metrics"].get("step", 0)
+        evals, _ = read_jsonl(path)
+        write_atomic(path, "".join(json.dumps(m) + "\n" for m in evals if m.get("step", 0) <= step))
+    return open(path, "a")
+
+
+def merge_checkpoints(dirs: list[str | None], seeds: list[int], metrics: dict) -> str | None:
+    """The seeds' checkpoints (rank 0's) as one: seedS/ each, then SEEDS_FILE; None where a run saved none."""
+    if not dirs or any(d is None for d in dirs):
+        return None
+    merged = tempfile.mkdtemp(prefix="ckpt_seeds_")
+    for seed, d in zip(seeds, dirs):
+        os.replace(d, os.path.join(merged, f"seed{seed}"))
+    write_atomic(Path(merged) / SEEDS_FILE, json.dumps({"seeds": seeds, "metrics": metrics}))
+    return merged
 
 
 def build_run(
@@ -901,19 +1021,18 @@ def save_checkpoint(
         return state.save(tempfile.mkdtemp(prefix="ckpt_")) if state else None
 
 
-def emit(
-    metrics: dict,
-    checkpoint_dir: str | None,
-    metrics_file: TextIO | None,
-    report: Callable[[dict, str | None], None] | None,
-):
-    """One eval out: a line of metrics.jsonl (rank 0's), then the report with its checkpoint (every rank)."""
-    if metrics_file:
-        metrics_file.write(json.dumps(metrics) + "\n")
-        metrics_file.flush()
+def emit(metrics: dict, checkpoint_dir: str | None, report: Callable[[dict, str | None], None] | None):
+    """One eval out: the report with its checkpoint (every rank)."""
     if report is not None:
         with span("report", checkpoint=checkpoint_dir is not None):
             report(metrics, checkpoint_dir)
+
+
+def write_metrics_line(metrics_file: TextIO | None, metrics: dict):
+    """One eval's line of metrics.jsonl (rank 0's)."""
+    if metrics_file:
+        metrics_file.write(json.dumps(metrics) + "\n")
+        metrics_file.flush()
 
 
 def nanohead_share(cfg: GPTConfig) -> float:

@@ -39,7 +39,7 @@ from ray.tune.trainable.function_trainable import wrap_function
 
 from trainables.storage import Mirror, is_uri, join, open_location, write_atomic
 from trainables.timeline import mark, span
-from trainables.train import CHECKPOINT_FILE, TrainingDiverged, train
+from trainables.train import CHECKPOINT_FILE, SEEDS_FILE, TrainingDiverged, train, train_seeds
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Train's controller polls its workers every 2 s by default, and a worker's report waits for the poll (its
@@ -107,7 +107,15 @@ def run_training(config: dict, files: Mirror | None, report_fn, checkpoint: Chec
                 report_diverged(error, report_fn, rank)
                 return error
             try:
-                train(config, report=report, restore=restore, out_dir=str(files.local) if files else None, log=log)
+                out_dir = str(files.local) if files else None
+                seeds = int(config.get("seeds") or 1)  # an Optuna search's --seeds: one trial, the mean of N runs
+                if seeds > 1:
+                    first = int(config.get("first_seed") or 0)  # a confirmation's seeds follow the search's
+                    train_seeds(
+                        config, seeds, first_seed=first, report=report, restore=restore, out_dir=out_dir, log=log
+                    )
+                else:
+                    train(config, report=report, restore=restore, out_dir=out_dir, log=log)
             except TrainingDiverged as e:
                 report_diverged(str(e), report_fn, rank)
                 return str(e)
@@ -240,12 +248,12 @@ def make_trainable(study_root: str | os.PathLike, resources: TrialResources, res
 
 
 def _complete(fs, path: str) -> bool:
-    """Whether a checkpoint directory holds what training writes last (a checkpoint or a divergence marker)."""
+    """Whether a checkpoint directory holds what training writes last (a checkpoint, a divergence marker, or the
+    seeds file of a several-seed trial's)."""
     import pyarrow.fs as pafs
 
-    return any(
-        i.type == pafs.FileType.File for i in fs.get_file_info([f"{path}/{CHECKPOINT_FILE}", f"{path}/{DIVERGED_FILE}"])
-    )
+    last = (CHECKPOINT_FILE, DIVERGED_FILE, SEEDS_FILE)
+    return any(i.type == pafs.FileType.File for i in fs.get_file_info([f"{path}/{name}" for name in last]))
 
 
 def trial_files(study_root: str, name: str) -> Mirror:

@@ -77,7 +77,11 @@ IN_PROCESS = {
     "same_name_twice": (["nanohead_grid", *SMOKE, "--set", "nanohead_proportion=0.2,0.2"], ["nanohead_p20", "--seeds"]),
     "objective_unknown": (["nanohead_search", *SMOKE, "--set", "objective=both"], ["objective", "single", "multi"]),
     "seeds_zero": (["nanohead_grid", *SMOKE, "--seeds", "0"], ["--seeds", ">= 1"]),
-    "seeds_on_a_search": (["nanohead_search", *SMOKE, "--seeds", "2"], ["--seeds", "grid"]),
+    "seed_with_seeds_on_a_search": (
+        ["nanohead_search", *SMOKE, "--seeds", "2", "--set", "seed=3"],
+        ["--set seed=3", "--seeds 2"],
+    ),
+    "confirm_on_a_grid": (["nanohead_grid", *SMOKE, "--set", "confirm_top=1"], ["confirm_top", "grid study"]),
     "num_samples_zero": (["nanohead_search", *SMOKE, "--num-samples", "0"], ["--num-samples", ">= 1"]),
     # sequential seeding's options
     "seeds_a_word": (["softmax1_ab", *SMOKE, "--seeds", "many"], ["--seeds many", ">= 1", "auto"]),
