@@ -25,6 +25,14 @@ COVERED = {
     "python -m study.run nanohead_grid --dry-run": "tests/test_readme.py::test_cheap_commands_run_as_written",
     "python -m study.run softmax1_ab --dry-run --mde 0.01": "tests/test_readme.py::test_cheap_commands_run_as_written",
     "python -m study.run softmax1_ab --seeds 3": "tests/test_readme.py::test_study_commands_run_at_the_smoke_profile",
+    "python -m study.run nanohead_grid --seeds 3": "the cpu pilot behind the planner line (20 min here); --seeds N at "
+    "the smoke profile: tests/test_readme.py::test_study_commands_run_at_the_smoke_profile",
+    "python -m study.run softmax1_ab --seeds auto --mde 0.01": "rounds of data-dependent length (minutes); the rule "
+    "end to end, through a crash: tests/study/test_study_sequential_ray.py::"
+    "test_sequential_seeding_stops_a_large_effect_and_seeds_a_null_arm_through_a_crash",
+    "python -m study.run nanohead_grid --seeds auto --mde 0.01 --max-seeds 6": "as the line above: "
+    "tests/study/test_study_sequential_ray.py::"
+    "test_sequential_seeding_stops_a_large_effect_and_seeds_a_null_arm_through_a_crash",
     "python -m study.run nanohead_grid --set nanohead_dim=2 --set nanohead_proportion=0,0.3,0.6": "tests/test_readme.py::test_study_commands_run_at_the_smoke_profile",
     "python -m study.run scaling --set match=flops --dry-run": "tests/test_readme.py::test_cheap_commands_run_as_written",
     "python -m study.run scaling --set match=flops": "18 trials: ~160 s at the smoke profile here, past a Ray test's "
