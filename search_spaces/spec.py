@@ -21,13 +21,13 @@ NAME = re.compile(r"[a-z0-9_]+")
 PROFILE_NAMES = ("smoke", "cpu", "gpu", "paper")
 # Profile keys of a user's study: a [profiles.NAME] table holds base keys, and these (a TOML's `space` is read as axes)
 PROFILE_TABLE_KEYS = ("axes", "num_samples")
-# An Optuna search's own --set keys: after the search, re-run the best confirm_top configs with confirm_seeds seeds each
-CONFIRM_KEYS = ("confirm_top", "confirm_seeds")
 
 
 # Keys every study takes with --set that steer how it runs, not what a trial trains: they never reach a trial's config.
-# audit_fraction: the share of trials ASHA may not stop (study.audit.AuditedASHA, the report's pruning audit).
-RUN_KEYS = ("audit_fraction",)
+# audit_fraction: the share of trials ASHA may not stop (study.audit.AuditedASHA, the report's pruning audit);
+# confirm_top, confirm_seeds: after an Optuna search, re-run its best confirm_top configs with confirm_seeds seeds each
+# (study.service.confirm_best). study.run refuses each where the study cannot use it.
+RUN_KEYS = ("audit_fraction", "confirm_top", "confirm_seeds")
 DEFAULT_AUDIT_FRACTION = 0.1  # where the study uses ASHA and --set gives none
 
 
@@ -136,7 +136,6 @@ class StudySpec:
 
         keys = {f.name for f in fields(GPTConfig)} | {f.name for f in fields(TrainConfig)}
         own = set(self.base_keys(profile)) | set(self.axes_for(profile)) | set(self.study_keys)
-        own |= set(CONFIRM_KEYS) if self.searcher == "optuna" else set()
         return keys | own | {"seed"} | set(RUN_KEYS)
 
     # -- one trial

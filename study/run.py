@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from search_spaces.spec import CONFIRM_KEYS, DEFAULT_AUDIT_FRACTION, RUN_KEYS, StudySpec, grid_axes, grid_configs
+from search_spaces.spec import DEFAULT_AUDIT_FRACTION, RUN_KEYS, StudySpec, grid_axes, grid_configs
 from study.catalog import STUDIES, get_profile, get_study
 from study.errors import UsageError
 from study.profiles import DEFAULT_PROFILE, PROFILES, Profile
@@ -300,7 +300,7 @@ def validate_search(
 
 def search_space(spec: StudySpec, profile, overrides: dict) -> tuple[dict, dict]:
     """An Optuna study's constant keys (with every --set) and the space its searcher draws the rest from."""
-    keys = {k: v for k, v in overrides.items() if k not in CONFIRM_KEYS}  # they steer the run, not a trial
+    keys = {k: v for k, v in overrides.items() if k not in RUN_KEYS}  # they steer the run, not a trial
     return {**spec.base_keys(profile), **keys}, {k: v for k, v in spec.axes_for(profile).items() if k not in overrides}
 
 
@@ -1110,7 +1110,7 @@ DEFAULT_CONFIRM_SEEDS = 3
 def check_confirm(spec: StudySpec, options: RunOptions):
     """--set confirm_top=K (>= 0; 0: off) and confirm_seeds=M (>= 1, with K >= 1): an Optuna search's re-run of
     its K best configs with M seeds each, after the search."""
-    given = {k: options.set[k] for k in CONFIRM_KEYS if k in options.set}
+    given = {k: options.set[k] for k in ("confirm_top", "confirm_seeds") if k in options.set}
     if given and spec.searcher != "optuna":
         key = next(iter(given))
         raise UsageError(

@@ -274,9 +274,11 @@ def build_tuner(plan, study: StudyStorage, resources, concurrent: int, exp_name:
 
 
 def asha_scheduler(plan, **metric) -> AuditedASHA:
-    """ASHA on evals (training_iteration), max_t the profile's evals, grace a quarter of them, reduction factor 3;
-    the plan's audit_fraction of its trials are never stopped (study.audit)."""
-    max_t = max(1, plan.profile.max_steps // plan.profile.eval_every)
+    """ASHA on evals (training_iteration), max_t the trials' evals (the profile's, or --set max_steps/eval_every),
+    grace a quarter of them, reduction factor 3; the plan's audit_fraction of its trials are never stopped
+    (study.audit)."""
+    steps, every = (plan.base.get(k) or getattr(plan.profile, k) for k in ("max_steps", "eval_every"))
+    max_t = max(1, steps // every)
     return AuditedASHA(
         audit_fraction=plan.audit_fraction,
         seed=study_seed(plan),

@@ -253,3 +253,16 @@ def test_nanohead_search_report_has_optuna_views_importances_and_audit(tmp_path,
     assert "<h3>Per config</h3>" not in page  # n=1 rows: gone for a search without seeds
     assert "<script src=" not in page and "<link" not in page  # everything inline, offline
     assert Path(d / "optuna.db").exists()
+
+
+def test_asha_counts_the_evals_a_set_max_steps_gives():
+    """ASHA's max_t is the trials' own number of evals: 30 / 10 at smoke, 60 / 10 with --set max_steps=60 (a max_t
+    of the profile's 3 once stopped every trial of a longer run at step 30)."""
+    from study.run import RunOptions, find_study, make_plan
+    from study.service import asha_scheduler
+
+    for overrides, evals in (({}, 3), ({"max_steps": 60}, 6), ({"max_steps": 60, "eval_every": 20}, 3)):
+        plan = make_plan(
+            find_study("nanohead_search"), RunOptions(profile="smoke", set=overrides, output="/tmp/unused")
+        )
+        assert asha_scheduler(plan, metric="val_bpb", mode="min")._max_t == evals, overrides
