@@ -596,13 +596,7 @@ def _run_trials(plan, study: StudyStorage, resources, concurrent: int, resuming:
         exp = join(study.root, exps[-1].name)
         say(f"resuming {exp}: finished trials are kept, unfinished ones continue from their checkpoints")
         # The pickled Tuner brings back its callbacks, searcher state and trial names.
-        tuner = tune.Tuner.restore(
-            exp,
-            trainable=trial_trainable(plan, study, resources),
-            resume_unfinished=True,
-            resume_errored=False,
-            restart_errored=False,
-        )
+        tuner = _restore(exp, trial_trainable(plan, study, resources))
     elif not resuming:
         tuner, _, _ = build_tuner(plan, study, resources, concurrent, "tune")
     else:
@@ -629,13 +623,7 @@ def _run_rounds(plan, study: StudyStorage, resources, concurrent: int, resuming:
     exps = experiment_dirs(study_dir)
     if resuming and exps and not _finished(exps[-1]):
         say(f"resuming round {len(exps)} ({exps[-1].name}): finished trials are kept, unfinished ones continue")
-        tuner = tune.Tuner.restore(
-            join(study.root, exps[-1].name),
-            trainable=trial_trainable(plan, study, resources),
-            resume_unfinished=True,
-            resume_errored=False,
-            restart_errored=False,
-        )
+        tuner = _restore(join(study.root, exps[-1].name), trial_trainable(plan, study, resources))
         if _fit(tuner, study, study_dir):
             return True
     elif not exps:
@@ -669,6 +657,14 @@ def _run_rounds(plan, study: StudyStorage, resources, concurrent: int, resuming:
             return True
 
 
+def _restore(exp: str, trainable):
+    """A Tune experiment's pickled Tuner (callbacks, searcher state, trial names): finished trials are kept,
+    unfinished ones continue from their checkpoints, failed ones stay failed."""
+    return tune.Tuner.restore(
+        exp, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+    )
+
+
 def _fit(tuner, study: StudyStorage, study_dir: Path, exp_dir: Path | None = None) -> bool:
     """Runs a Tuner (of exp_dir; None: the study's last search experiment); True when it was interrupted (a trial
     left unfinished)."""
@@ -697,13 +693,7 @@ def confirm_best(plan, study: StudyStorage, resources, concurrent: int) -> bool:
     if held and not _finished(held[-1]):
         exp = join(study.root, held[-1].name)
         say(f"resuming the confirmation {exp}: finished trials are kept, unfinished ones continue")
-        tuner = tune.Tuner.restore(
-            exp,
-            trainable=confirm_trainable(plan, study, resources),
-            resume_unfinished=True,
-            resume_errored=False,
-            restart_errored=False,
-        )
+        tuner = _restore(exp, confirm_trainable(plan, study, resources))
         if _fit(tuner, study, study_dir, held[-1]):
             return True
     confirmed = {name for exp in confirm_dirs(study_dir) for name in _trial_names(exp)}
