@@ -786,15 +786,11 @@ def train_seeds(
 
 def open_means_file(out_dir: str, restore: str | None) -> TextIO:
     """out_dir/metrics.jsonl to append the means to, with only those up to the restored checkpoint's step kept."""
-    path = Path(out_dir) / "metrics.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        step = 0
-        if restore and os.path.exists(os.path.join(restore, SEEDS_FILE)):
-            step = json.loads(Path(restore, SEEDS_FILE).read_text())["metrics"].get("step", 0)
-        evals, _ = read_jsonl(path)
-        write_atomic(path, "".join(json.dumps(m) + "\n" for m in evals if m.get("step", 0) <= step))
-    return open(path, "a")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    step = 0
+    if restore and os.path.exists(os.path.join(restore, SEEDS_FILE)):
+        step = json.loads(Path(restore, SEEDS_FILE).read_text())["metrics"].get("step", 0)
+    return open_metrics(Path(out_dir) / "metrics.jsonl", step)
 
 
 def merge_checkpoints(dirs: list[str | None], seeds: list[int], metrics: dict) -> str | None:
@@ -875,13 +871,18 @@ def open_run_files(
             indent=2,
         ),
     )
-    metrics_path = out / "metrics.jsonl"
-    if metrics_path.exists():  # after a restore, drop evals past the checkpoint: they are about to be redone
-        evals, torn = read_jsonl(metrics_path)
+    return open_metrics(out / "metrics.jsonl", step)
+
+
+def open_metrics(path: Path, step: int) -> TextIO:
+    """A metrics.jsonl to append to, with only its evals up to `step` kept: after a restore, the evals past the
+    checkpoint are about to be redone."""
+    if path.exists():
+        evals, torn = read_jsonl(path)
         if torn:  # a process killed while appending leaves a partial last line
-            print(f"warning: {metrics_path}: dropped {torn} torn or unreadable line(s)", file=sys.stderr)
-        write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in evals if m.get("step", 0) <= step))
-    return open(metrics_path, "a")
+            print(f"warning: {path}: dropped {torn} torn or unreadable line(s)", file=sys.stderr)
+        write_atomic(path, "".join(json.dumps(m) + "\n" for m in evals if m.get("step", 0) <= step))
+    return open(path, "a")
 
 
 def describe_run(cfg: GPTConfig, params: dict, sizes: RunSizes, worker: Worker) -> str:
