@@ -11,7 +11,6 @@ import sys
 import time
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import ray
@@ -248,11 +247,7 @@ def build_tuner(plan, study: StudyStorage, resources, concurrent: int, exp_name:
         # ASHA stops on val_bpb alone while NSGA-II samples for the Pareto front.
         asha_metric = {} if tune_metric else dict(metric=metric, mode=mode)
         scheduler = asha_scheduler(plan, **asha_metric)
-    callbacks = [Progress(n_trials, metric, concurrent, name_of)]
-    if study.uri:
-        callbacks.append(PushStudyFiles())
-    if options.wandb != "disabled":
-        callbacks.append(wandb_callback(spec, options.wandb))
+    callbacks = tune_callbacks(plan, study, n_trials, concurrent, name_of)
     tuner = tune.Tuner(
         trainable,
         param_space=space,
@@ -319,13 +314,22 @@ def mark_audited(df, plan):
     return df
 
 
+def tune_callbacks(plan, study: StudyStorage, n_trials: int, concurrent: int, name_of) -> list:
+    """An experiment's progress lines, its pushes to a storage URI and its wandb runs."""
+    callbacks = [Progress(n_trials, plan.spec.metric, concurrent, name_of)]
+    if study.uri:
+        callbacks.append(PushStudyFiles())
+    if plan.options.wandb != "disabled":
+        callbacks.append(wandb_callback(plan.spec, plan.options.wandb))
+    return callbacks
+
+
 def _config_key(config: dict) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
-def trial_trainable(plan, study: StudyStorage, resources, resolve=None):
-    """The Tune trainable of this plan's trials: the study's one resolve (spec.trial_config, or `resolve`) runs in
-    each trial, and the mixers a study file registered travel with it (by value: the workers never saw the file)."""
+def trial_trainable(plan, study: StudyStorage, resources):
+    """The Tune trainable of this plan's trials: the study's one resolve (spec.trial_config) runs in each trial, and the mixers a study file registered travel with it (by value: the workers never saw the file)."""
     from ray import cloudpickle
 
     from trainables.model.mixers import registered_mixers
@@ -340,11 +344,13 @@ def trial_trainable(plan, study: StudyStorage, resources, resolve=None):
     }
     for name in sorted(modules):
         cloudpickle.register_pickle_by_value(sys.modules[name])
-    resolve = resolve or plan.spec.trial_config
+    resolve = plan.spec.trial_config
     return make_trainable(study.root, resources, resolve=lambda c: resolve(flat(c)), mixers=mixers)
 
 
-AXES = "_axes"  # a trial's axis values as one key, where a round's trials are no product (build_tuner)
+# A trial's searched values as one key: a grid over whole trials, where they are no product of axis values (a
+# sequential round's arms, build_tuner) or are configs of their own (a search's confirmation, confirm_tuner).
+AXES = "_axes"
 
 
 def flat(config: dict) -> dict:
@@ -693,7 +699,7 @@ def confirm_best(plan, study: StudyStorage, resources, concurrent: int) -> bool:
     if held and not _finished(held[-1]):
         exp = join(study.root, held[-1].name)
         say(f"resuming the confirmation {exp}: finished trials are kept, unfinished ones continue")
-        tuner = _restore(exp, confirm_trainable(plan, study, resources))
+        tuner = _restore(exp, trial_trainable(plan, study, resources))
         if _fit(tuner, study, study_dir, held[-1]):
             return True
     confirmed = {name for exp in confirm_dirs(study_dir) for name in _trial_names(exp)}
@@ -751,29 +757,15 @@ def _confirming(study_dir: Path) -> bool:
     return bool(held) and not _finished(held[-1])
 
 
-def _confirm_resolve(resolve, config: dict) -> dict:
-    """A confirmation trial's config: Tune gives it as one value of a grid over whole configs."""
-    return resolve(config["confirm"])
-
-
-def confirm_trainable(plan, study: StudyStorage, resources):
-    return trial_trainable(plan, study, resources, resolve=partial(_confirm_resolve, plan.spec.trial_config))
-
-
 def confirm_tuner(plan, study: StudyStorage, resources, concurrent: int, exp_name: str, configs: list[dict]):
     """A grid over the configs to confirm, each one trial of its seeds in lockstep (trainables.train.train_seeds)."""
 
     def name_of(trial):
-        return f"{trial.config['confirm']['confirm_of']}_confirm"
+        return f"{flat(trial.config)['confirm_of']}_confirm"
 
-    callbacks = [Progress(len(configs), plan.spec.metric, concurrent, name_of)]
-    if study.uri:
-        callbacks.append(PushStudyFiles())
-    if plan.options.wandb != "disabled":
-        callbacks.append(wandb_callback(plan.spec, plan.options.wandb))
     return tune.Tuner(
-        confirm_trainable(plan, study, resources),
-        param_space={"confirm": tune.grid_search(configs)},
+        trial_trainable(plan, study, resources),
+        param_space={AXES: tune.grid_search(configs)},
         tune_config=tune.TuneConfig(
             num_samples=1,
             max_concurrent_trials=concurrent,
@@ -781,7 +773,11 @@ def confirm_tuner(plan, study: StudyStorage, resources, concurrent: int, exp_nam
             trial_dirname_creator=name_of,
         ),
         run_config=tune.RunConfig(
-            name=exp_name, storage_path=study.root, callbacks=callbacks, verbose=0, **tune_run_settings(resources)
+            name=exp_name,
+            storage_path=study.root,
+            callbacks=tune_callbacks(plan, study, len(configs), concurrent, name_of),
+            verbose=0,
+            **tune_run_settings(resources),
         ),
     )
 
